@@ -1,0 +1,179 @@
+"""The intervention engine: an SAE spliced into ESM-2's residual stream at layer ℓ.
+
+METHOD.md "Splice and intervention": at the intervened sites the residual vector
+is rebuilt as ``h'_i = dec(z'; μ, σ) + e'`` with the WT statistics ``μ, σ``; all
+other positions keep their WT values, and ``F_ℓ`` (blocks ℓ+1..N, final norm, LM
+head) turns it into logits. Patching, integrated gradients and circuits all go
+through :meth:`Splice.run`.
+
+Two choices keep the numbers faithful:
+
+* The WT run up to layer ℓ is computed once and cached; a batch of B
+  interventions runs only the suffix, once, for all B rows.
+* The spliced vector is computed as a change from the WT vector,
+  ``h'_i = h_i + (z' − z_wt) w_dec σ + (e' − e_wt)``. Because the decoder is
+  affine this equals ``dec(z') + e'``, and when ``z' = z_wt, e' = e_wt`` the change
+  is exactly zero, so a no-op intervention reproduces ``h`` bit for bit rather
+  than to rounding. Every chunk of a batch also carries one unmodified row, and
+  effects are measured against it, so a no-op effect is exactly 0.0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from esmsae.esm import EsmLM
+from esmsae.mutations import Mutant
+from esmsae.sae import TopKSAE
+
+SPACES = ("latent", "pre")
+
+
+@dataclass(frozen=True)
+class SiteCode:
+    """The SAE's reading of the residual stream at the intervened sites.
+
+    Features and the error term travel together. Shapes: ``pre`` and ``z`` are
+    (..., S, d_sae), ``error`` is (..., S, d), ``mu``/``sigma`` are (S, 1) — the
+    WT statistics that every decode at these sites uses.
+    """
+
+    positions: Tensor
+    pre: Tensor
+    z: Tensor
+    error: Tensor
+    mu: Tensor
+    sigma: Tensor
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """What a run scores: ``Σ_p log p(mut_p) − log p(wt_p)`` at token positions ``positions``."""
+
+    positions: Tensor
+    wt: Tensor
+    mut: Tensor
+
+
+@dataclass(frozen=True)
+class Effects:
+    """Scores of a batch of interventions and their change from the unmodified run."""
+
+    scores: Tensor    # (B,) S' for each intervention
+    baseline: Tensor  # (B,) S of the unmodified row run beside it (the mutant's WT-marginal score)
+    effects: Tensor   # (B,) scores − baseline; exactly 0.0 for a no-op
+
+
+class Splice:
+    """ESM-2 with a TopK SAE spliced in after block `layer`, for one WT sequence."""
+
+    def __init__(self, lm: EsmLM, sae: TopKSAE, wt_seq: str, layer: int):
+        self.lm = lm
+        self.layer = lm.check_layer(layer)
+        if sae.info.d_in != lm.embed_dim:
+            raise ValueError(f"SAE width {sae.info.d_in} != model width {lm.embed_dim}")
+        self.sae = sae.to(lm.device)
+        self.wt_seq = wt_seq
+        self.tokens = lm.tokenize([wt_seq])
+        with torch.no_grad():
+            self.h = lm.hidden(self.tokens, self.layer)  # (1, T, d), the cached WT prefix
+
+    # -- reading the SAE code --------------------------------------------------
+    def wt_code(self, positions: Tensor) -> SiteCode:
+        """The WT sequence's latents and error at `positions` (token indices)."""
+        positions = torch.as_tensor(positions, dtype=torch.long, device=self.lm.device)
+        x = self.h[0, positions]
+        pre, z, mu, sigma = self.sae.encode(x)
+        error = x - self.sae.decode(z, mu, sigma)
+        return SiteCode(positions, pre, z, error, mu, sigma)
+
+    def mutant_code(self, h_sites: Tensor, wt: SiteCode) -> SiteCode:
+        """A mutant's latents at the sites, with its error measured against the WT statistics.
+
+        ``z_mut`` comes from the mutant's own encode; ``ẽ_mut = h_mut − dec(z_mut; μ_wt, σ_wt)``,
+        so splicing ``(z_mut, ẽ_mut)`` into the WT run gives the mutant's vector there.
+        `h_sites` is (..., S, d).
+        """
+        pre, z, _, _ = self.sae.encode(h_sites)
+        error = h_sites - self.sae.decode(z, wt.mu, wt.sigma)
+        return SiteCode(wt.positions, pre, z, error, wt.mu, wt.sigma)
+
+    def hidden(self, seqs: list[str], batch_size: int = 64) -> Tensor:
+        """``h_ℓ`` of other sequences of the WT's length (e.g. mutants), (M, T, d)."""
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(seqs), batch_size):
+                out.append(self.lm.hidden(self.lm.tokenize(seqs[start:start + batch_size]), self.layer))
+        return torch.cat(out)
+
+    def latents(self, values: Tensor, space: str) -> Tensor:
+        """Latent vectors from intervened values: as they are in `latent` space, re-TopK'd in `pre`."""
+        if space == "latent":
+            return values
+        if space == "pre":
+            return self.sae.topk(values)
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+
+    # -- running interventions ---------------------------------------------------
+    def score_spec(self, mutant: Mutant) -> ScoreSpec:
+        """Score `mutant` at its own sites (residue i is token i)."""
+        dev = self.lm.device
+        for site in mutant.sites:
+            if self.wt_seq[site.pos - 1] != site.wt:
+                raise ValueError(f"{mutant.name}: WT residue {site.wt}{site.pos} disagrees with the sequence")
+        return ScoreSpec(
+            positions=torch.tensor([s.pos for s in mutant.sites], device=dev),
+            wt=torch.tensor([self.lm.token_index(s.wt) for s in mutant.sites], device=dev),
+            mut=torch.tensor([self.lm.token_index(s.mut) for s in mutant.sites], device=dev),
+        )
+
+    def delta(self, wt: SiteCode, z: Tensor, error_delta: Tensor | None = None) -> Tensor:
+        """``h' − h`` at the sites for latents `z` (B, S, d_sae) and error change ``e' − e_wt``."""
+        change = self.sae.decode_delta(z - wt.z, wt.sigma)
+        return change if error_delta is None else change + error_delta
+
+    def run(self, positions: Tensor, delta: Tensor, spec: ScoreSpec) -> Tensor:
+        """Scores (B,) with ``h' = h + delta`` at `positions`; `delta` is (B, S, d).
+
+        Differentiable in `delta` (integrated gradients); the model's weights take no gradients.
+        """
+        batch = delta.shape[0]
+        h = self.h.expand(batch, -1, -1).clone()
+        h[:, positions] = h[:, positions] + delta
+        logp = torch.log_softmax(self.lm.head(h, self.layer, spec.positions).float(), dim=-1)
+        gain = logp.gather(-1, spec.mut.expand(batch, -1).unsqueeze(-1))
+        loss = logp.gather(-1, spec.wt.expand(batch, -1).unsqueeze(-1))
+        return (gain - loss).squeeze(-1).sum(-1)
+
+    def effects(self, wt: SiteCode, z: Tensor, spec: ScoreSpec, error_delta: Tensor | None = None,
+                batch_size: int = 128) -> Effects:
+        """Run B interventions (latents `z` (B, S, d_sae), optional error change) in chunks.
+
+        Each chunk carries one unmodified row first and effects are measured against
+        it. A row whose residual change is exactly zero leaves ``h`` bit-identical, so
+        its score is the baseline and it is not run: a no-op's effect is exactly 0.0
+        on any hardware, where re-running it at another row of a batched matmul could
+        differ in the last bit.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        deltas = self.delta(wt, z, error_delta)
+        n = deltas.shape[0]
+        active = torch.nonzero(deltas.reshape(n, -1).ne(0).any(-1)).flatten()
+        scores = torch.empty(n, device=deltas.device)
+        base = torch.empty(n, device=deltas.device)
+        first_base = None
+        with torch.no_grad():
+            for start in range(0, max(len(active), 1), batch_size):
+                rows = active[start:start + batch_size]
+                s = self.run(wt.positions, torch.cat([torch.zeros_like(deltas[:1]), deltas[rows]]), spec)
+                scores[rows], base[rows] = s[1:], s[0]
+                first_base = s[0] if first_base is None else first_base
+        idle = torch.ones(n, dtype=torch.bool, device=deltas.device)
+        idle[active] = False
+        scores[idle] = first_base
+        base[idle] = first_base
+        return Effects(scores=scores, baseline=base, effects=scores - base)

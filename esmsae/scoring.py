@@ -1,0 +1,115 @@
+"""WT-marginal mutation scores, mutation selection, and agreement with DMS data.
+
+METHOD.md "Score": ``S(m) = Σ_sites log softmax(logits_i)[b] − log softmax(logits_i)[a]``
+with logits from one unmasked forward of the WT sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from esmsae.errors import InputError
+from esmsae.esm import EsmLM
+from esmsae.mutations import Mutant, all_single_mutants, read_assay, select_from_assay, select_lowest
+
+log = logging.getLogger(__name__)
+
+SCORE_COLUMNS = ["mutant", "position", "wt", "mut", "wt_marginal", "dms_score", "selected"]
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    """The ``mutations`` config block, with a protein's own ``max_dms`` applied."""
+
+    source: str = "dms"
+    max_dms: float | None = None
+    n: int = 50
+    seed: int = 0
+    multi: bool = False
+
+
+def wt_log_probs(lm: EsmLM, wt_seq: str) -> torch.Tensor:
+    """Log-probabilities (T, V) from the model's own forward on the unmasked WT sequence."""
+    with torch.no_grad():
+        return torch.log_softmax(lm.logits(lm.tokenize([wt_seq]))[0].float(), dim=-1)
+
+
+def wt_marginal(lm: EsmLM, logp: torch.Tensor, mutants: list[Mutant]) -> np.ndarray:
+    """``S(m)`` for each mutant from WT log-probabilities (residue i is token i)."""
+    out = np.empty(len(mutants), dtype=np.float64)
+    idx = lm.token_index
+    for row, mutant in enumerate(mutants):
+        out[row] = sum(float(logp[s.pos, idx(s.mut)] - logp[s.pos, idx(s.wt)]) for s in mutant.sites)
+    return out
+
+
+def scores_table(lm: EsmLM, protein: str, wt_seq: str, dms: str | Path | None,
+                 settings: SelectionSettings) -> pd.DataFrame:
+    """One row per scored mutant with its WT-marginal score, DMS score and selection flag.
+
+    ``source: dms`` scores every substitution in the assay (singles; multi-site too when
+    ``multi``) and selects per METHOD.md; ``source: model`` scores all 19·L singles and
+    selects the n lowest, attaching DMS scores where an assay is given.
+    """
+    assay = read_assay(dms, wt_seq, multi=settings.multi) if dms else None
+    if settings.source == "dms":
+        if assay is None:
+            raise InputError(f"proteins.{protein}.dms: mutations.source is 'dms' but no assay file is given")
+        mutants = list(assay["parsed"])
+        dms_score = assay["dms_score"].to_numpy(dtype=float)
+        selected = select_from_assay(assay, max_dms=settings.max_dms, n=settings.n, seed=settings.seed,
+                                     where=f"{protein} (mutations.max_dms / proteins.{protein}.max_dms)")
+        selected = np.asarray(selected, dtype=bool)
+    elif settings.source == "model":
+        mutants = all_single_mutants(wt_seq)
+        dms_score = np.full(len(mutants), np.nan)
+        if assay is not None:
+            by_name = dict(zip(assay["mutant"], assay["dms_score"]))
+            dms_score = np.array([by_name.get(m.name, np.nan) for m in mutants], dtype=float)
+        selected = None
+    else:
+        raise InputError(f"mutations.source must be 'dms' or 'model', got {settings.source!r}")
+
+    score = wt_marginal(lm, wt_log_probs(lm, wt_seq), mutants)
+    if selected is None:
+        selected = select_lowest(score, settings.n)
+        log.info("%s: %d in-silico singles scored, the %d lowest selected", protein, len(mutants),
+                 int(selected.sum()))
+    return pd.DataFrame({
+        "mutant": [m.name for m in mutants],
+        "position": [":".join(str(s.pos) for s in m.sites) for m in mutants],
+        "wt": [":".join(s.wt for s in m.sites) for m in mutants],
+        "mut": [":".join(s.mut for s in m.sites) for m in mutants],
+        "wt_marginal": score,
+        "dms_score": dms_score,
+        "selected": np.asarray(selected, dtype=bool),
+    }, columns=SCORE_COLUMNS)
+
+
+def dms_correlation(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Spearman ρ between WT-marginal and DMS scores, per protein, over rows with both."""
+    rows = []
+    for protein, table in tables.items():
+        have = table["dms_score"].notna()
+        x, y = table.loc[have, "wt_marginal"], table.loc[have, "dms_score"]
+        if have.sum() < 3:
+            raise InputError(f"{protein}: fewer than 3 mutants with DMS scores; cannot correlate")
+        rho, p = stats.spearmanr(x, y)
+        rows.append({"protein": protein, "n": int(have.sum()), "spearman": float(rho), "p_value": float(p)})
+    return pd.DataFrame(rows, columns=["protein", "n", "spearman", "p_value"])
+
+
+def read_scores(path: str | Path) -> pd.DataFrame:
+    """Read a scores table written by :func:`scores_table`."""
+    table = pd.read_csv(path, dtype={"position": str, "wt": str, "mut": str})
+    missing = [c for c in SCORE_COLUMNS if c not in table.columns]
+    if missing:
+        raise InputError(f"{path}: not a scores table (missing column(s) {', '.join(missing)})")
+    return table

@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny ESM-2 and tiny SAEs in the real on-disk formats, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from esmsae.demo import write_tiny_esm2
+from esmsae.esm import EsmLM, load_esm
+from esmsae.sae import load_sae, random_sae, save_sae
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DMS = REPO.parent / "shared" / "data" / "proteingym"
+needs_dms = pytest.mark.skipif(not SHARED_DMS.is_dir(), reason=f"ProteinGym files not found at {SHARED_DMS}")
+
+# The study's real WT sequences (ProteinGym target_seq).
+WT = {
+    "EPHB2_HUMAN": "SFNTVDEWLEAIKMGQYKESFANAGFTSFDVVSQMMMEDILRVGVTLAGHQKKILNSIQVMRAQMN",
+    "DNJA1_HUMAN": "TTYYDVLGVKPNATQEELKKAYRKLALKYHPDKNPNEGEKFKQISQAYEVLSDAKKRELYDKGGE",
+    "PR40A_HUMAN": "TYTWNTKEEAKQAFKELLKEKRVPSNASWEQAMKMIINDPRYSALAKLSEKKQAFNAYKVQTE",
+}
+DMS_FILES = {
+    "EPHB2_HUMAN": "EPHB2_HUMAN_Tsuboyama_2023_1F0M.csv",
+    "DNJA1_HUMAN": "DNJA1_HUMAN_Tsuboyama_2023_2LO1.csv",
+    "PR40A_HUMAN": "PR40A_HUMAN_Tsuboyama_2023_1UZC.csv",
+}
+
+
+
+def pytest_configure(config):
+    # Tiny models are fastest on one thread, and extra threads stall when the
+    # machine's cores are busy (each op then waits on a thread barrier).
+    torch.set_num_threads(1)
+
+
+TINY = {"num_layers": 4, "embed_dim": 32, "attention_heads": 4}
+D_SAE, K = 96, 8
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A folder with a tiny fair-esm checkpoint and one SAE file per layer."""
+    folder = tmp_path_factory.mktemp("tiny")
+    write_tiny_esm2(folder / "esm2_tiny.pt", seed=1, **TINY)
+    for layer in range(1, TINY["num_layers"] + 1):
+        save_sae(random_sae(TINY["embed_dim"], D_SAE, K, seed=layer), folder / f"sae_l{layer}.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def lm(tiny_dir) -> EsmLM:
+    torch.manual_seed(0)
+    return EsmLM(load_esm(tiny_dir / "esm2_tiny.pt"), "cpu")
+
+
+@pytest.fixture(scope="session")
+def saes(tiny_dir, lm):
+    return {layer: load_sae(tiny_dir / f"sae_l{layer}.safetensors", K, layer=layer, d_in=lm.embed_dim)
+            for layer in range(1, lm.num_layers + 1)}

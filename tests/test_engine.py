@@ -1,0 +1,212 @@
+"""The invariants everything rests on, at every layer of a tiny model.
+
+The reference for "the model" is always fair-esm's own ``ESM2.forward``; where a
+residual vector must be replaced, a forward hook on fair-esm's module does it,
+so the checks do not share code with the engine under test.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from esmsae.engine import Splice
+from esmsae.mutations import parse_mutant
+from esmsae.scoring import wt_log_probs, wt_marginal
+
+from .conftest import TINY, WT
+
+SEQ = WT["PR40A_HUMAN"]
+LAYERS = list(range(1, TINY["num_layers"] + 1))
+MUTANTS = ["W4A", "K7P", "F14G", "L17R", "N38Y"]
+
+
+def hooked_logits(lm, seq: str, layer: int, replace: dict[int, torch.Tensor]) -> torch.Tensor:
+    """fair-esm's own forward with ``h_ℓ`` at token positions replaced (a hook on its module)."""
+    model = lm.model
+    module = model.layers[layer - 1] if layer < model.num_layers else model.emb_layer_norm_after
+
+    def hook(_module, _inputs, output):
+        x = output[0] if isinstance(output, tuple) else output  # (T, B, E)
+        x = x.clone()
+        for pos, vec in replace.items():
+            x[pos, 0] = vec
+        return (x, *output[1:]) if isinstance(output, tuple) else x
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            return model(lm.tokenize([seq]))["logits"][0]
+    finally:
+        handle.remove()
+
+
+def score_from_logits(logits: torch.Tensor, lm, mutant) -> float:
+    logp = torch.log_softmax(logits, -1)
+    return sum(float(logp[s.pos, lm.token_index(s.mut)] - logp[s.pos, lm.token_index(s.wt)]) for s in mutant.sites)
+
+
+@pytest.fixture(scope="module")
+def splices(lm, saes):
+    return {layer: Splice(lm, saes[layer], SEQ, layer) for layer in LAYERS}
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_cut_reproduces_fair_esm(lm, layer):
+    tokens = lm.tokenize([SEQ])
+    with torch.no_grad():
+        ref = lm.model(tokens, repr_layers=[layer])
+        h = lm.hidden(tokens, layer)
+        logits = lm.head(h, layer)
+    assert torch.allclose(h, ref["representations"][layer], atol=1e-6, rtol=0)
+    assert (logits - ref["logits"]).abs().max() <= 1e-5
+    positions = torch.tensor([3, 17, 40])
+    with torch.no_grad():
+        at = lm.head(h, layer, positions)
+    assert (at - ref["logits"][:, positions]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_sae_splice_without_intervention_is_the_model(lm, splices, layer):
+    """Every position rebuilt as dec(z; μ, σ) + e: logits equal the model's own."""
+    splice = splices[layer]
+    all_positions = torch.arange(splice.h.shape[1])
+    code = splice.wt_code(all_positions)
+    rebuilt = splice.sae.decode(code.z, code.mu, code.sigma) + code.error
+    assert (rebuilt - splice.h[0]).abs().max() <= 1e-5  # decode + error == input
+    with torch.no_grad():
+        logits = lm.head(rebuilt.unsqueeze(0), layer)[0]
+        ref = lm.logits(splice.tokens)[0]
+    assert (logits - ref).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_noop_patch_changes_score_by_exactly_zero(lm, splices, layer):
+    splice = splices[layer]
+    mutant = parse_mutant("F14G", SEQ)
+    code = splice.wt_code([14])
+    spec = splice.score_spec(mutant)
+    noop = code.z.expand(5, -1, -1).clone()  # each row "patches" features to their WT values
+    real = noop.clone()
+    real[:, 0, :5] += torch.linspace(0.5, 2.5, 5).unsqueeze(1)
+    rows = torch.cat([noop[:2], real, noop[2:]])  # no-ops mixed with real patches in one batch
+    for batch_size in (1, 3, 128):
+        out = splice.effects(code, rows, spec, batch_size=batch_size)
+        assert torch.equal(out.effects[[0, 1, 7, 8, 9]], torch.zeros(5))
+        assert bool((out.effects[2:7] != 0).all())
+    baseline = float(out.baseline[0])
+    expected = wt_marginal(lm, wt_log_probs(lm, SEQ), [mutant])[0]
+    assert abs(baseline - expected) <= 1e-5
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_patch_effects_match_fair_esm_forward(lm, splices, layer):
+    """A few single-feature patches: engine effect == hooked fair-esm forward, from scratch."""
+    splice = splices[layer]
+    mutant = parse_mutant("L17R", SEQ)
+    code = splice.wt_code([17])
+    h_mut = splice.hidden([mutant.apply(SEQ)])[:, [17]]
+    mut = splice.mutant_code(h_mut, code)
+    changed = torch.nonzero(mut.z[0, 0] != code.z[0]).flatten()[:4]
+    assert len(changed) > 0
+    z = code.z.expand(len(changed), -1, -1).clone()
+    z[torch.arange(len(changed)), 0, changed] = mut.z[0, 0, changed]
+    out = splice.effects(code, z, splice.score_spec(mutant))
+    base = score_from_logits(hooked_logits(lm, SEQ, layer, {}), lm, mutant)
+    for row, feature in enumerate(changed.tolist()):
+        z_new = code.z[0].clone()
+        z_new[feature] = mut.z[0, 0, feature]
+        vec = splice.sae.decode(z_new, code.mu[0], code.sigma[0]) + code.error[0]
+        ref = score_from_logits(hooked_logits(lm, SEQ, layer, {17: vec}), lm, mutant) - base
+        assert abs(float(out.effects[row]) - ref) <= 1e-5
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_mutant_code_rebuilds_the_mutant_representation(lm, splices, layer):
+    """Splicing (z_mut, ẽ_mut) gives the mutant's own h_ℓ at the site(s), single and multi-site."""
+    splice = splices[layer]
+    for text in ("K7P", "W4A:N38Y"):
+        mutant = parse_mutant(text, SEQ)
+        positions = [s.pos for s in mutant.sites]
+        code = splice.wt_code(positions)
+        h_mut = splice.hidden([mutant.apply(SEQ)])[:, positions]
+        mut = splice.mutant_code(h_mut, code)
+        rebuilt = splice.sae.decode(mut.z, code.mu, code.sigma) + mut.error
+        assert (rebuilt - h_mut).abs().max() <= 1e-5
+        out = splice.effects(code, mut.z, splice.score_spec(mutant), error_delta=mut.error - code.error)
+        direct = hooked_logits(lm, SEQ, layer, dict(zip(positions, h_mut[0], strict=True)))
+        base = score_from_logits(hooked_logits(lm, SEQ, layer, {}), lm, mutant)
+        assert abs(float(out.effects[0]) - (score_from_logits(direct, lm, mutant) - base)) <= 1e-5
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_batch_equals_single_runs(splices, layer):
+    splice = splices[layer]
+    mutant = parse_mutant("N38Y", SEQ)
+    code = splice.wt_code([38])
+    gen = torch.Generator().manual_seed(layer)
+    z = code.z.expand(9, -1, -1) + torch.rand(9, 1, code.z.shape[-1], generator=gen) * (torch.rand(9, 1, code.z.shape[-1], generator=gen) < 0.05)
+    err = 0.1 * torch.randn(9, 1, code.error.shape[-1], generator=gen)
+    spec = splice.score_spec(mutant)
+    batched = splice.effects(code, z, spec, error_delta=err, batch_size=128)
+    singles = torch.cat([splice.effects(code, z[i:i + 1], spec, error_delta=err[i:i + 1]).effects for i in range(9)])
+    assert (batched.effects - singles).abs().max() <= 1e-5
+    assert bool((batched.effects != 0).any())
+
+
+def test_pre_space_noop_is_exact_and_retopk_applies(splices):
+    splice = splices[2]
+    mutant = parse_mutant("W4A", SEQ)
+    code = splice.wt_code([4])
+    assert torch.equal(splice.latents(code.pre, "pre"), code.z)
+    pre = code.pre.expand(2, -1, -1).clone()
+    j = int(torch.argmin(code.pre[0]))  # the least active feature, pushed far above the rest
+    pre[1, 0, j] = code.pre.max() + 10.0
+    z = splice.latents(pre, "pre")
+    assert int((z[1, 0] > 0).sum()) <= splice.sae.k and float(z[1, 0, j]) > 0
+    out = splice.effects(code, z, splice.score_spec(mutant))
+    assert float(out.effects[0]) == 0.0 and float(out.effects[1]) != 0.0
+    with pytest.raises(ValueError, match="space"):
+        splice.latents(pre, "post")
+
+
+def test_run_is_differentiable_in_the_intervention(splices):
+    """Gradients reach the site's latents (IG needs them) while the weights take none."""
+    splice = splices[3]
+    mutant = parse_mutant("F14G", SEQ)
+    code = splice.wt_code([14])
+    z = code.z.clone().unsqueeze(0).requires_grad_(True)
+    score = splice.run(code.positions, splice.delta(code, z), splice.score_spec(mutant))
+    (grad,) = torch.autograd.grad(score.sum(), z)
+    assert grad.shape == z.shape and bool(grad.abs().sum() > 0)
+    assert all(p.grad is None and not p.requires_grad for p in splice.lm.model.parameters())
+
+
+def test_mutant_scores_equal_wt_marginal_definition(lm):
+    """WT-marginal score from the model's logits, written out by hand, for single and double mutants."""
+    logp = torch.log_softmax(lm.logits(lm.tokenize([SEQ]))[0], -1)
+    for text in [*MUTANTS, "W4A:N38Y"]:
+        mutant = parse_mutant(text, SEQ)
+        expected = sum(float(logp[s.pos, lm.alphabet.get_idx(s.mut)] - logp[s.pos, lm.alphabet.get_idx(s.wt)])
+                       for s in mutant.sites)
+        assert abs(wt_marginal(lm, wt_log_probs(lm, SEQ), [mutant])[0] - expected) <= 1e-6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_engine_on_cuda_matches_cpu(tiny_dir, saes):
+    from esmsae.esm import EsmLM, load_esm
+
+    mutant = parse_mutant("L17R", SEQ)
+    results = {}
+    for device in ("cpu", "cuda"):
+        lm = EsmLM(load_esm(tiny_dir / "esm2_tiny.pt"), device)
+        splice = Splice(lm, copy.deepcopy(saes[2]), SEQ, 2)  # Splice moves its SAE to the device
+        code = splice.wt_code([17])
+        mut = splice.mutant_code(splice.hidden([mutant.apply(SEQ)])[:, [17]], code)
+        z = torch.cat([code.z.unsqueeze(0), mut.z])
+        out = splice.effects(code, z, splice.score_spec(mutant))
+        assert float(out.effects[0]) == 0.0
+        results[device] = out.effects.cpu()
+    assert (results["cpu"] - results["cuda"]).abs().max() <= 1e-4
