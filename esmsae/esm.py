@@ -65,23 +65,23 @@ def read_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> dict:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             data = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-            what = found.group(1) if found else "an object outside the fair-esm format"
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if found:
             raise InputError(
-                f"{path}: the checkpoint pickles {what}, which a fair-esm ESM-2 file does not "
+                f"{path}: the checkpoint pickles {found.group(1)}, which a fair-esm ESM-2 file does not "
                 "need; refusing to unpickle it (set esm_trust_pickle: true only if you trust the file)"
             ) from None
         raise InputError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as err:
         raise InputError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {err}"
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {err!r}"
         ) from None
     return data
 
 
-def parse_checkpoint(data: object, path: str | Path) -> tuple[EsmArch, dict[str, Tensor]]:
-    """Check the fair-esm layout and return the architecture and the de-prefixed state dict."""
+def parse_checkpoint(data: object, path: str | Path) -> tuple[EsmArch, dict[str, Tensor], dict[str, str]]:
+    """Check the fair-esm layout; return the architecture, the de-prefixed state dict and
+    each de-prefixed key's name in the file (for messages)."""
     if not isinstance(data, dict) or "model" not in data or "cfg" not in data:
         raise InputError(f"{path}: not a fair-esm checkpoint (expected a dict with keys 'cfg' and 'model')")
     cfg = data["cfg"]
@@ -100,12 +100,18 @@ def parse_checkpoint(data: object, path: str | Path) -> tuple[EsmArch, dict[str,
     state = data["model"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise InputError(f"{path}: checkpoint['model'] is not a dict of tensors")
-    return arch, {_PREFIX.sub("", k): v for k, v in state.items()}
+    names = {_PREFIX.sub("", k): k for k in state}
+    return arch, {key: state[name] for key, name in names.items()}, names
+
+
+def _file_key(key: str) -> str:
+    """Where fair-esm writes a module key in an ESM-2 checkpoint file."""
+    return ("encoder." if key.startswith("lm_head.") else "encoder.sentence_encoder.") + key
 
 
 def load_esm(path: str | Path, *, trust_pickle: bool = False) -> ESM2:
     """Load a fair-esm ESM-2 checkpoint strictly: every tensor present, none extra, shapes exact."""
-    arch, state = parse_checkpoint(read_checkpoint(path, trust_pickle=trust_pickle), path)
+    arch, state, names = parse_checkpoint(read_checkpoint(path, trust_pickle=trust_pickle), path)
     model = ESM2(
         num_layers=arch.num_layers,
         embed_dim=arch.embed_dim,
@@ -114,20 +120,21 @@ def load_esm(path: str | Path, *, trust_pickle: bool = False) -> ESM2:
         token_dropout=arch.token_dropout,
     )
     expected = model.state_dict()
+    in_file = {key: _file_key(key) for key in expected} | names
     missing = sorted(set(expected) - set(state) - _OPTIONAL_KEYS)
     if missing:
-        raise InputError(f"{path}: missing tensor(s) {_listing(missing)}")
+        raise InputError(f"{path}: missing tensor(s) {_listing([in_file[k] for k in missing])}")
     extra = sorted(set(state) - set(expected))
     if extra:
-        raise InputError(f"{path}: unexpected tensor(s) {_listing(extra)}")
+        raise InputError(f"{path}: unexpected tensor(s) {_listing([in_file[k] for k in extra])}")
     for key, value in state.items():
         if tuple(value.shape) != tuple(expected[key].shape):
             raise InputError(
-                f"{path}: tensor {key} has shape {tuple(value.shape)}, expected "
+                f"{path}: tensor {in_file[key]} has shape {tuple(value.shape)}, expected "
                 f"{tuple(expected[key].shape)} for {arch}"
             )
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise InputError(f"{path}: tensor {key} contains NaN or Inf")
+            raise InputError(f"{path}: tensor {in_file[key]} contains NaN or Inf")
     result = model.load_state_dict(state, strict=False)
     assert set(result.missing_keys) <= _OPTIONAL_KEYS and not result.unexpected_keys
     return model.eval().requires_grad_(False)

@@ -95,7 +95,7 @@ def load_sae(path: str | Path, k: int, *, layer: int | None = None, d_in: int | 
     """Load an SAE strictly: the four tensors present, nothing unknown, shapes consistent, values finite."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: SAE file not found" + (f" for layer {layer}" if layer else "") +
+        raise InputError(f"{path}: SAE file not found" + (f" for layer {layer}" if layer is not None else "") +
                          " (config keys sae.dir and sae.pattern)")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
