@@ -1,0 +1,25 @@
+# Which SAE features causally carry ESM-2's mutation-effect predictions.
+#
+#   snakemake --profile profiles/demo          # offline demo on a tiny model
+#   snakemake --profile profiles/local         # the study in config.yaml, one machine
+#   snakemake --profile profiles/demo -n       # what would run
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),
+
+
+include: "rules/demo.smk"
+include: "rules/sae.smk"
+include: "rules/scoring.smk"

@@ -1,0 +1,69 @@
+"""The pipeline's configuration: schema, semantic checks and lookups.
+
+The JSON schema (``config.schema.yaml`` beside this file) catches unknown keys
+and wrong types; :func:`check_config` catches what a schema cannot say. The
+Snakefile and the scripts use the lookups below, so each rule of naming
+(SAE file per layer, k per layer, the layers analysed) is written once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from esmsae.errors import InputError
+from esmsae.mutations import check_wt_sequence
+from esmsae.scoring import SelectionSettings
+
+SCHEMA = Path(__file__).with_name("config.schema.yaml")
+
+
+def check_config(config: dict) -> None:
+    """Checks beyond the schema; each error names the config key."""
+    k = config["sae"]["k"]
+    if isinstance(k, dict):
+        for layer in k:
+            if not str(layer).isdigit() or int(layer) < 1:
+                raise InputError(f"config key sae.k: layer {layer!r} is not a positive integer")
+        missing = [layer for layer in analysis_layers(config) if layer not in {int(x) for x in k}]
+        if missing:
+            raise InputError(f"config key sae.k: no k given for layer(s) {missing}")
+    for name, protein in config["proteins"].items():
+        check_wt_sequence(protein["wt_seq"], f"config key proteins.{name}.wt_seq")
+        if config["mutations"].get("source", "dms") == "dms" and not protein.get("dms"):
+            raise InputError(f"config key proteins.{name}.dms: required when mutations.source is 'dms'")
+    if not analysis_layers(config):
+        raise InputError("config keys patching.layers and ig.layers: no layer to analyse")
+
+
+def analysis_layers(config: dict) -> list[int]:
+    """Every layer some analysis needs an SAE for, sorted."""
+    return sorted(set(config["patching"]["layers"]) | set(config["ig"]["layers"]))
+
+
+def sae_k(config: dict, layer: int) -> int:
+    """The TopK k for `layer` (one value, or a per-layer mapping)."""
+    k = config["sae"]["k"]
+    if isinstance(k, dict):
+        by_layer = {int(key): int(value) for key, value in k.items()}
+        if int(layer) not in by_layer:
+            raise InputError(f"config key sae.k: no k given for layer {layer}")
+        return by_layer[int(layer)]
+    return int(k)
+
+
+def sae_file_pattern(config: dict) -> str:
+    """The SAE file path with a ``{layer}`` wildcard."""
+    return str(Path(config["sae"]["dir"]) / config["sae"]["pattern"])
+
+
+def sae_file(config: dict, layer: int) -> str:
+    return sae_file_pattern(config).format(layer=int(layer))
+
+
+def selection_settings(config: dict, protein: str) -> SelectionSettings:
+    """The ``mutations`` block with the protein's own ``max_dms`` override applied."""
+    m = config["mutations"]
+    entry = config["proteins"][protein]
+    max_dms = entry["max_dms"] if entry.get("max_dms") is not None else m.get("max_dms")
+    return SelectionSettings(source=m.get("source", "dms"), max_dms=max_dms, n=int(m.get("n", 50)),
+                             seed=int(m.get("seed", 0)), multi=bool(m.get("multi", False)))

@@ -1,0 +1,154 @@
+"""One entry point per Snakemake rule; the scripts in ``workflow_scripts/`` only call these.
+
+Each function takes plain paths and settings (no Snakemake object), writes its
+outputs atomically, and logs what it read and kept, so it can be run and tested
+outside Snakemake too.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from esmsae import config as cfg
+from esmsae.demo import write_tiny_esm2
+from esmsae.errors import InputError
+from esmsae.esm import EsmLM, load_esm, resolve_device
+from esmsae.io import write_csv
+from esmsae.mutations import AMINO_ACIDS, Mutant, Site, parse_mutant
+from esmsae.quality import residue_activations, sae_quality
+from esmsae.sae import load_sae, save_sae, train_sae
+from esmsae.scoring import dms_correlation, read_scores, scores_table
+
+log = logging.getLogger("esmsae")
+
+
+@contextmanager
+def log_to(path: str | Path) -> Iterator[logging.Logger]:
+    """Send the package's log to a rule's log file; record a failure there before re-raising."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield log
+    except InputError as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception:
+        log.exception("failed")
+        raise
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def open_model(config: dict, checkpoint: str | Path) -> EsmLM:
+    """The ESM-2 checkpoint on the configured device."""
+    device = resolve_device(config.get("device", "auto"))
+    model = load_esm(checkpoint, trust_pickle=config.get("esm_trust_pickle", False))
+    lm = EsmLM(model, device)
+    log.info("loaded %s: %d layers, width %d, %.1fM parameters, on %s", checkpoint,
+             lm.num_layers, lm.embed_dim, lm.num_parameters() / 1e6, device)
+    return lm
+
+
+def open_sae(config: dict, lm: EsmLM, layer: int):
+    """The configured SAE for `layer`, checked against the model."""
+    lm.check_layer(layer, where=f"config: layer {layer}")
+    sae = load_sae(cfg.sae_file(config, layer), cfg.sae_k(config, layer), layer=layer, d_in=lm.embed_dim)
+    log.info("loaded SAE for layer %d: d_sae=%d k=%d from %s", layer, sae.info.d_sae, sae.k, sae.info.source)
+    return sae
+
+
+# -- rules ----------------------------------------------------------------------
+def build_demo_model(spec: dict, checkpoint: str | Path) -> None:
+    """Rule build_demo_model: a tiny random ESM-2 in fair-esm's format."""
+    model = write_tiny_esm2(checkpoint, num_layers=spec["layers"], embed_dim=spec["embed_dim"],
+                            attention_heads=spec["heads"], seed=spec.get("seed", 0))
+    log.info("wrote a tiny ESM-2 (%d layers, width %d, %d heads) to %s", model.num_layers,
+             model.embed_dim, model.attention_heads, checkpoint)
+
+
+def training_sequences(proteins: dict[str, dict], n_mutants: int, seed: int) -> list[str]:
+    """WT sequences plus `n_mutants` random single mutants of each, reproducible for a seed."""
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for entry in proteins.values():
+        wt = entry["wt_seq"].strip().upper()
+        seqs.append(wt)
+        for _ in range(n_mutants):
+            pos = int(rng.integers(1, len(wt) + 1))
+            mut = str(rng.choice([a for a in AMINO_ACIDS if a != wt[pos - 1]]))
+            seqs.append(Mutant(f"{wt[pos - 1]}{pos}{mut}", (Site(wt[pos - 1], pos, mut),)).apply(wt))
+    return seqs
+
+
+def train_layer_sae(config: dict, checkpoint: str | Path, layer: int, out: str | Path) -> None:
+    """Rule train_sae: fit a TopK SAE to layer `layer`'s residual stream on the study's sequences."""
+    spec = config["sae"]["train"]
+    lm = open_model(config, checkpoint)
+    lm.check_layer(layer, where=f"sae.train: layer {layer}")
+    seqs = training_sequences(config["proteins"], spec.get("n_mutants", 200), spec.get("seed", 0))
+    x = residue_activations(lm, seqs, [layer])[layer]
+    log.info("layer %d: %d activation vectors from %d sequences", layer, x.shape[0], len(seqs))
+    k = cfg.sae_k(config, layer)
+    sae = train_sae(x.to(lm.device), d_sae=spec["d_sae"], k=k, steps=spec.get("steps", 2000),
+                    lr=spec.get("lr", 1e-3), batch_size=spec.get("batch_size", 1024),
+                    seed=spec.get("seed", 0), layer=layer)
+    save_sae(sae, out)
+
+
+def score_protein(config: dict, checkpoint: str | Path, protein: str, out: str | Path) -> None:
+    """Rule score_mutations: WT-marginal scores and the selection for one protein."""
+    entry = config["proteins"][protein]
+    lm = open_model(config, checkpoint)
+    table = scores_table(lm, protein, entry["wt_seq"].strip().upper(), entry.get("dms"),
+                         cfg.selection_settings(config, protein))
+    log.info("%s: %d mutants scored, %d selected", protein, len(table), int(table["selected"].sum()))
+    write_csv(table, out)
+
+
+def correlate(scores: dict[str, str | Path], out: str | Path) -> None:
+    """Rule dms_correlation: Spearman ρ of WT-marginal scores with DMS scores, per protein."""
+    table = dms_correlation({protein: read_scores(path) for protein, path in scores.items()})
+    write_csv(table, out)
+
+
+def selected_mutants(config: dict, scores: dict[str, str | Path]) -> dict[str, list[Mutant]]:
+    """The selected mutants of each protein, read back from its scores table."""
+    out = {}
+    for protein, path in scores.items():
+        wt = config["proteins"][protein]["wt_seq"].strip().upper()
+        table = read_scores(path)
+        names = table.loc[table["selected"].astype(bool), "mutant"]
+        out[protein] = [parse_mutant(name, wt, where=f"{path}") for name in names]
+    return out
+
+
+def measure_sae_quality(config: dict, checkpoint: str | Path, scores: dict[str, str | Path],
+                        out: str | Path) -> None:
+    """Rule sae_quality: FVE, L0 and dead latents per layer on WT and selected mutant sequences."""
+    lm = open_model(config, checkpoint)
+    seqs = []
+    for protein, mutants in selected_mutants(config, scores).items():
+        wt = config["proteins"][protein]["wt_seq"].strip().upper()
+        seqs += [wt] + [m.apply(wt) for m in mutants]
+    saes = {layer: open_sae(config, lm, layer) for layer in cfg.analysis_layers(config)}
+    table = sae_quality(lm, saes, seqs)
+    log.info("SAE quality on %d sequences:\n%s", len(seqs), table.to_string(index=False))
+    write_csv(table, out)
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(max(1, int(threads)))
+

@@ -1,0 +1,53 @@
+# Shared helpers: config validation, target lists and input/params functions, defined once.
+import re
+
+from snakemake.utils import validate
+
+from esmsae import config as cfg
+
+validate(config, schema=str(cfg.SCHEMA), set_default=True)
+cfg.check_config(config)
+
+OUTDIR = config["outdir"]
+PROTEINS = list(config["proteins"])
+DMS_PROTEINS = [p for p in PROTEINS if config["proteins"][p].get("dms")]
+LAYERS = cfg.analysis_layers(config)
+SAE_FILE = cfg.sae_file_pattern(config)
+ENV = "../envs/esmsae.yaml"
+# Settings that change how a job runs but not what it computes.
+RUNTIME_KEYS = ("device", "esm_trust_pickle", "batch_size")
+
+
+wildcard_constraints:
+    protein="|".join(re.escape(p) for p in PROTEINS),
+    layer=r"\d+",
+
+
+def settings(*keys, proteins=None):
+    """The slice of the config a rule depends on, passed as params so that editing it reruns the rule."""
+    out = {key: config[key] for key in (*RUNTIME_KEYS, *keys) if key in config}
+    if proteins is not None:
+        out["proteins"] = {p: config["proteins"][p] for p in proteins}
+    return out
+
+
+def protein_settings(wildcards):
+    return settings("mutations", proteins=[wildcards.protein])
+
+
+def scores_file(protein):
+    return f"{OUTDIR}/scores/{protein}.csv"
+
+
+def dms_assay(wildcards):
+    """The protein's ProteinGym assay file, if it has one."""
+    path = config["proteins"][wildcards.protein].get("dms")
+    return {"assay": path} if path else {}
+
+
+def all_targets():
+    targets = [scores_file(p) for p in PROTEINS]
+    targets.append(f"{OUTDIR}/tables/sae_quality.csv")
+    if DMS_PROTEINS:
+        targets.append(f"{OUTDIR}/tables/dms_correlation.csv")
+    return targets
