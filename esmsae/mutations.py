@@ -148,7 +148,7 @@ def all_single_mutants(wt_seq: str) -> list[Mutant]:
 
 def _first_difference(got: str, expected: str) -> str:
     """Describe where two sequences first differ (for error messages)."""
-    for i, (a, b) in enumerate(zip(got, expected), start=1):
+    for i, (a, b) in enumerate(zip(got, expected, strict=False), start=1):
         if a != b:
             return f"first difference at position {i}: file has {a!r}, expected {b!r}"
     return f"file sequence has length {len(got)}, expected {len(expected)}"
@@ -183,7 +183,7 @@ def read_assay(path: str | os.PathLike, wt_seq: str, *, multi: bool = False) -> 
     first_row: dict[frozenset[Site], int] = {}
     n_multi_dropped = 0
     for n, (text, mutated, score_text) in enumerate(
-        zip(raw["mutant"], raw["mutated_sequence"], raw["DMS_score"]), start=1
+        zip(raw["mutant"], raw["mutated_sequence"], raw["DMS_score"], strict=True), start=1
     ):
         where = f"{name}, row {n} ({text!r})"
         mutant = parse_mutant(text, seq, where=where)

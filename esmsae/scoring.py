@@ -71,7 +71,7 @@ def scores_table(lm: EsmLM, protein: str, wt_seq: str, dms: str | Path | None,
         mutants = all_single_mutants(wt_seq)
         dms_score = np.full(len(mutants), np.nan)
         if assay is not None:
-            by_name = dict(zip(assay["mutant"], assay["dms_score"]))
+            by_name = dict(zip(assay["mutant"], assay["dms_score"], strict=True))
             dms_score = np.array([by_name.get(m.name, np.nan) for m in mutants], dtype=float)
         selected = None
     else:

@@ -37,7 +37,9 @@ needs_proteingym = pytest.mark.skipif(
 )
 
 
-def write_assay(path: Path, rows: list[tuple[str, str, str]], header: str = "mutant,mutated_sequence,DMS_score") -> Path:
+def write_assay(
+    path: Path, rows: list[tuple[str, str, str]], header: str = "mutant,mutated_sequence,DMS_score"
+) -> Path:
     """Write a small assay CSV: rows of (mutant, mutated_sequence, DMS_score) text."""
     lines = [header] + [",".join(r) for r in rows]
     path.write_text("\n".join(lines) + "\n")
@@ -309,7 +311,8 @@ def test_select_keeps_all_when_fewer_than_n():
 def test_select_says_which_filter_emptied_it():
     table = big_table(1239)
     where = "mutations.max_dms=-5.0 for EPHB2_HUMAN"
-    with pytest.raises(InputError, match=r"^mutations\.max_dms=-5\.0 for EPHB2_HUMAN: 0 of 1239 rows have DMS_score <= -5\.0$"):
+    expected = r"^mutations\.max_dms=-5\.0 for EPHB2_HUMAN: 0 of 1239 rows have DMS_score <= -5\.0$"
+    with pytest.raises(InputError, match=expected):
         select_from_assay(table, max_dms=-5.0, n=10, seed=0, where=where)
 
 
