@@ -15,6 +15,10 @@ from esmsae.mutations import check_wt_sequence
 from esmsae.scoring import SelectionSettings
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")
+# Defaults inside the optional `demo` and `sae.train` blocks (the schema cannot
+# default keys inside an object that may be null).
+DEMO_DEFAULTS = {"seed": 0}
+TRAIN_DEFAULTS = {"steps": 2000, "lr": 1e-3, "batch_size": 1024, "n_mutants": 200, "seed": 0}
 
 
 def check_config(config: dict) -> None:
@@ -33,6 +37,18 @@ def check_config(config: dict) -> None:
             raise InputError(f"config key proteins.{name}.dms: required when mutations.source is 'dms'")
     if not analysis_layers(config):
         raise InputError("config keys patching.layers and ig.layers: no layer to analyse")
+
+
+def demo_settings(config: dict) -> dict | None:
+    """The `demo` block with its defaults, or None when the demo model is off."""
+    spec = config.get("demo")
+    return None if spec is None else {**DEMO_DEFAULTS, **spec}
+
+
+def train_settings(config: dict) -> dict | None:
+    """The `sae.train` block with its defaults, or None when SAEs are read, not trained."""
+    spec = config["sae"].get("train")
+    return None if spec is None else {**TRAIN_DEFAULTS, **spec}
 
 
 def analysis_layers(config: dict) -> list[int]:

@@ -74,7 +74,7 @@ def open_sae(config: dict, lm: EsmLM, layer: int):
 def build_demo_model(spec: dict, checkpoint: str | Path) -> None:
     """Rule build_demo_model: a tiny random ESM-2 in fair-esm's format."""
     model = write_tiny_esm2(checkpoint, num_layers=spec["layers"], embed_dim=spec["embed_dim"],
-                            attention_heads=spec["heads"], seed=spec.get("seed", 0))
+                            attention_heads=spec["heads"], seed=spec["seed"])
     log.info("wrote a tiny ESM-2 (%d layers, width %d, %d heads) to %s", model.num_layers,
              model.embed_dim, model.attention_heads, checkpoint)
 
@@ -95,16 +95,15 @@ def training_sequences(proteins: dict[str, dict], n_mutants: int, seed: int) -> 
 
 def train_layer_sae(config: dict, checkpoint: str | Path, layer: int, out: str | Path) -> None:
     """Rule train_sae: fit a TopK SAE to layer `layer`'s residual stream on the study's sequences."""
-    spec = config["sae"]["train"]
+    spec = cfg.train_settings(config)
     lm = open_model(config, checkpoint)
     lm.check_layer(layer, where=f"sae.train: layer {layer}")
-    seqs = training_sequences(config["proteins"], spec.get("n_mutants", 200), spec.get("seed", 0))
+    seqs = training_sequences(config["proteins"], spec["n_mutants"], spec["seed"])
     x = residue_activations(lm, seqs, [layer])[layer]
     log.info("layer %d: %d activation vectors from %d sequences", layer, x.shape[0], len(seqs))
     k = cfg.sae_k(config, layer)
-    sae = train_sae(x.to(lm.device), d_sae=spec["d_sae"], k=k, steps=spec.get("steps", 2000),
-                    lr=spec.get("lr", 1e-3), batch_size=spec.get("batch_size", 1024),
-                    seed=spec.get("seed", 0), layer=layer)
+    sae = train_sae(x.to(lm.device), d_sae=spec["d_sae"], k=k, steps=spec["steps"], lr=spec["lr"],
+                    batch_size=spec["batch_size"], seed=spec["seed"], layer=layer)
     save_sae(sae, out)
 
 

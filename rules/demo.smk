@@ -5,7 +5,7 @@ if config.get("demo"):
         output:
             checkpoint=config["esm_checkpoint"],
         params:
-            spec=config["demo"],
+            spec=cfg.demo_settings(config),
         log:
             f"{OUTDIR}/logs/build_demo_model.log",
         benchmark:

@@ -1,0 +1,321 @@
+"""End-to-end tests of the Snakemake workflow: the demo run, reruns, lint, config errors and a DMS run.
+
+Snakemake runs as a subprocess in a temporary copy of the workflow, so the repository's own
+``results/`` and ``.snakemake/`` are never touched. The full demo runs once per module
+(about a minute on two cores); the other tests read its outputs or dry-run against it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from esmsae.esm import load_esm
+from esmsae.sae import load_sae
+
+from .conftest import DMS_FILES, REPO, SHARED_DMS, WT, needs_dms
+
+pytestmark = pytest.mark.workflow
+
+WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "config.yaml", "profiles", "envs")
+PROFILE = ("--profile", "profiles/demo")
+DEMO_CONFIG = "profiles/demo/demo.yaml"
+DEMO = yaml.safe_load((REPO / DEMO_CONFIG).read_text())
+DEMO_LAYERS = sorted(set(DEMO["patching"]["layers"]) | set(DEMO["ig"]["layers"]))
+
+SCORE_COLUMNS = ["mutant", "position", "wt", "mut", "wt_marginal", "dms_score", "selected"]
+QUALITY_COLUMNS = ["layer", "d_sae", "k", "fve", "mean_l0", "dead_fraction", "n_positions"]
+DMS_SINGLES = {"EPHB2_HUMAN": 1239, "DNJA1_HUMAN": 1216, "PR40A_HUMAN": 1163}
+
+RUN_TIMEOUT = 900  # a full run; the demo takes about a minute
+DRY_TIMEOUT = 300  # parsing the workflow and building the DAG
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished Snakemake call: where it ran, its exit status and its combined stdout/stderr."""
+
+    workdir: Path
+    returncode: int
+    output: str
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = DRY_TIMEOUT) -> Run:
+    """Run Snakemake from this interpreter's environment in `workdir`."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    cmd = [sys.executable, "-m", "snakemake", *args]
+    try:
+        proc = subprocess.run(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as err:
+        out = err.output.decode(errors="replace") if isinstance(err.output, bytes) else (err.output or "")
+        pytest.fail(f"snakemake {' '.join(args)} did not finish within {timeout} s:\n{out[-5000:]}")
+    return Run(workdir, proc.returncode, proc.stdout)
+
+
+def succeeded(run: Run, what: str) -> Run:
+    assert run.returncode == 0, f"{what} failed (exit {run.returncode}):\n{run.output[-8000:]}"
+    return run
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A fresh copy of the workflow (no results, no .snakemake) to run in."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name)
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def write_override(folder: Path, name: str, override: dict) -> str:
+    path = folder / name
+    path.write_text(yaml.safe_dump(override, sort_keys=False))
+    return str(path)
+
+
+def with_override(path: str) -> tuple[str, ...]:
+    # A --configfile on the command line replaces the profile's configfile, so name demo.yaml again.
+    return (*PROFILE, "--configfile", DEMO_CONFIG, path)
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """The 'Job stats' table Snakemake prints before running (or dry-running): rule -> job count."""
+    lines = output.splitlines()
+    if "Job stats:" not in lines:
+        return {}
+    counts = {}
+    for line in lines[lines.index("Job stats:") + 3:]:
+        fields = line.split()
+        if len(fields) != 2 or not fields[1].isdigit():
+            break
+        if fields[0] != "total":
+            counts[fields[0]] = int(fields[1])
+    return counts
+
+
+def finished_rules(output: str) -> list[str]:
+    """The rules of the jobs a real run finished, in order."""
+    return re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output)
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DemoRun:
+    workdir: Path
+    run: Run
+    dry_run_after: Run
+
+    @property
+    def outdir(self) -> Path:
+        return self.workdir / DEMO["outdir"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> DemoRun:
+    """The full demo, run once in a temporary copy, and the dry run right after it."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("demo") / "workflow")
+    run = succeeded(snakemake(workdir, *PROFILE, timeout=RUN_TIMEOUT), "the demo run")
+    dry = snakemake(workdir, *PROFILE, "-n")
+    return DemoRun(workdir, run, dry)
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> Path:
+    """A copy of the workflow that never runs anything, for dry runs and config checks."""
+    return copy_workflow(tmp_path_factory.mktemp("fresh") / "workflow")
+
+
+# -- 1. the demo run ------------------------------------------------------------------------------
+def test_demo_runs_every_job_once(demo):
+    assert planned_jobs(demo.run.output) == {
+        "build_demo_model": 1, "train_sae": len(DEMO_LAYERS), "score_mutations": len(WT),
+        "sae_quality": 1, "all": 1,
+    }
+    assert sorted(finished_rules(demo.run.output)) == sorted(
+        ["build_demo_model", "sae_quality", "all"] + ["train_sae"] * len(DEMO_LAYERS)
+        + ["score_mutations"] * len(WT))
+
+
+@pytest.mark.parametrize("protein", list(WT))
+def test_demo_scores_table(demo, protein):
+    wt = WT[protein]
+    table = pd.read_csv(demo.outdir / "scores" / f"{protein}.csv")
+    assert list(table.columns) == SCORE_COLUMNS
+    assert len(table) == 19 * len(wt)
+    # Every in-silico single substitution once, named after the WT residue it replaces.
+    assert table["mutant"].is_unique
+    sites = list(zip(table["wt"], table["position"], table["mut"], strict=True))
+    assert all(wt[pos - 1] == w != m for w, pos, m in sites)
+    assert list(table["mutant"]) == [f"{w}{pos}{m}" for w, pos, m in sites]
+    assert table["wt_marginal"].notna().all()
+    assert table["dms_score"].isna().all()  # the demo has no assay files
+
+    n = DEMO["mutations"]["n"]
+    selected = table["selected"].astype(bool)
+    assert selected.sum() == n
+    # The n lowest WT-marginal scores: none left out scores below one taken.
+    assert table.loc[selected, "wt_marginal"].max() <= table.loc[~selected, "wt_marginal"].min()
+    assert set(table.loc[selected, "mutant"]) == set(table.nsmallest(n, "wt_marginal")["mutant"])
+
+
+def test_demo_sae_quality_table(demo):
+    table = pd.read_csv(demo.outdir / "tables" / "sae_quality.csv")
+    assert list(table.columns) == QUALITY_COLUMNS
+    assert list(table["layer"]) == DEMO_LAYERS
+    assert (table["d_sae"] == DEMO["sae"]["train"]["d_sae"]).all()
+    assert (table["k"] == DEMO["sae"]["k"]).all()
+    assert (table["fve"] > 0.5).all(), table
+    assert (table["mean_l0"] <= table["k"]).all(), table
+    assert table["dead_fraction"].between(0, 1).all()
+    assert (table["n_positions"] > 0).all()
+
+
+def test_demo_logs_and_benchmarks(demo):
+    jobs = (["build_demo_model", "sae_quality"] + [f"train_sae/L{layer}" for layer in DEMO_LAYERS]
+            + [f"score_mutations/{protein}" for protein in WT])
+    for job in jobs:
+        log = demo.outdir / "logs" / f"{job}.log"
+        benchmark = demo.outdir / "benchmarks" / f"{job}.tsv"
+        assert log.is_file() and log.stat().st_size > 0, f"no log for {job}"
+        assert benchmark.is_file() and benchmark.read_text().startswith("s\t"), f"no benchmark for {job}"
+
+
+def test_demo_model_and_saes_load(demo):
+    model = load_esm(demo.workdir / DEMO["esm_checkpoint"])
+    assert model.num_layers == DEMO["demo"]["layers"]
+    assert model.embed_dim == DEMO["demo"]["embed_dim"]
+    for layer in DEMO_LAYERS:
+        path = demo.workdir / DEMO["sae"]["dir"] / DEMO["sae"]["pattern"].format(layer=layer)
+        sae = load_sae(path, DEMO["sae"]["k"], layer=layer, d_in=model.embed_dim)
+        assert sae.k == DEMO["sae"]["k"]
+        assert sae.info.d_sae == DEMO["sae"]["train"]["d_sae"]
+
+
+# -- 2. a finished run has nothing left to do -----------------------------------------------------
+def test_nothing_to_do_after_the_run(demo):
+    dry = succeeded(demo.dry_run_after, "the dry run after the demo")
+    assert "Nothing to be done" in dry.output, dry.output[-3000:]
+    assert planned_jobs(dry.output) == {}
+
+
+# -- 3. rebuild only what is needed, deterministically -------------------------------------------
+def test_deleted_table_rebuilds_alone_and_identically(demo):
+    target = f"{DEMO['outdir']}/scores/PR40A_HUMAN.csv"
+    path = demo.workdir / target
+    before = path.read_bytes()
+    path.unlink()
+
+    dry = succeeded(snakemake(demo.workdir, *PROFILE, "-n", target), "the dry run for one table")
+    assert planned_jobs(dry.output) == {"score_mutations": 1}, dry.output[-3000:]
+
+    run = succeeded(snakemake(demo.workdir, *PROFILE, target, timeout=RUN_TIMEOUT), "the rebuild of one table")
+    assert finished_rules(run.output) == ["score_mutations"], run.output[-3000:]
+    assert "wildcards: protein=PR40A_HUMAN" in run.output
+    assert path.read_bytes() == before, "score_mutations is not deterministic"
+
+
+# -- 4. lint --------------------------------------------------------------------------------------
+# Lines Snakemake prints on every call that are not findings about the workflow.
+LINT_CHATTER = (
+    "Using profile profiles/demo for setting default command line arguments.",
+    "Config file config.yaml is extended by additional config specified via the command line.",
+    "Congratulations, your workflow is in a good condition!",
+)
+
+
+def test_lint_is_clean(fresh):
+    run = snakemake(fresh, *PROFILE, "--lint")
+    warnings = [line for line in run.output.splitlines() if line.strip() and line.strip() not in LINT_CHATTER]
+    assert run.returncode == 0, run.output
+    assert not warnings, "snakemake --lint printed:\n" + "\n".join(warnings)
+    assert "Congratulations" in run.output
+
+
+# -- 5. config errors name the key ----------------------------------------------------------------
+@pytest.mark.parametrize(("override", "key"), [
+    ({"mutations": {"bogus": 1}}, "'bogus'"),
+    ({"mutations": {"n": "many"}}, "['n']"),
+    ({"sae": {"k": 0}}, "['k']"),
+], ids=["unknown-key", "wrong-type", "k-zero"])
+def test_config_error_names_the_key(fresh, tmp_path, override, key):
+    run = snakemake(fresh, *with_override(write_override(tmp_path, "bad.yaml", override)), "-n")
+    assert run.returncode != 0, f"{override} was accepted:\n{run.output[-3000:]}"
+    assert "Error validating config file" in run.output, run.output[-3000:]
+    assert key in run.output, run.output[-3000:]
+    assert "Traceback" not in run.output and "AttributeError" not in run.output, run.output[-3000:]
+
+
+def test_config_override_is_merged(fresh, tmp_path):
+    """The control for the test above: a valid override on top of the demo config plans the demo."""
+    run = succeeded(snakemake(fresh, *with_override(write_override(tmp_path, "ok.yaml", {"mutations": {"n": 3}})),
+                              "-n"), "a dry run with a valid override")
+    assert planned_jobs(run.output)["score_mutations"] == len(WT)
+
+
+def test_config_without_demo_or_training_plans(demo, fresh, tmp_path):
+    """The study's shape (`demo: null`, `sae.train: null`, as in config.yaml) on the demo's files."""
+    override = {
+        "outdir": "results/study_shape",
+        "esm_checkpoint": str(demo.workdir / DEMO["esm_checkpoint"]),
+        "demo": None,
+        "sae": {"dir": str(demo.workdir / DEMO["sae"]["dir"]), "train": None},
+    }
+    run = succeeded(snakemake(fresh, *with_override(write_override(tmp_path, "study.yaml", override)), "-n"),
+                    "a dry run with demo and sae.train null")
+    assert planned_jobs(run.output) == {"score_mutations": len(WT), "sae_quality": 1, "all": 1}
+
+
+# -- 6. a run on the ProteinGym assays ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dms_run(tmp_path_factory) -> Path:
+    """The demo model and SAEs with the real assays: mutations drawn from the DMS, scores correlated."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("dms") / "workflow")
+    override = {
+        "outdir": "results/dms",
+        "proteins": {name: {"dms": str(SHARED_DMS / DMS_FILES[name])} for name in WT},
+        "mutations": {"source": "dms", "max_dms": -1.5, "n": 5, "seed": 0},
+    }
+    path = write_override(workdir, "dms.yaml", override)
+    succeeded(snakemake(workdir, *with_override(path), timeout=RUN_TIMEOUT), "the DMS run")
+    return workdir / "results" / "dms"
+
+
+@needs_dms
+@pytest.mark.parametrize("protein", list(WT))
+def test_dms_scores_table(dms_run, protein):
+    table = pd.read_csv(dms_run / "scores" / f"{protein}.csv")
+    assay = pd.read_csv(SHARED_DMS / DMS_FILES[protein])
+    singles = assay[~assay["mutant"].str.contains(":")]
+    assert list(table.columns) == SCORE_COLUMNS
+    assert len(table) == len(singles) == DMS_SINGLES[protein]
+    assert set(table["mutant"]) == set(singles["mutant"])
+    assert table["wt_marginal"].notna().all() and table["dms_score"].notna().all()
+    selected = table[table["selected"].astype(bool)]
+    assert len(selected) == 5
+    assert (selected["dms_score"] <= -1.5).all(), selected
+
+
+@needs_dms
+def test_dms_correlation_table(dms_run):
+    table = pd.read_csv(dms_run / "tables" / "dms_correlation.csv")
+    assert list(table.columns) == ["protein", "n", "spearman", "p_value"]
+    assert sorted(table["protein"]) == sorted(WT)
+    for row in table.itertuples():
+        scores = pd.read_csv(dms_run / "scores" / f"{row.protein}.csv")
+        expected = stats.spearmanr(scores["wt_marginal"], scores["dms_score"])
+        assert row.n == len(scores) == DMS_SINGLES[row.protein]
+        assert abs(row.spearman - expected.statistic) <= 1e-12
+        assert row.p_value == pytest.approx(expected.pvalue, rel=1e-9, abs=1e-300)
