@@ -23,3 +23,4 @@ rule all:
 include: "rules/demo.smk"
 include: "rules/sae.smk"
 include: "rules/scoring.smk"
+include: "rules/patching.smk"

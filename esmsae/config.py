@@ -12,6 +12,7 @@ from pathlib import Path
 
 from esmsae.errors import InputError
 from esmsae.mutations import check_wt_sequence
+from esmsae.patching import PatchSettings
 from esmsae.scoring import SelectionSettings
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")
@@ -83,3 +84,10 @@ def selection_settings(config: dict, protein: str) -> SelectionSettings:
     max_dms = entry["max_dms"] if entry.get("max_dms") is not None else m.get("max_dms")
     return SelectionSettings(source=m.get("source", "dms"), max_dms=max_dms, n=int(m.get("n", 50)),
                              seed=int(m.get("seed", 0)), multi=bool(m.get("multi", False)))
+
+
+def patch_settings(config: dict) -> PatchSettings:
+    """The ``patching`` block with the shared ``space`` and ``batch_size``."""
+    p = config["patching"]
+    return PatchSettings(space=config["space"], features=p["features"], n=p["n"], seed=p["seed"],
+                         batch_size=config["batch_size"])

@@ -18,10 +18,12 @@ import torch
 
 from esmsae import config as cfg
 from esmsae.demo import write_tiny_esm2
+from esmsae.engine import Splice
 from esmsae.errors import InputError
 from esmsae.esm import EsmLM, load_esm, resolve_device
 from esmsae.io import write_csv
 from esmsae.mutations import AMINO_ACIDS, Mutant, Site, parse_mutant
+from esmsae.patching import patch_protein
 from esmsae.quality import residue_activations, sae_quality
 from esmsae.sae import load_sae, save_sae, train_sae
 from esmsae.scoring import dms_correlation, read_scores, scores_table
@@ -151,3 +153,17 @@ def measure_sae_quality(config: dict, checkpoint: str | Path, scores: dict[str, 
 def set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, int(threads)))
 
+
+
+def patch_layer(config: dict, checkpoint: str | Path, protein: str, layer: int, scores: str | Path,
+                out: str | Path) -> None:
+    """Rule patch_features: every feature patch and control for one protein at one layer."""
+    lm = open_model(config, checkpoint)
+    sae = open_sae(config, lm, layer)
+    mutants = selected_mutants(config, {protein: scores})[protein]
+    settings = cfg.patch_settings(config)
+    splice = Splice(lm, sae, config["proteins"][protein]["wt_seq"].strip().upper(), layer)
+    table = patch_protein(splice, mutants, settings, protein=protein)
+    log.info("%s L%d: %d mutants, %d rows (space %s, features %s)", protein, layer, len(mutants), len(table),
+             settings.space, settings.features)
+    write_csv(table, out)

@@ -35,8 +35,20 @@ def protein_settings(wildcards):
     return settings("mutations", proteins=[wildcards.protein])
 
 
+def patch_settings(wildcards):
+    return settings("space", "patching", "sae", proteins=[wildcards.protein])
+
+
 def scores_file(protein):
     return f"{OUTDIR}/scores/{protein}.csv"
+
+
+def patching_file(protein, layer):
+    return f"{OUTDIR}/patching/{protein}_L{layer}.csv"
+
+
+def patching_files():
+    return [patching_file(p, layer) for p in PROTEINS for layer in config["patching"]["layers"]]
 
 
 def dms_assay(wildcards):
@@ -48,6 +60,7 @@ def dms_assay(wildcards):
 def all_targets():
     targets = [scores_file(p) for p in PROTEINS]
     targets.append(f"{OUTDIR}/tables/sae_quality.csv")
+    targets += patching_files()
     if DMS_PROTEINS:
         targets.append(f"{OUTDIR}/tables/dms_correlation.csv")
     return targets
