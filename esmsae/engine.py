@@ -152,28 +152,36 @@ class Splice:
                 batch_size: int = 128) -> Effects:
         """Run B interventions (latents `z` (B, S, d_sae), optional error change) in chunks.
 
-        Each chunk carries one unmodified row first and effects are measured against
-        it. A row whose residual change is exactly zero leaves ``h`` bit-identical, so
-        its score is the baseline and it is not run: a no-op's effect is exactly 0.0
-        on any hardware, where re-running it at another row of a batched matmul could
+        Identical interventions are run once and share one score, and a row whose
+        residual change is exactly zero is not run at all: it leaves ``h``
+        bit-identical, so its score is the baseline. Each chunk carries one
+        unmodified row first and effects are measured against it. So a no-op's
+        effect is exactly 0.0 and equal interventions give equal numbers on any
+        hardware, where re-running them at other rows of a batched matmul could
         differ in the last bit.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         deltas = self.delta(wt, z, error_delta)
-        n = deltas.shape[0]
-        active = torch.nonzero(deltas.reshape(n, -1).ne(0).any(-1)).flatten()
-        scores = torch.empty(n, device=deltas.device)
-        base = torch.empty(n, device=deltas.device)
+        if deltas.shape[0] == 0:
+            empty = deltas.new_zeros(0)
+            return Effects(scores=empty, baseline=empty, effects=empty)
+        flat = deltas.flatten(1)
+        unique, inverse = torch.unique(flat, dim=0, return_inverse=True)
+        todo = torch.nonzero(unique.ne(0).any(-1)).flatten()  # unique rows that change h
+        u_scores = torch.empty(len(unique), device=deltas.device)
+        u_base = torch.empty(len(unique), device=deltas.device)
         first_base = None
         with torch.no_grad():
-            for start in range(0, max(len(active), 1), batch_size):
-                rows = active[start:start + batch_size]
-                s = self.run(wt.positions, torch.cat([torch.zeros_like(deltas[:1]), deltas[rows]]), spec)
-                scores[rows], base[rows] = s[1:], s[0]
+            for start in range(0, max(len(todo), 1), batch_size):
+                rows = todo[start:start + batch_size]
+                batch = torch.cat([torch.zeros_like(unique[:1]), unique[rows]]).reshape(-1, *deltas.shape[1:])
+                s = self.run(wt.positions, batch, spec)
+                u_scores[rows], u_base[rows] = s[1:], s[0]
                 first_base = s[0] if first_base is None else first_base
-        idle = torch.ones(n, dtype=torch.bool, device=deltas.device)
-        idle[active] = False
-        scores[idle] = first_base
-        base[idle] = first_base
+        idle = torch.ones(len(unique), dtype=torch.bool, device=deltas.device)
+        idle[todo] = False
+        u_scores[idle] = first_base
+        u_base[idle] = first_base
+        scores, base = u_scores[inverse], u_base[inverse]
         return Effects(scores=scores, baseline=base, effects=scores - base)

@@ -211,3 +211,17 @@ def test_engine_on_cuda_matches_cpu(tiny_dir, saes):
         assert float(out.effects[0]) == 0.0
         results[device] = out.effects.cpu()
     assert (results["cpu"] - results["cuda"]).abs().max() <= 1e-4
+
+
+def test_identical_interventions_give_identical_numbers(splices):
+    splice = splices[2]
+    mutant = parse_mutant("K7P", SEQ)
+    code = splice.wt_code([7])
+    mut = splice.mutant_code(splice.hidden([mutant.apply(SEQ)])[0, [7]], code)
+    rows = torch.stack([mut.z, code.z, mut.z, mut.z, code.z, mut.z])
+    for batch_size in (1, 2, 128):
+        out = splice.effects(code, rows, splice.score_spec(mutant), batch_size=batch_size)
+        assert torch.equal(out.scores[[0, 2, 3, 5]], out.scores[0].expand(4))
+        assert torch.equal(out.effects[[1, 4]], torch.zeros(2)) and float(out.effects[0]) != 0.0
+    empty = splice.effects(code, rows[:0], splice.score_spec(mutant))
+    assert empty.effects.shape == (0,)
