@@ -20,40 +20,21 @@ from __future__ import annotations
 
 import logging
 import zlib
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
-from esmsae.engine import SPACES, SiteCode, Splice
+from esmsae.columns import CONTROLS, PATCH_COLUMNS
+from esmsae.engine import SiteCode, Splice
 from esmsae.errors import InputError
 from esmsae.mutations import Mutant
+from esmsae.settings import PatchSettings
 
 log = logging.getLogger(__name__)
 
-PATCH_COLUMNS = ["mutant", "position", "layer", "feature", "control", "wt_pre", "mut_pre", "wt_latent",
-                 "mut_latent", "patched_value", "baseline_score", "patched_score", "effect", "k", "space"]
-CONTROLS = ("real", "noop", "stable", "random")
-FEATURE_SETS = ("changed", "top_delta")
 
-
-@dataclass(frozen=True)
-class PatchSettings:
-    """The ``patching`` config block plus the shared ``space`` and ``batch_size``."""
-
-    space: str = "latent"
-    features: str = "changed"
-    n: int = 5
-    seed: int = 0
-    batch_size: int = 128
-
-    def __post_init__(self):
-        if self.space not in SPACES:
-            raise InputError(f"config key space: {self.space!r} is not one of {SPACES}")
-        if self.features not in FEATURE_SETS:
-            raise InputError(f"config key patching.features: {self.features!r} is not one of {FEATURE_SETS}")
 
 
 def values(code: SiteCode, space: str) -> Tensor:

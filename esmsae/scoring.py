@@ -7,7 +7,6 @@ with logits from one unmasked forward of the WT sequence.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,24 +14,14 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from esmsae.columns import SCORE_COLUMNS
 from esmsae.errors import InputError
 from esmsae.esm import EsmLM
 from esmsae.mutations import Mutant, all_single_mutants, read_assay, select_from_assay, select_lowest
+from esmsae.settings import SelectionSettings
 
 log = logging.getLogger(__name__)
 
-SCORE_COLUMNS = ["mutant", "position", "wt", "mut", "wt_marginal", "dms_score", "selected"]
-
-
-@dataclass(frozen=True)
-class SelectionSettings:
-    """The ``mutations`` config block, with a protein's own ``max_dms`` applied."""
-
-    source: str = "dms"
-    max_dms: float | None = None
-    n: int = 50
-    seed: int = 0
-    multi: bool = False
 
 
 def wt_log_probs(lm: EsmLM, wt_seq: str) -> torch.Tensor:

@@ -1,0 +1,139 @@
+"""Figures: both files written, valid, reproducible, with the artists each figure promises."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from esmsae import figures
+from esmsae.aggregate import PATCH_COLUMNS, control_validation
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def patch(mutant, feature, control, effect, delta, layer):
+    return {"mutant": mutant, "position": mutant[1:-1], "layer": layer, "feature": feature, "control": control,
+            "wt_pre": 0.0, "mut_pre": delta, "wt_latent": 0.0, "mut_latent": delta, "patched_value": delta,
+            "baseline_score": -1.0, "patched_score": -1.0 + effect, "effect": effect, "k": 8, "space": "latent"}
+
+
+def make_table(layer, seed, n_real=6):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for f in range(n_real):
+        mutant = f"A{f % 3 + 1}C"
+        effect, delta = float(rng.normal()), float(rng.random())
+        rows += [patch(mutant, f, "real", effect, delta, layer), patch(mutant, f, "noop", 0.0, delta, layer),
+                 patch(mutant, 100 + f, "stable", 0.1 * float(rng.normal()), 0.0, layer),
+                 patch(mutant, 200 + f, "random", 0.3 * float(rng.normal()), delta, layer)]
+    return pd.DataFrame(rows, columns=PATCH_COLUMNS)
+
+
+@pytest.fixture
+def tables():
+    """Three proteins over layers 2, 6 and 4 (given out of order); R has only two layers and an empty table."""
+    out = {}
+    for i, protein in enumerate(["P", "Q", "R"]):
+        for layer in (2, 6, 4):
+            out[(protein, layer)] = make_table(layer, seed=10 * i + layer)
+    out[("R", 6)] = pd.DataFrame(columns=PATCH_COLUMNS)
+    del out[("R", 4)]
+    return out
+
+
+def check_files(tmp_path, name):
+    png, pdf = tmp_path / f"{name}.png", tmp_path / f"{name}.pdf"
+    assert png.read_bytes().startswith(PNG_SIGNATURE)
+    assert pdf.read_bytes().startswith(b"%PDF")
+    assert png.stat().st_size > 2000 and pdf.stat().st_size > 2000
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def data_lines(ax):
+    return [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+
+
+def test_layer_effects(tmp_path, tables):
+    fig = figures.layer_effects(control_validation(tables), tmp_path / "le.png", tmp_path / "le.pdf")
+    check_files(tmp_path, "le")
+    assert len(fig.axes) == 1
+    ax = fig.axes[0]
+    assert len(ax.get_lines()) == 3  # one line per protein; error bars are collections, not lines
+    assert [line.get_label() for line in ax.get_lines()] == ["P", "Q", "R"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["P", "Q", "R"]
+    p = ax.get_lines()[0]
+    assert list(p.get_xdata()) == [2, 4, 6]
+    real = [np.abs(tables[("P", layer)].query("control == 'real'")["effect"]).mean() for layer in (2, 4, 6)]
+    np.testing.assert_allclose(p.get_ydata(), real, rtol=1e-12)
+    assert ax.get_xlabel() == "layer" and ax.get_ylabel() and ax.get_title()
+
+
+def test_controls(tmp_path, tables):
+    fig = figures.controls(control_validation(tables), tmp_path / "c.png", tmp_path / "c.pdf")
+    check_files(tmp_path, "c")
+    assert [ax.get_title() for ax in fig.axes] == ["P", "Q", "R"]
+    for ax in fig.axes:
+        assert [line.get_label() for line in data_lines(ax)] == ["real", "noop", "stable", "random"]
+        assert len(ax.get_lines()) == 4
+        assert ax.get_legend() is not None
+    noop = fig.axes[0].get_lines()[1]
+    assert list(noop.get_ydata()) == [0.0, 0.0, 0.0]
+
+
+def test_delta_vs_effect(tmp_path, tables):
+    fig = figures.delta_vs_effect(tables, tmp_path / "d.png", tmp_path / "d.pdf")
+    check_files(tmp_path, "d")
+    assert len(fig.axes) == 3
+    titles = [ax.get_title() for ax in fig.axes]
+    assert [t.split(":")[0] for t in titles] == ["layer 2", "layer 4", "layer 6"]
+    # Layer 6: P and Q have points, R's table is empty; ρ over P and Q together.
+    ax6 = fig.axes[2]
+    assert [c.get_label() for c in ax6.collections] == ["P", "Q"]
+    pooled = pd.concat([tables[(p, 6)].query("control == 'real'") for p in ("P", "Q")])
+    rho = stats.spearmanr(np.abs(pooled["mut_latent"] - pooled["wt_latent"]), np.abs(pooled["effect"])).statistic
+    assert titles[2] == f"layer 6: ρ = {rho:.2f}"
+    # A protein keeps its colour across panels, and the points are the real rows.
+    assert np.allclose(fig.axes[0].collections[0].get_facecolor(), ax6.collections[0].get_facecolor())
+    offsets = fig.axes[0].collections[0].get_offsets()
+    real = tables[("P", 2)].query("control == 'real'")
+    np.testing.assert_allclose(offsets[:, 1], np.abs(real["effect"]))
+
+
+def test_delta_vs_effect_na_rho(tmp_path):
+    few = pd.DataFrame([patch("A1C", 0, "real", 0.5, 1.0, 3), patch("A1C", 1, "real", 0.2, 0.4, 3)],
+                       columns=PATCH_COLUMNS)
+    constant = pd.DataFrame([patch("A1C", f, "real", 0.1 * f, 1.0, 5) for f in range(5)], columns=PATCH_COLUMNS)
+    only_controls = pd.DataFrame([patch("A1C", 0, "noop", 0.0, 1.0, 7)], columns=PATCH_COLUMNS)
+    fig = figures.delta_vs_effect({("P", 5): constant, ("P", 3): few, ("P", 7): only_controls},
+                                  tmp_path / "d.png", tmp_path / "d.pdf")
+    check_files(tmp_path, "d")
+    assert [ax.get_title() for ax in fig.axes] == ["layer 3: ρ = n/a", "layer 5: ρ = n/a", "layer 7: ρ = n/a"]
+    assert len(fig.axes[2].collections) == 0
+    assert "no real patches" in [t.get_text() for t in fig.axes[2].texts]
+
+
+def test_empty_inputs_do_not_crash(tmp_path):
+    empty = pd.DataFrame(columns=PATCH_COLUMNS)
+    for name, tables in {"none": {}, "empty": {("P", 1): empty, ("Q", 2): empty}}.items():
+        validation = control_validation(tables)
+        out = tmp_path / name
+        fig = figures.layer_effects(validation, out / "le.png", out / "le.pdf")
+        assert len(fig.axes) == 1 and any("no" in t.get_text() for t in fig.axes[0].texts)
+        fig = figures.controls(validation, out / "c.png", out / "c.pdf")
+        assert len(fig.axes) == max(1, len(validation["protein"].unique()))
+        fig = figures.delta_vs_effect(tables, out / "d.png", out / "d.pdf")
+        assert len(fig.axes) == max(1, len(tables))
+        for stem in ("le", "c", "d"):
+            check_files(out, stem)
+
+
+def test_figures_are_reproducible(tmp_path, tables):
+    validation = control_validation(tables)
+    for run in ("a", "b"):
+        figures.layer_effects(validation, tmp_path / run / "le.png", tmp_path / run / "le.pdf")
+        figures.delta_vs_effect(tables, tmp_path / run / "d.png", tmp_path / run / "d.pdf")
+    for name in ("le.png", "le.pdf", "d.png", "d.pdf"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
