@@ -12,8 +12,7 @@ from pathlib import Path
 
 from esmsae.errors import InputError
 from esmsae.mutations import check_wt_sequence
-from esmsae.patching import PatchSettings
-from esmsae.scoring import SelectionSettings
+from esmsae.settings import CircuitSettings, IGSettings, PatchSettings, SelectionSettings
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")
 # Defaults inside the optional `demo` and `sae.train` blocks (the schema cannot
@@ -91,3 +90,17 @@ def patch_settings(config: dict) -> PatchSettings:
     p = config["patching"]
     return PatchSettings(space=config["space"], features=p["features"], n=p["n"], seed=p["seed"],
                          batch_size=config["batch_size"])
+
+
+def ig_settings(config: dict) -> IGSettings:
+    """The ``ig`` block with the shared ``space`` and ``batch_size``."""
+    g = config["ig"]
+    return IGSettings(steps=g["steps"], rule=g["rule"], space=config["space"], error_node=g["error_node"],
+                      batch_size=config["batch_size"])
+
+
+def circuit_settings(config: dict) -> CircuitSettings:
+    """The ``circuits`` block with the shared ``space`` and ``batch_size``."""
+    c = config["circuits"]
+    return CircuitSettings(recover=c["recover"], max_k=c["max_k"], space=config["space"],
+                           batch_size=config["batch_size"])

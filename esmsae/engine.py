@@ -28,8 +28,7 @@ from torch import Tensor
 from esmsae.esm import EsmLM
 from esmsae.mutations import Mutant
 from esmsae.sae import TopKSAE
-
-SPACES = ("latent", "pre")
+from esmsae.settings import SPACES
 
 
 @dataclass(frozen=True)
@@ -143,7 +142,8 @@ class Splice:
         batch = delta.shape[0]
         h = self.h.expand(batch, -1, -1).clone()
         h[:, positions] = h[:, positions] + delta
-        logp = torch.log_softmax(self.lm.head(h, self.layer, spec.positions).float(), dim=-1)
+        logits = self.lm.head(h, self.layer, spec.positions)
+        logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
         gain = logp.gather(-1, spec.mut.expand(batch, -1).unsqueeze(-1))
         loss = logp.gather(-1, spec.wt.expand(batch, -1).unsqueeze(-1))
         return (gain - loss).squeeze(-1).sum(-1)
@@ -169,8 +169,9 @@ class Splice:
         flat = deltas.flatten(1)
         unique, inverse = torch.unique(flat, dim=0, return_inverse=True)
         todo = torch.nonzero(unique.ne(0).any(-1)).flatten()  # unique rows that change h
-        u_scores = torch.empty(len(unique), device=deltas.device)
-        u_base = torch.empty(len(unique), device=deltas.device)
+        dtype = torch.promote_types(deltas.dtype, torch.float32)
+        u_scores = torch.empty(len(unique), dtype=dtype, device=deltas.device)
+        u_base = torch.empty(len(unique), dtype=dtype, device=deltas.device)
         first_base = None
         with torch.no_grad():
             for start in range(0, max(len(todo), 1), batch_size):
