@@ -14,13 +14,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
+from esmsae import aggregate, figures
 from esmsae import config as cfg
+from esmsae.circuits import circuit_curve, curves_table, sizes_table
 from esmsae.demo import write_tiny_esm2
 from esmsae.engine import Splice
 from esmsae.errors import InputError
 from esmsae.esm import EsmLM, load_esm, resolve_device
+from esmsae.ig import attribute_protein, load_attributions, save_attributions, top_features
 from esmsae.io import write_csv
 from esmsae.mutations import AMINO_ACIDS, Mutant, Site, parse_mutant
 from esmsae.patching import patch_protein
@@ -167,3 +171,69 @@ def patch_layer(config: dict, checkpoint: str | Path, protein: str, layer: int, 
     log.info("%s L%d: %d mutants, %d rows (space %s, features %s)", protein, layer, len(mutants), len(table),
              settings.space, settings.features)
     write_csv(table, out)
+
+
+def _splice_for(config: dict, checkpoint: str | Path, protein: str, layer: int, scores: str | Path):
+    lm = open_model(config, checkpoint)
+    sae = open_sae(config, lm, layer)
+    mutants = selected_mutants(config, {protein: scores})[protein]
+    return Splice(lm, sae, config["proteins"][protein]["wt_seq"].strip().upper(), layer), mutants
+
+
+def patching_tables(pairs: list[tuple[str, int]], tables: list[str], scores: dict[str, str], top_n: int,
+                    out: dict[str, str]) -> None:
+    """Rule patching_tables: control validation, layer progression and top mutations."""
+    patching = {(p, int(layer)): aggregate.read_patching(path) for (p, layer), path in zip(pairs, tables, strict=True)}
+    score_tables = {protein: read_scores(path) for protein, path in scores.items()}
+    selected = {protein: int(t["selected"].sum()) for protein, t in score_tables.items()}
+    write_csv(aggregate.control_validation(patching), out["validation"])
+    write_csv(aggregate.layer_progression(patching, selected), out["progression"])
+    write_csv(aggregate.top_mutations(patching, score_tables, top_n), out["top"])
+
+
+def plot_patching(figure: str, inputs: dict, png: str | Path, pdf: str | Path) -> None:
+    """Rules plot_layer_effects, plot_controls, plot_delta_vs_effect."""
+    if figure in ("layer_effects", "controls"):
+        validation = pd.read_csv(inputs["validation"])
+        getattr(figures, figure)(validation, png, pdf)
+    elif figure == "delta_vs_effect":
+        tables = {(p, int(layer)): aggregate.read_patching(path)
+                  for (p, layer), path in zip(inputs["pairs"], inputs["tables"], strict=True)}
+        figures.delta_vs_effect(tables, png, pdf)
+    else:
+        raise ValueError(f"unknown patching figure {figure!r}")
+
+
+def ig_layer(config: dict, checkpoint: str | Path, protein: str, layer: int, scores: str | Path,
+             out_npz: str | Path, out_top: str | Path) -> None:
+    """Rule integrated_gradients: IG with an error node for every selected mutant at one layer."""
+    splice, mutants = _splice_for(config, checkpoint, protein, layer, scores)
+    settings = cfg.ig_settings(config)
+    results = attribute_protein(splice, mutants, settings)
+    errors = np.array([r.completeness_error for r in results])
+    log.info("%s L%d: %d mutants, steps=%d rule=%s space=%s error_node=%s, median completeness error %.3g",
+             protein, layer, len(results), settings.steps, settings.rule, settings.space, settings.error_node,
+             float(np.median(errors)) if len(errors) else float("nan"))
+    save_attributions(results, out_npz, settings=settings, k=splice.sae.k, d_sae=splice.sae.info.d_sae, layer=layer)
+    write_csv(top_features(results), out_top)
+
+
+def circuits_layer(config: dict, checkpoint: str | Path, protein: str, layer: int, scores: str | Path,
+                   npz: str | Path, out_curves: str | Path, out_sizes: str | Path) -> None:
+    """Rule find_circuits: recovered fraction vs k for every mutant, ranked by its IG attribution."""
+    splice, mutants = _splice_for(config, checkpoint, protein, layer, scores)
+    settings = cfg.circuit_settings(config)
+    ig = load_attributions(npz)
+    if [m.name for m in mutants] != ig["mutant"].tolist():
+        raise InputError(f"{npz}: its mutants do not match the selection in {scores}; rerun integrated_gradients")
+    with torch.no_grad():
+        h = splice.hidden([m.apply(splice.wt_seq) for m in mutants]) if mutants else None
+    curves = []
+    for index, mutant in enumerate(mutants):
+        attribution = torch.as_tensor(ig["attribution"][index], dtype=torch.float32, device=splice.lm.device)
+        curve = circuit_curve(splice, mutant, h[index, [s.pos for s in mutant.sites]], attribution, settings)
+        log.info("%s L%d %s: total effect %.4g, minimal circuit %s", protein, layer, mutant.name,
+                 curve.total_effect, curve.minimal_k)
+        curves.append(curve)
+    write_csv(curves_table(curves), out_curves)
+    write_csv(sizes_table(protein, layer, curves), out_sizes)

@@ -43,12 +43,41 @@ def scores_file(protein):
     return f"{OUTDIR}/scores/{protein}.csv"
 
 
+def ig_settings(wildcards):
+    return settings("space", "ig", "sae", proteins=[wildcards.protein])
+
+
+def circuit_settings(wildcards):
+    return settings("space", "ig", "circuits", "sae", proteins=[wildcards.protein])
+
+
+PATCH_PAIRS = [[p, layer] for p in PROTEINS for layer in config["patching"]["layers"]]
+IG_PAIRS = [[p, layer] for p in PROTEINS for layer in config["ig"]["layers"]]
+IG_LAYERS = sorted(config["ig"]["layers"])
+
+
 def patching_file(protein, layer):
     return f"{OUTDIR}/patching/{protein}_L{layer}.csv"
 
 
 def patching_files():
-    return [patching_file(p, layer) for p in PROTEINS for layer in config["patching"]["layers"]]
+    return [patching_file(p, layer) for p, layer in PATCH_PAIRS]
+
+
+def ig_file(protein, layer, suffix=".npz"):
+    return f"{OUTDIR}/ig/{protein}_L{layer}{suffix}"
+
+
+def circuits_file(protein, layer, suffix=".csv"):
+    return f"{OUTDIR}/circuits/{protein}_L{layer}{suffix}"
+
+
+def figure(name, ext="png"):
+    return f"{OUTDIR}/figures/{name}.{ext}"
+
+
+PATCHING_FIGURES = ["layer_effects", "controls", "delta_vs_effect"]
+ATTRIBUTION_FIGURES = ["ig_concentration", "circuit_faithfulness", "universal_features", "minimal_circuit_sizes"]
 
 
 def dms_assay(wildcards):
@@ -61,6 +90,11 @@ def all_targets():
     targets = [scores_file(p) for p in PROTEINS]
     targets.append(f"{OUTDIR}/tables/sae_quality.csv")
     targets += patching_files()
+    targets += [f"{OUTDIR}/tables/{name}.csv" for name in ("control_validation", "layer_progression", "top_mutations")]
+    targets += [ig_file(p, layer) for p, layer in IG_PAIRS] + [ig_file(p, layer, "_top.csv") for p, layer in IG_PAIRS]
+    targets += [circuits_file(p, layer) for p, layer in IG_PAIRS]
+    # circuit_sizes: added with its rule
+    targets += [figure(name, ext) for name in PATCHING_FIGURES for ext in ("png", "pdf")]
     if DMS_PROTEINS:
         targets.append(f"{OUTDIR}/tables/dms_correlation.csv")
     return targets

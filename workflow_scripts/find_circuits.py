@@ -1,0 +1,14 @@
+"""Rule find_circuits: recovered fraction vs circuit size for one protein's mutants at one layer."""
+from esmsae import workflow
+
+
+def main(smk):
+    with workflow.log_to(smk.log[0]):
+        workflow.set_threads(smk.threads)
+        workflow.circuits_layer(smk.params.config, smk.input.checkpoint, smk.wildcards.protein,
+                                int(smk.wildcards.layer), smk.input.scores, smk.input.npz, smk.output.curves,
+                                smk.output.sizes)
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821 (injected by Snakemake)
