@@ -34,6 +34,7 @@ from esmsae.engine import Splice
 from esmsae.io import atomic_path
 from esmsae.mutations import Mutant
 from esmsae.patching import values
+from esmsae.resume import WorkFolder, run_items
 from esmsae.settings import IGSettings
 
 log = logging.getLogger(__name__)
@@ -83,20 +84,24 @@ def attribute(splice: Splice, mutant: Mutant, h_sites: Tensor, settings: IGSetti
                        completeness_error=gap, quadrature_delta=float(delta.sum()))
 
 
-def attribute_protein(splice: Splice, mutants: list[Mutant], settings: IGSettings) -> list[Attribution]:
-    """IG for every mutant of one protein; the mutants' states come from one batched forward."""
+def attribute_protein(splice: Splice, mutants: list[Mutant], settings: IGSettings,
+                      work: WorkFolder | None = None) -> list[Attribution]:
+    """IG for every mutant of one protein; the mutants' states come from one batched forward,
+    and each mutant's result is kept in `work` as soon as it is done."""
     if not mutants:
         return []
     with torch.no_grad():
         h = splice.hidden([m.apply(splice.wt_seq) for m in mutants], batch_size=settings.batch_size)
-    out = []
-    for index, mutant in enumerate(mutants):
+
+    def one(index: int) -> Attribution:
+        mutant = mutants[index]
         result = attribute(splice, mutant, h[index, [s.pos for s in mutant.sites]], settings)
         log.info("L%d %s: T=%.4g, ΣA=%.4g, A_err=%.4g, completeness error %.2e", splice.layer, mutant.name,
                  result.total_effect, float(result.attribution.sum()), result.error_attribution,
                  result.completeness_error)
-        out.append(result)
-    return out
+        return Attribution(**{**result.__dict__, "attribution": result.attribution.cpu()})
+
+    return run_items([m.name for m in mutants], one, work, desc=f"IG L{splice.layer}")
 
 
 def save_attributions(results: list[Attribution], path, *, settings: IGSettings, k: int, d_sae: int,

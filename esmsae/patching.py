@@ -30,6 +30,7 @@ from esmsae.columns import CONTROLS, PATCH_COLUMNS
 from esmsae.engine import SiteCode, Splice
 from esmsae.errors import InputError
 from esmsae.mutations import Mutant
+from esmsae.resume import WorkFolder, run_items
 from esmsae.settings import PatchSettings
 
 log = logging.getLogger(__name__)
@@ -143,23 +144,28 @@ def patch_mutant(splice: Splice, mutant: Mutant, h_sites: Tensor, settings: Patc
     return frame
 
 
-def patch_protein(splice: Splice, mutants: list[Mutant], settings: PatchSettings, *, protein: str) -> pd.DataFrame:
+def patch_protein(splice: Splice, mutants: list[Mutant], settings: PatchSettings, *, protein: str,
+                  work: WorkFolder | None = None) -> pd.DataFrame:
     """Patching rows for every mutant of one protein at the splice's layer.
 
-    The mutants' own layer-ℓ states come from one batched forward; each mutant's
-    patches and controls then go through the engine together.
+    The mutants' own layer-ℓ states come from one batched forward (always of all
+    mutants, so a resumed job computes exactly what an uninterrupted one would);
+    each mutant's patches and controls then go through the engine together, and
+    its rows are kept in `work` as soon as they are done.
     """
     if not mutants:
         return pd.DataFrame(columns=PATCH_COLUMNS)
     with torch.no_grad():
         h = splice.hidden([m.apply(splice.wt_seq) for m in mutants], batch_size=settings.batch_size)
-    frames = []
-    for index, mutant in enumerate(mutants):
-        positions = [s.pos for s in mutant.sites]
-        frame = patch_mutant(splice, mutant, h[index, positions], settings, protein=protein)
+
+    def one(index: int) -> pd.DataFrame:
+        mutant = mutants[index]
+        frame = patch_mutant(splice, mutant, h[index, [s.pos for s in mutant.sites]], settings, protein=protein)
         counts = frame["control"].value_counts().to_dict()
         log.info("%s L%d %s: %d real patches (%s), max |effect| %.4g", protein, splice.layer, mutant.name,
                  counts.get("real", 0), ", ".join(f"{c} {counts.get(c, 0)}" for c in CONTROLS[1:]),
                  frame.loc[frame["control"] == "real", "effect"].abs().max() if counts.get("real") else 0.0)
-        frames.append(frame)
+        return frame
+
+    frames = run_items([m.name for m in mutants], one, work, desc=f"patching {protein} L{splice.layer}")
     return pd.concat(frames, ignore_index=True)

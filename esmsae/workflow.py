@@ -29,6 +29,7 @@ from esmsae.io import write_csv
 from esmsae.mutations import AMINO_ACIDS, Mutant, Site, parse_mutant
 from esmsae.patching import patch_protein
 from esmsae.quality import residue_activations, sae_quality
+from esmsae.resume import WorkFolder, file_identity, fingerprint, run_items
 from esmsae.sae import load_sae, save_sae, train_sae
 from esmsae.scoring import dms_correlation, read_scores, scores_table
 
@@ -167,10 +168,21 @@ def patch_layer(config: dict, checkpoint: str | Path, protein: str, layer: int, 
     mutants = selected_mutants(config, {protein: scores})[protein]
     settings = cfg.patch_settings(config)
     splice = Splice(lm, sae, config["proteins"][protein]["wt_seq"].strip().upper(), layer)
-    table = patch_protein(splice, mutants, settings, protein=protein)
+    work = _work_folder("patch_features", out, config, mutants, checkpoint, splice, scores)
+    table = patch_protein(splice, mutants, settings, protein=protein, work=work)
     log.info("%s L%d: %d mutants, %d rows (space %s, features %s)", protein, layer, len(mutants), len(table),
              settings.space, settings.features)
     write_csv(table, out)
+    work.finish()
+
+
+def _work_folder(rule: str, output: str | Path, config: dict, mutants: list[Mutant], checkpoint: str | Path,
+                 splice: Splice, scores: str | Path) -> WorkFolder:
+    """The resumable work folder of one job, keyed by everything that decides its numbers."""
+    key = fingerprint(rule=rule, output=str(output), config=config, mutants=[m.name for m in mutants],
+                      checkpoint=file_identity(checkpoint), sae=file_identity(splice.sae.info.source),
+                      scores=file_identity(scores), layer=splice.layer)
+    return WorkFolder(output, key)
 
 
 def _splice_for(config: dict, checkpoint: str | Path, protein: str, layer: int, scores: str | Path):
@@ -209,13 +221,15 @@ def ig_layer(config: dict, checkpoint: str | Path, protein: str, layer: int, sco
     """Rule integrated_gradients: IG with an error node for every selected mutant at one layer."""
     splice, mutants = _splice_for(config, checkpoint, protein, layer, scores)
     settings = cfg.ig_settings(config)
-    results = attribute_protein(splice, mutants, settings)
+    work = _work_folder("integrated_gradients", out_npz, config, mutants, checkpoint, splice, scores)
+    results = attribute_protein(splice, mutants, settings, work)
     errors = np.array([r.completeness_error for r in results])
     log.info("%s L%d: %d mutants, steps=%d rule=%s space=%s error_node=%s, median completeness error %.3g",
              protein, layer, len(results), settings.steps, settings.rule, settings.space, settings.error_node,
              float(np.median(errors)) if len(errors) else float("nan"))
     save_attributions(results, out_npz, settings=settings, k=splice.sae.k, d_sae=splice.sae.info.d_sae, layer=layer)
     write_csv(top_features(results), out_top)
+    work.finish()
 
 
 def circuits_layer(config: dict, checkpoint: str | Path, protein: str, layer: int, scores: str | Path,
@@ -228,12 +242,17 @@ def circuits_layer(config: dict, checkpoint: str | Path, protein: str, layer: in
         raise InputError(f"{npz}: its mutants do not match the selection in {scores}; rerun integrated_gradients")
     with torch.no_grad():
         h = splice.hidden([m.apply(splice.wt_seq) for m in mutants]) if mutants else None
-    curves = []
-    for index, mutant in enumerate(mutants):
+    work = _work_folder("find_circuits", out_curves, config, mutants, checkpoint, splice, scores)
+
+    def one(index: int):
+        mutant = mutants[index]
         attribution = torch.as_tensor(ig["attribution"][index], dtype=torch.float32, device=splice.lm.device)
         curve = circuit_curve(splice, mutant, h[index, [s.pos for s in mutant.sites]], attribution, settings)
         log.info("%s L%d %s: total effect %.4g, minimal circuit %s", protein, layer, mutant.name,
                  curve.total_effect, curve.minimal_k)
-        curves.append(curve)
+        return curve
+
+    curves = run_items([m.name for m in mutants], one, work, desc=f"circuits {protein} L{layer}")
     write_csv(curves_table(curves), out_curves)
     write_csv(sizes_table(protein, layer, curves), out_sizes)
+    work.finish()
