@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from esmsae import aggregate, figures
+from esmsae import aggregate, attribution_figures, attribution_tables, figures
 from esmsae import config as cfg
 from esmsae.circuits import circuit_curve, curves_table, sizes_table
 from esmsae.demo import write_tiny_esm2
@@ -256,3 +256,34 @@ def circuits_layer(config: dict, checkpoint: str | Path, protein: str, layer: in
     write_csv(curves_table(curves), out_curves)
     write_csv(sizes_table(protein, layer, curves), out_sizes)
     work.finish()
+
+
+def ig_tables(pairs: list[tuple[str, int]], npz: list[str], out: dict) -> None:
+    """Rule ig_tables: concentration, per-layer feature consistency and universal features."""
+    results = {(p, int(layer)): load_attributions(path) for (p, layer), path in zip(pairs, npz, strict=True)}
+    write_csv(attribution_tables.ig_concentration(results), out["concentration"])
+    write_csv(attribution_tables.universal_features(results), out["universal"])
+    for layer, path in out["consistency"].items():
+        at_layer = {p: r for (p, lay), r in results.items() if lay == int(layer)}
+        write_csv(attribution_tables.feature_consistency(at_layer), path)
+
+
+def circuit_sizes(sizes: list[str], out: str | Path) -> None:
+    """Rule circuit_sizes: minimal circuit size of every mutant, all proteins and layers."""
+    write_csv(attribution_tables.circuit_sizes(pd.read_csv(path) for path in sizes), out)
+
+
+def plot_attribution(figure: str, inputs: dict, png: str | Path, pdf: str | Path, *, recover: float = 0.9,
+                     max_k: int = 64) -> None:
+    """Rules plot_ig_concentration, plot_circuit_faithfulness, plot_universal_features, plot_minimal_circuit_sizes."""
+    pairs = [(p, int(layer)) for p, layer in inputs["pairs"]]
+    if figure in ("ig_concentration", "universal_features"):
+        results = {pair: load_attributions(path) for pair, path in zip(pairs, inputs["npz"], strict=True)}
+        getattr(attribution_figures, figure)(results, png, pdf)
+    elif figure == "circuit_faithfulness":
+        curves = {pair: pd.read_csv(path) for pair, path in zip(pairs, inputs["curves"], strict=True)}
+        attribution_figures.circuit_faithfulness(curves, png, pdf, recover=recover)
+    elif figure == "minimal_circuit_sizes":
+        attribution_figures.minimal_circuit_sizes(pd.read_csv(inputs["sizes"]), png, pdf, max_k=max_k)
+    else:
+        raise ValueError(f"unknown attribution figure {figure!r}")

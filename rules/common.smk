@@ -93,7 +93,10 @@ def all_targets():
     targets += [f"{OUTDIR}/tables/{name}.csv" for name in ("control_validation", "layer_progression", "top_mutations")]
     targets += [ig_file(p, layer) for p, layer in IG_PAIRS] + [ig_file(p, layer, "_top.csv") for p, layer in IG_PAIRS]
     targets += [circuits_file(p, layer) for p, layer in IG_PAIRS]
-    # circuit_sizes: added with its rule
+    targets.append(f"{OUTDIR}/tables/circuit_sizes.csv")
+    targets += [f"{OUTDIR}/tables/{name}.csv" for name in ("ig_concentration", "universal_features")]
+    targets += [f"{OUTDIR}/tables/feature_consistency_L{layer}.csv" for layer in IG_LAYERS]
+    targets += [figure(name, ext) for name in ATTRIBUTION_FIGURES for ext in ("png", "pdf")]
     targets += [figure(name, ext) for name in PATCHING_FIGURES for ext in ("png", "pdf")]
     if DMS_PROTEINS:
         targets.append(f"{OUTDIR}/tables/dms_correlation.csv")
