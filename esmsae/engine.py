@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from esmsae.errors import InputError
 from esmsae.esm import EsmLM
 from esmsae.mutations import Mutant
 from esmsae.sae import TopKSAE
@@ -75,10 +76,13 @@ class Splice:
         if sae.info.d_in != lm.embed_dim:
             raise ValueError(f"SAE width {sae.info.d_in} != model width {lm.embed_dim}")
         self.sae = sae.to(lm.device)
-        self.wt_seq = wt_seq
+        self.wt_seq = lm.check_sequence(wt_seq, "WT sequence")
         self.tokens = lm.tokenize([wt_seq])
         with torch.no_grad():
             self.h = lm.hidden(self.tokens, self.layer)  # (1, T, d), the cached WT prefix
+        if not bool(torch.isfinite(self.h).all()):
+            raise InputError(f"layer {self.layer}: the model's activations on the WT sequence contain NaN or Inf "
+                             "(check the checkpoint's weights and the precision)")
 
     # -- reading the SAE code --------------------------------------------------
     def wt_code(self, positions: Tensor) -> SiteCode:

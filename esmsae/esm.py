@@ -40,6 +40,8 @@ _PREFIX = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")
 # Shipped separately as `<name>-contact-regression.pt`; contacts are not used here.
 _OPTIONAL_KEYS = {"contact_head.regression.weight", "contact_head.regression.bias"}
 _ARCH_FIELDS = ("encoder_layers", "encoder_embed_dim", "encoder_attention_heads")
+# ESM-2 was trained on crops of at most 1024 tokens (BOS and EOS included).
+MAX_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,16 @@ class EsmLM:
         a = self.alphabet
         rows = [[a.cls_idx, *(a.get_idx(c) for c in s), a.eos_idx] for s in seqs]
         return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def check_sequence(self, seq: str, where: str) -> str:
+        """A WT sequence the model can read: canonical residues, within ESM-2's context."""
+        if len(seq) + 2 > MAX_TOKENS:
+            raise InputError(f"{where}: sequence of {len(seq)} residues is longer than ESM-2's context "
+                             f"({MAX_TOKENS - 2} residues plus BOS/EOS)")
+        bad = sorted(set(seq) - set(AMINO_ACIDS))
+        if bad:
+            raise InputError(f"{where}: non-canonical residue(s) {bad}")
+        return seq
 
     def check_layer(self, layer: int, where: str = "layer") -> int:
         if not 1 <= int(layer) <= self.num_layers:

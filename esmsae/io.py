@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from esmsae.errors import InputError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -19,8 +21,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     so a reader never sees a half-written output.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
+            stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise InputError(f"{path.parent}: output folder is not writable ({err.strerror}); "
+                         "check config key outdir") from None
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)

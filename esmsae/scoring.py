@@ -66,7 +66,10 @@ def scores_table(lm: EsmLM, protein: str, wt_seq: str, dms: str | Path | None,
     else:
         raise InputError(f"mutations.source must be 'dms' or 'model', got {settings.source!r}")
 
+    lm.check_sequence(wt_seq, f"config key proteins.{protein}.wt_seq")
     score = wt_marginal(lm, wt_log_probs(lm, wt_seq), mutants)
+    if not np.isfinite(score).all():
+        raise InputError(f"{protein}: the model's log-probabilities contain NaN or Inf (check the checkpoint)")
     if selected is None:
         selected = select_lowest(score, settings.n)
         log.info("%s: %d in-silico singles scored, the %d lowest selected", protein, len(mutants),

@@ -1,0 +1,102 @@
+"""Bad inputs get one clear error naming the file, row or key, and leave no partial output."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+import torch
+
+from esmsae import config as cfg
+from esmsae.engine import Splice
+from esmsae.errors import InputError
+from esmsae.esm import EsmLM
+from esmsae.io import atomic_path, write_csv
+from esmsae.scoring import scores_table
+from esmsae.settings import SelectionSettings
+
+from .conftest import WT
+
+
+def test_sequence_longer_than_the_context(lm):
+    with pytest.raises(InputError, match=r"proteins\.LONG\.wt_seq: sequence of 1023 residues is longer"):
+        scores_table(lm, "LONG", "A" * 1023, None, SelectionSettings(source="model", n=1))
+
+
+def test_sequence_with_non_canonical_residue(lm):
+    with pytest.raises(InputError, match=r"proteins\.BAD\.wt_seq.*'X'"):
+        cfg.check_config({"sae": {"k": 8}, "proteins": {"BAD": {"wt_seq": "MKXV"}}, "mutations": {"source": "model"},
+                          "patching": {"layers": [1]}, "ig": {"layers": [1]}})
+
+
+@pytest.mark.parametrize("layer", [0, 5, 33])
+def test_layer_outside_the_model(lm, layer):
+    with pytest.raises(InputError, match=f"layer {layer} is outside 1..4"):
+        lm.check_layer(layer, where="patching.layers")
+
+
+def test_nan_activations_are_refused(lm, saes):
+    broken = copy.deepcopy(lm.model)
+    with torch.no_grad():
+        broken.layers[0].fc1.weight[0, 0] = float("nan")
+    with pytest.raises(InputError, match="layer 2: the model's activations .* NaN or Inf"):
+        Splice(EsmLM(broken), saes[2], WT["EPHB2_HUMAN"], 2)
+
+
+def test_per_layer_k_must_cover_every_layer():
+    config = {"sae": {"k": {2: 8}}, "proteins": {"P": {"wt_seq": "MKV"}}, "mutations": {"source": "model"},
+              "patching": {"layers": [2, 4]}, "ig": {"layers": [2]}}
+    with pytest.raises(InputError, match=r"sae\.k: no k given for layer\(s\) \[4\]"):
+        cfg.check_config(config)
+
+
+def test_source_dms_needs_an_assay():
+    config = {"sae": {"k": 8}, "proteins": {"P": {"wt_seq": "MKV"}}, "mutations": {"source": "dms"},
+              "patching": {"layers": [2]}, "ig": {"layers": [2]}}
+    with pytest.raises(InputError, match=r"proteins\.P\.dms: required"):
+        cfg.check_config(config)
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match="output folder is not writable.*outdir"):
+        write_csv(pd.DataFrame({"a": [1]}), blocker / "out.csv")
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    target = tmp_path / "table.csv"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half a tab")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_writer_leaves_no_partial_output(tmp_path):
+    """SIGKILL a process in the middle of a large atomic write: the target never exists half-written."""
+    target = tmp_path / "big.csv"
+    script = textwrap.dedent(f"""
+        import os, sys
+        from esmsae.io import atomic_path
+        with atomic_path({str(target)!r}) as tmp:
+            with open(tmp, "w") as fh:
+                fh.write("x" * 1000)
+                fh.flush()
+                print("writing", flush=True)
+                os.kill(os.getpid(), {int(signal.SIGKILL)})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL and "writing" in proc.stdout
+    assert not target.exists()
+    leftovers = [p.name for p in tmp_path.iterdir()]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".big.csv.")  # the hidden temporary only
+    write_csv(pd.DataFrame({"a": [1]}), target)  # the next write cleans it up
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.csv"]
+    assert os.path.getsize(target) > 0
