@@ -60,11 +60,17 @@ def ordered(tables: Tables) -> list[tuple[str, int, pd.DataFrame]]:
     return out
 
 
+def site_values(column: pd.Series) -> list[np.ndarray]:
+    """Per-site values of a patching column: a number, or ':'-joined numbers for a multi-site mutant."""
+    return [np.array([float(v) for v in str(x).split(":")]) if isinstance(x, str) else np.array([float(x)])
+            for x in column]
+
+
 def real_patches(table: pd.DataFrame) -> pd.DataFrame:
-    """The table's ``real`` rows with ``abs_delta`` = |mut_latent − wt_latent| and ``abs_effect`` = |effect|."""
+    """The table's ``real`` rows with ``abs_delta`` = Σ_sites |mut_latent − wt_latent| and ``abs_effect`` = |effect|."""
     real = table.loc[table["control"] == "real"].copy()
-    real["abs_delta"] = np.abs(real["mut_latent"].to_numpy(dtype=np.float64)
-                               - real["wt_latent"].to_numpy(dtype=np.float64))
+    real["abs_delta"] = [float(np.abs(m - w).sum()) for m, w in
+                         zip(site_values(real["mut_latent"]), site_values(real["wt_latent"]), strict=True)]
     real["abs_effect"] = np.abs(real["effect"].to_numpy(dtype=np.float64))
     return real
 

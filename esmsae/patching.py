@@ -28,7 +28,6 @@ from torch import Tensor
 
 from esmsae.columns import CONTROLS, PATCH_COLUMNS
 from esmsae.engine import SiteCode, Splice
-from esmsae.errors import InputError
 from esmsae.mutations import Mutant
 from esmsae.resume import WorkFolder, run_items
 from esmsae.settings import PatchSettings
@@ -104,9 +103,6 @@ def plan_patches(wt: SiteCode, mut: SiteCode, changed: Tensor, settings: PatchSe
 def patch_mutant(splice: Splice, mutant: Mutant, h_sites: Tensor, settings: PatchSettings, *,
                  protein: str) -> pd.DataFrame:
     """All patches of one mutant at the splice's layer, every control, in engine batches."""
-    if mutant.n_sites != 1:
-        raise InputError(f"{protein} {mutant.name}: patching multi-site mutants is not supported yet "
-                         "(set mutations.multi: false)")
     space = settings.space
     wt = splice.wt_code([s.pos for s in mutant.sites])
     mut = splice.mutant_code(h_sites, wt)
@@ -125,23 +121,33 @@ def patch_mutant(splice: Splice, mutant: Mutant, h_sites: Tensor, settings: Patc
     batch = torch.cat([rows[c] for c in CONTROLS])
     out = splice.effects(wt, splice.latents(batch, space), splice.score_spec(mutant), batch_size=settings.batch_size)
 
-    site = 0  # single-site mutants (see above)
-    patched = batch[torch.arange(len(features)), site, features]
-    cpu = {name: t.detach().cpu().numpy() for name, t in {
-        "feature": features, "wt_pre": wt.pre[site, features], "mut_pre": mut.pre[site, features],
-        "wt_latent": wt.z[site, features], "mut_latent": mut.z[site, features], "patched_value": patched,
-        "baseline_score": out.baseline, "patched_score": out.scores, "effect": out.effects}.items()}
+    rows_index = torch.arange(len(features))
+    per_site = {  # (F, S): the patched feature's values at every site
+        "wt_pre": wt.pre[:, features].T, "mut_pre": mut.pre[:, features].T,
+        "wt_latent": wt.z[:, features].T, "mut_latent": mut.z[:, features].T,
+        "patched_value": batch[rows_index, :, features],
+    }
+    scores = {"baseline_score": out.baseline, "patched_score": out.scores, "effect": out.effects}
     frame = pd.DataFrame({
         "mutant": mutant.name,
         "position": ":".join(str(s.pos) for s in mutant.sites),
         "layer": splice.layer,
-        "feature": cpu["feature"].astype(np.int64),
+        "feature": features.cpu().numpy().astype(np.int64),
         "control": np.repeat(CONTROLS, [len(plan[c]) for c in CONTROLS]),
-        **{name: cpu[name].astype(np.float64) for name in PATCH_COLUMNS[5:13]},
+        **{name: _site_column(values) for name, values in per_site.items()},
+        **{name: values.detach().cpu().numpy().astype(np.float64) for name, values in scores.items()},
         "k": splice.sae.k,
         "space": space,
     }, columns=PATCH_COLUMNS)
     return frame
+
+
+def _site_column(values: Tensor) -> np.ndarray | list[str]:
+    """(F, S) per-site values as one column: numbers for one site, ':'-joined for several."""
+    values = values.detach().cpu().double().numpy()
+    if values.shape[1] == 1:
+        return values[:, 0]
+    return [":".join(repr(float(v)) for v in row) for row in values]
 
 
 def patch_protein(splice: Splice, mutants: list[Mutant], settings: PatchSettings, *, protein: str,

@@ -146,10 +146,29 @@ def test_top_delta_patches_the_n_largest_pre_changes(splices):
     assert (table.loc[table["control"] == "noop", "effect"] == 0.0).all()
 
 
-def test_settings_and_multi_site_refused(splices):
+def test_settings_refused():
     with pytest.raises(InputError, match="patching.features"):
         PatchSettings(features="everything")
     with pytest.raises(InputError, match="space"):
         PatchSettings(space="post")
-    with pytest.raises(InputError, match="multi-site"):
-        patch_protein(splices[1], [parse_mutant("F2A:W8R", SEQ)], PatchSettings(), protein="EPHB2_HUMAN")
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_double_mutant_patches_both_sites(lm, splices, layer):
+    """A double mutant: rows name both sites, the baseline is the sum-over-sites score, effects match fair-esm."""
+    splice = splices[layer]
+    double = parse_mutant("F2A:L41P", SEQ)
+    table = patch_protein(splice, [double], PatchSettings(), protein="EPHB2_HUMAN")
+    assert (table["position"] == "2:41").all() and (table["mutant"] == "F2A:L41P").all()
+    assert (table.loc[table["control"] == "noop", "effect"] == 0.0).all()
+    expected = wt_marginal(lm, wt_log_probs(lm, SEQ), [double])[0]
+    assert (table["baseline_score"] - expected).abs().max() <= 1e-5
+    wt, mut = codes(splice, double)
+    base = score_from_logits(hooked_logits(lm, SEQ, layer, {}), lm, double)
+    for row in table[table["control"] == "real"].head(3).itertuples():
+        z = wt.z.clone()
+        z[:, row.feature] = mut.z[:, row.feature]  # the feature at its mutant value at both sites
+        assert [float(v) for v in row.patched_value.split(":")] == pytest.approx(mut.z[:, row.feature].tolist())
+        vecs = splice.sae.decode(z, wt.mu, wt.sigma) + wt.error
+        ref = score_from_logits(hooked_logits(lm, SEQ, layer, {2: vecs[0], 41: vecs[1]}), lm, double) - base
+        assert abs(row.effect - ref) <= 1e-5
