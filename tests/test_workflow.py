@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -139,14 +140,88 @@ def fresh(tmp_path_factory) -> Path:
 
 
 # -- 1. the demo run ------------------------------------------------------------------------------
+PATCH_LAYERS = DEMO["patching"]["layers"]
+IG_LAYERS = DEMO["ig"]["layers"]
+PATCHING_FIGURES = ["layer_effects", "controls", "delta_vs_effect"]
+ATTRIBUTION_FIGURES = ["ig_concentration", "circuit_faithfulness", "universal_features", "minimal_circuit_sizes"]
+SINGLE_JOBS = ["build_demo_model", "sae_quality", "patching_tables", "circuit_sizes", "ig_tables", "all"] + [
+    f"plot_{name}" for name in PATCHING_FIGURES + ATTRIBUTION_FIGURES]
+
+
 def test_demo_runs_every_job_once(demo):
-    assert planned_jobs(demo.run.output) == {
-        "build_demo_model": 1, "train_sae": len(DEMO_LAYERS), "score_mutations": len(WT),
-        "sae_quality": 1, "all": 1,
+    expected = {name: 1 for name in SINGLE_JOBS} | {
+        "train_sae": len(DEMO_LAYERS), "score_mutations": len(WT),
+        "patch_features": len(WT) * len(PATCH_LAYERS),
+        "integrated_gradients": len(WT) * len(IG_LAYERS), "find_circuits": len(WT) * len(IG_LAYERS),
     }
-    assert sorted(finished_rules(demo.run.output)) == sorted(
-        ["build_demo_model", "sae_quality", "all"] + ["train_sae"] * len(DEMO_LAYERS)
-        + ["score_mutations"] * len(WT))
+    assert planned_jobs(demo.run.output) == expected
+    finished = finished_rules(demo.run.output)
+    assert {rule: finished.count(rule) for rule in set(finished)} == expected
+
+
+def test_demo_patching_outputs(demo):
+    """Every patching table: exact no-ops, baselines equal to the scores table, k and space recorded."""
+    for protein in WT:
+        scores = pd.read_csv(demo.outdir / "scores" / f"{protein}.csv").set_index("mutant")
+        for layer in PATCH_LAYERS:
+            table = pd.read_csv(demo.outdir / "patching" / f"{protein}_L{layer}.csv")
+            assert set(table["control"]) == {"real", "noop", "stable", "random"}
+            assert (table.loc[table["control"] == "noop", "effect"] == 0.0).all()
+            assert (table["baseline_score"] - table["mutant"].map(scores["wt_marginal"])).abs().max() <= 1e-5
+            assert set(table["mutant"]) <= set(scores.index[scores["selected"]])
+            assert (table["k"] == DEMO["sae"]["k"]).all() and (table["space"] == "latent").all()
+    for name, first in [("control_validation", ["protein", "layer", "control"]),
+                        ("layer_progression", ["protein", "layer", "n_mutants"]),
+                        ("top_mutations", ["protein", "mutant", "layer", "feature"])]:
+        table = pd.read_csv(demo.outdir / "tables" / f"{name}.csv")
+        assert list(table.columns[:len(first)]) == first and len(table) > 0
+
+
+def test_demo_ig_and_circuit_outputs(demo):
+    n = DEMO["mutations"]["n"]
+    for protein in WT:
+        for layer in IG_LAYERS:
+            with np.load(demo.outdir / "ig" / f"{protein}_L{layer}.npz") as ig:
+                assert ig["attribution"].shape == (n, DEMO["sae"]["train"]["d_sae"])
+                assert ig["mutant"].shape == ig["total_effect"].shape == ig["completeness_error"].shape == (n,)
+                assert np.median(ig["completeness_error"]) <= 0.01
+                assert int(ig["steps"]) == DEMO["ig"]["steps"] and str(ig["space"]) == "latent"
+                assert int(ig["k"]) == DEMO["sae"]["k"] and bool(ig["error_node"])
+            top = pd.read_csv(demo.outdir / "ig" / f"{protein}_L{layer}_top.csv")
+            assert list(top.columns) == ["mutant", "rank", "feature", "attribution"]
+            curves = pd.read_csv(demo.outdir / "circuits" / f"{protein}_L{layer}.csv")
+            assert list(curves.columns) == ["mutant", "k", "patched_score", "recovered_fraction"]
+            assert (curves.loc[curves["k"] == 0, "recovered_fraction"].fillna(0.0) == 0.0).all()
+    sizes = pd.read_csv(demo.outdir / "tables" / "circuit_sizes.csv")
+    assert list(sizes.columns) == ["protein", "layer", "mutant", "total_effect", "minimal_k"]
+    assert len(sizes) == len(WT) * len(IG_LAYERS) * n
+    for name in ["ig_concentration", "universal_features", *[f"feature_consistency_L{x}" for x in IG_LAYERS]]:
+        assert (demo.outdir / "tables" / f"{name}.csv").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", PATCHING_FIGURES + ATTRIBUTION_FIGURES)
+def test_demo_figures_exist(demo, name):
+    png = (demo.outdir / "figures" / f"{name}.png").read_bytes()
+    pdf = (demo.outdir / "figures" / f"{name}.pdf").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
+    assert pdf.startswith(b"%PDF") and len(pdf) > 1000
+
+
+def test_one_figure_rebuilds_alone(demo):
+    target = "results/demo/figures/controls.png"
+    (demo.workdir / target).unlink()
+    plan = succeeded(snakemake(demo.workdir, *PROFILE, target, "-n"), "dry run for one figure")
+    assert planned_jobs(plan.output) == {"plot_controls": 1}
+    succeeded(snakemake(demo.workdir, *PROFILE, target, timeout=RUN_TIMEOUT), "rebuilding one figure")
+    assert (demo.workdir / target).exists()
+
+
+def test_report_contains_the_figures(demo):
+    report = demo.workdir / "report.html"
+    succeeded(snakemake(demo.workdir, *PROFILE, "--report", str(report), timeout=RUN_TIMEOUT), "the report")
+    html = report.read_text(errors="replace")
+    for name in PATCHING_FIGURES + ATTRIBUTION_FIGURES:
+        assert f"{name}.png" in html
 
 
 @pytest.mark.parametrize("protein", list(WT))
@@ -275,18 +350,44 @@ def test_config_without_demo_or_training_plans(demo, fresh, tmp_path):
     }
     run = succeeded(snakemake(fresh, *with_override(write_override(tmp_path, "study.yaml", override)), "-n"),
                     "a dry run with demo and sae.train null")
-    assert planned_jobs(run.output) == {"score_mutations": len(WT), "sae_quality": 1, "all": 1}
+    expected = {name: 1 for name in SINGLE_JOBS if name != "build_demo_model"} | {
+        "score_mutations": len(WT), "patch_features": len(WT) * len(PATCH_LAYERS),
+        "integrated_gradients": len(WT) * len(IG_LAYERS), "find_circuits": len(WT) * len(IG_LAYERS)}
+    assert planned_jobs(run.output) == expected
 
 
-# -- 6. a run on the ProteinGym assays ------------------------------------------------------------
+# -- 6. a run on the ProteinGym assays, with double mutants and a fourth protein ----------------
+FOURTH = "TEST4_SYNTH"
+FOURTH_SEQ = "MSKGEELFTGVVPILVELDGDVNGHKFSVSGEGEGDATYG"
+
+
+def write_fourth_assay(path: Path) -> Path:
+    """A small assay in ProteinGym's format for a protein the study config never mentions."""
+    rng = np.random.default_rng(4)
+    rows = []
+    for pos in range(2, len(FOURTH_SEQ) + 1, 3):
+        wt = FOURTH_SEQ[pos - 1]
+        mut = "A" if wt != "A" else "G"
+        rows.append((f"{wt}{pos}{mut}", FOURTH_SEQ[:pos - 1] + mut + FOURTH_SEQ[pos:]))
+    for (m1, s1), (m2, _) in zip(rows[:-1:2], rows[1::2], strict=True):
+        p2 = int(m2[1:-1])
+        rows.append((f"{m1}:{m2}", s1[:p2 - 1] + m2[-1] + s1[p2:]))
+    scores = rng.normal(-1.0, 1.0, len(rows))
+    pd.DataFrame({"mutant": [m for m, _ in rows], "mutated_sequence": [s for _, s in rows],
+                  "DMS_score": scores, "DMS_score_bin": (scores > -1).astype(int)}).to_csv(path, index=False)
+    return path
+
+
 @pytest.fixture(scope="module")
 def dms_run(tmp_path_factory) -> Path:
-    """The demo model and SAEs with the real assays: mutations drawn from the DMS, scores correlated."""
+    """The demo model with the real assays (singles and multi-site), plus a fourth protein from config only."""
     workdir = copy_workflow(tmp_path_factory.mktemp("dms") / "workflow")
+    fourth = write_fourth_assay(workdir / "fourth_assay.csv")
     override = {
         "outdir": "results/dms",
-        "proteins": {name: {"dms": str(SHARED_DMS / DMS_FILES[name])} for name in WT},
-        "mutations": {"source": "dms", "max_dms": -1.5, "n": 5, "seed": 0},
+        "proteins": {name: {"dms": str(SHARED_DMS / DMS_FILES[name])} for name in WT}
+        | {FOURTH: {"wt_seq": FOURTH_SEQ, "dms": str(fourth), "max_dms": 0.0}},
+        "mutations": {"source": "dms", "max_dms": -1.5, "n": 5, "seed": 0, "multi": True},
     }
     path = write_override(workdir, "dms.yaml", override)
     succeeded(snakemake(workdir, *with_override(path), timeout=RUN_TIMEOUT), "the DMS run")
@@ -296,12 +397,12 @@ def dms_run(tmp_path_factory) -> Path:
 @needs_dms
 @pytest.mark.parametrize("protein", list(WT))
 def test_dms_scores_table(dms_run, protein):
-    table = pd.read_csv(dms_run / "scores" / f"{protein}.csv")
+    table = pd.read_csv(dms_run / "scores" / f"{protein}.csv", dtype={"position": str})
     assay = pd.read_csv(SHARED_DMS / DMS_FILES[protein])
-    singles = assay[~assay["mutant"].str.contains(":")]
     assert list(table.columns) == SCORE_COLUMNS
-    assert len(table) == len(singles) == DMS_SINGLES[protein]
-    assert set(table["mutant"]) == set(singles["mutant"])
+    assert len(table) == len(assay)  # every substitution, single and multi-site (mutations.multi)
+    assert (~table["mutant"].str.contains(":")).sum() == DMS_SINGLES[protein]
+    assert set(table["mutant"]) == set(assay["mutant"])
     assert table["wt_marginal"].notna().all() and table["dms_score"].notna().all()
     selected = table[table["selected"].astype(bool)]
     assert len(selected) == 5
@@ -312,10 +413,44 @@ def test_dms_scores_table(dms_run, protein):
 def test_dms_correlation_table(dms_run):
     table = pd.read_csv(dms_run / "tables" / "dms_correlation.csv")
     assert list(table.columns) == ["protein", "n", "spearman", "p_value"]
-    assert sorted(table["protein"]) == sorted(WT)
+    assert sorted(table["protein"]) == sorted([*WT, FOURTH])
     for row in table.itertuples():
         scores = pd.read_csv(dms_run / "scores" / f"{row.protein}.csv")
         expected = stats.spearmanr(scores["wt_marginal"], scores["dms_score"])
-        assert row.n == len(scores) == DMS_SINGLES[row.protein]
+        assert row.n == len(scores)
         assert abs(row.spearman - expected.statistic) <= 1e-12
         assert row.p_value == pytest.approx(expected.pvalue, rel=1e-9, abs=1e-300)
+
+
+@needs_dms
+def test_multi_site_mutants_end_to_end(dms_run):
+    """Selected double mutants are scored as the sum over sites, patched at both sites, and IG adds up."""
+    doubles = 0
+    for protein in [*WT, FOURTH]:
+        scores = pd.read_csv(dms_run / "scores" / f"{protein}.csv", dtype={"position": str})
+        chosen = scores[scores["selected"].astype(bool)]
+        for layer in DEMO["patching"]["layers"]:
+            table = pd.read_csv(dms_run / "patching" / f"{protein}_L{layer}.csv", dtype={"position": str})
+            assert (table.loc[table["control"] == "noop", "effect"] == 0.0).all()
+            for row in chosen.itertuples():
+                rows = table[table["mutant"] == row.mutant]
+                assert (rows["position"] == row.position).all()
+                assert (rows["baseline_score"] - row.wt_marginal).abs().max() <= 1e-5
+        doubles += int(chosen["mutant"].str.contains(":").sum())
+        for layer in DEMO["ig"]["layers"]:
+            with np.load(dms_run / "ig" / f"{protein}_L{layer}.npz") as ig:
+                assert np.median(ig["completeness_error"]) <= 0.01
+    assert doubles > 0, "no multi-site mutant was selected; the test proves nothing"
+
+
+@needs_dms
+def test_fourth_protein_from_config_only(dms_run):
+    """A protein added only through the config gets every per-protein output."""
+    assert (dms_run / "scores" / f"{FOURTH}.csv").exists()
+    for layer in DEMO["patching"]["layers"]:
+        assert (dms_run / "patching" / f"{FOURTH}_L{layer}.csv").stat().st_size > 0
+    for layer in DEMO["ig"]["layers"]:
+        assert (dms_run / "ig" / f"{FOURTH}_L{layer}.npz").exists()
+        assert (dms_run / "circuits" / f"{FOURTH}_L{layer}.csv").exists()
+    sizes = pd.read_csv(dms_run / "tables" / "circuit_sizes.csv")
+    assert FOURTH in set(sizes["protein"])
