@@ -1,0 +1,146 @@
+"""Speed of the three hot paths (patching, IG, circuits) against the seed's naive loop.
+
+Random weights have the real cost, so a model of the real shape needs no
+download. For one WT sequence of the study's length it measures, in one run:
+
+* batched: single-feature patches through the engine (cached WT prefix, one
+  pass of blocks ℓ+1..N for a whole batch, LM head only at the mutated site);
+* naive: the seed's way, one full forward of the model per intervention;
+* IG: all quadrature steps of a mutant in one batch, with gradients;
+* circuits: top-k patches for k = 0..max_k in one batch;
+
+and prints interventions per second, achieved TFLOP/s (analytic count of the
+matmuls), its fraction of `--peak-tflops` when given, and peak memory.
+
+    python benchmarks/bench_engine.py --shape 35m --device cpu
+    python benchmarks/bench_engine.py --shape 650m --device cuda --peak-tflops 67
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+
+from esmsae.circuits import circuit_curve
+from esmsae.demo import tiny_esm2
+from esmsae.engine import Splice
+from esmsae.esm import EsmLM, resolve_device
+from esmsae.ig import attribute
+from esmsae.mutations import parse_mutant
+from esmsae.sae import random_sae
+from esmsae.settings import CircuitSettings, IGSettings
+
+SHAPES = {  # layers, width, heads: ESM-2 checkpoints' shapes
+    "tiny": (6, 64, 4),
+    "35m": (12, 480, 20),
+    "650m": (33, 1280, 20),
+}
+SEQ = "SFNTVDEWLEAIKMGQYKESFANAGFTSFDVVSQMMMEDILRVGVTLAGHQKKILNSIQVMRAQMN"  # EPHB2, 66 aa
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def suffix_flops(layers: int, width: int, tokens: int, vocab: int = 33, scored: int = 1) -> float:
+    """Matmul FLOPs of one sequence through `layers` blocks plus the LM head at `scored` positions."""
+    per_block = 2 * tokens * (4 * width * width + 2 * 4 * width * width) + 2 * 2 * tokens * tokens * width
+    return layers * per_block + scored * 2 * (width * width + width * vocab)
+
+
+def timed(fn, device: torch.device, repeats: int) -> float:
+    fn()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", choices=SHAPES, default="35m")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
+    parser.add_argument("--layer", type=int, help="splice layer (default: half the depth)")
+    parser.add_argument("--d-sae", type=int, default=4096)
+    parser.add_argument("--k", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=64, help="interventions per batched pass")
+    parser.add_argument("--naive", type=int, default=16, help="interventions timed in the naive loop")
+    parser.add_argument("--ig-steps", type=int, default=32)
+    parser.add_argument("--max-k", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--peak-tflops", type=float, help="the device's peak for this precision, for the fraction")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = args.precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
+    layers, width, heads = SHAPES[args.shape]
+    layer = args.layer or layers // 2
+    model = tiny_esm2(layers, width, heads, seed=0).to(DTYPES.get(args.precision, torch.float32))
+    lm = EsmLM(model, device)
+    sae = random_sae(width, args.d_sae, args.k, seed=1).to(model.embed_tokens.weight.dtype)
+    splice = Splice(lm, sae, SEQ, layer)
+    mutant = parse_mutant("M14K", SEQ)
+    code = splice.wt_code([14])
+    h_mut = splice.hidden([mutant.apply(SEQ)])[0, [14]]
+    spec = splice.score_spec(mutant)
+    tokens = splice.tokens.shape[1]
+
+    # Distinct single-feature patches (distinct rows, so the engine runs every one).
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    features = torch.randperm(args.d_sae, generator=gen)[: args.batch].to(device)
+    z = code.z.expand(args.batch, -1, -1).clone()
+    z[torch.arange(args.batch, device=device), 0, features] += 1.0
+    deltas = splice.delta(code, z)
+
+    def batched():
+        with torch.no_grad():
+            splice.run(code.positions, deltas, spec)
+
+    def naive():
+        with torch.no_grad():
+            for row in range(args.naive):
+                h = lm.hidden(splice.tokens, layer).clone()  # the whole model, every time
+                h[:, code.positions] += deltas[row:row + 1]
+                lm.head(h, layer)
+
+    t_batch = timed(batched, device, args.repeats)
+    t_naive = timed(naive, device, max(1, args.repeats // 2))
+    rate_batch = args.batch / t_batch
+    rate_naive = args.naive / t_naive
+    flops = suffix_flops(layers - layer, width, tokens) * (args.batch + 0)
+    tflops = flops / t_batch / 1e12
+
+    ig_settings = IGSettings(steps=args.ig_steps, batch_size=max(args.ig_steps, 1))
+    t_ig = timed(lambda: attribute(splice, mutant, h_mut, ig_settings), device, 1)
+    circ = CircuitSettings(max_k=args.max_k, batch_size=args.max_k + 2)
+    attribution = torch.rand(args.d_sae, generator=gen).to(device)
+    t_circ = timed(lambda: circuit_curve(splice, mutant, h_mut, attribution, circ), device, 1)
+
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        mem = f"{peak:.0f} MiB GPU (max allocated)"
+    else:
+        mem = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB RSS (process peak)"
+    print(f"shape {args.shape} ({layers} layers, width {width}), device {device}, precision {args.precision}, "
+          f"threads {torch.get_num_threads()}, splice layer {layer}, {tokens} tokens, d_sae {args.d_sae}, k {args.k}")
+    print(f"batched patching : {rate_batch:10.1f} interventions/s  (batch {args.batch}, {t_batch * 1e3:.1f} ms/pass)")
+    print(f"naive loop       : {rate_naive:10.1f} interventions/s  (one full forward each)")
+    print(f"speed-up         : {rate_batch / rate_naive:10.2f} x")
+    fraction = f", {tflops / args.peak_tflops:.1%} of {args.peak_tflops} peak" if args.peak_tflops else ""
+    print(f"achieved         : {tflops:10.3f} TFLOP/s in the batched suffix{fraction}")
+    print(f"IG               : {t_ig:10.3f} s per mutant ({args.ig_steps} steps, with gradients)")
+    print(f"circuits         : {t_circ:10.3f} s per mutant (k = 0..{args.max_k})")
+    print(f"peak memory      : {mem}")
+
+
+if __name__ == "__main__":
+    main()
