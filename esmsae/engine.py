@@ -75,7 +75,7 @@ class Splice:
         self.layer = lm.check_layer(layer)
         if sae.info.d_in != lm.embed_dim:
             raise ValueError(f"SAE width {sae.info.d_in} != model width {lm.embed_dim}")
-        self.sae = sae.to(lm.device)
+        self.sae = sae.to(device=lm.device, dtype=lm.dtype)
         self.wt_seq = lm.check_sequence(wt_seq, "WT sequence")
         self.tokens = lm.tokenize([wt_seq])
         with torch.no_grad():

@@ -172,6 +172,18 @@ def _listing(keys: list[str], limit: int = 6) -> str:
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
+PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
+
+
+def set_precision(model: ESM2, precision: str) -> ESM2:
+    """Cast the model for a precision; tf32 only changes how CUDA multiplies fp32 matrices."""
+    if precision not in PRECISIONS:
+        raise InputError(f"config key precision: {precision!r} is not one of {sorted(PRECISIONS)}")
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    return model.to(PRECISIONS[precision])
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """`auto` picks CUDA when present; asking for `cuda` without one is an error."""
     if name == "auto":
@@ -194,6 +206,7 @@ class EsmLM:
         self.alphabet: esm.data.Alphabet = model.alphabet
         self.num_layers: int = model.num_layers
         self.embed_dim: int = model.embed_dim
+        self.dtype: torch.dtype = model.embed_tokens.weight.dtype
 
     # -- tokens ---------------------------------------------------------------
     def token_index(self, residue: str) -> int:

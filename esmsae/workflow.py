@@ -23,7 +23,7 @@ from esmsae.circuits import circuit_curve, curves_table, sizes_table
 from esmsae.demo import write_tiny_esm2
 from esmsae.engine import Splice
 from esmsae.errors import InputError
-from esmsae.esm import EsmLM, load_esm, resolve_device
+from esmsae.esm import EsmLM, load_esm, resolve_device, set_precision
 from esmsae.ig import attribute_protein, load_attributions, save_attributions, top_features
 from esmsae.io import write_csv
 from esmsae.mutations import AMINO_ACIDS, Mutant, Site, parse_mutant
@@ -63,7 +63,7 @@ def open_model(config: dict, checkpoint: str | Path) -> EsmLM:
     """The ESM-2 checkpoint on the configured device."""
     device = resolve_device(config.get("device", "auto"))
     model = load_esm(checkpoint, trust_pickle=config.get("esm_trust_pickle", False))
-    lm = EsmLM(model, device)
+    lm = EsmLM(set_precision(model, config.get("precision", "fp32")), device)
     log.info("loaded %s: %d layers, width %d, %.1fM parameters, on %s", checkpoint,
              lm.num_layers, lm.embed_dim, lm.num_parameters() / 1e6, device)
     return lm
@@ -120,6 +120,13 @@ def score_protein(config: dict, checkpoint: str | Path, protein: str, out: str |
     lm = open_model(config, checkpoint)
     table = scores_table(lm, protein, entry["wt_seq"].strip().upper(), entry.get("dms"),
                          cfg.selection_settings(config, protein))
+    if config.get("precision", "fp32") != "fp32":  # report the drift from fp32 on the same mutants
+        reference = open_model({**config, "precision": "fp32"}, checkpoint)
+        fp32 = scores_table(reference, protein, entry["wt_seq"].strip().upper(), entry.get("dms"),
+                            cfg.selection_settings(config, protein))
+        drift = (table["wt_marginal"] - fp32["wt_marginal"]).abs()
+        log.warning("precision %s: wt_marginal differs from fp32 by max %.4g, median %.4g over %d mutants",
+                    config["precision"], drift.max(), drift.median(), len(drift))
     log.info("%s: %d mutants scored, %d selected", protein, len(table), int(table["selected"].sum()))
     write_csv(table, out)
 

@@ -15,7 +15,7 @@ LAYERS = cfg.analysis_layers(config)
 SAE_FILE = cfg.sae_file_pattern(config)
 ENV = "../envs/esmsae.yaml"
 # Settings that change how a job runs but not what it computes.
-RUNTIME_KEYS = ("device", "esm_trust_pickle", "batch_size")
+RUNTIME_KEYS = ("device", "precision", "esm_trust_pickle", "batch_size")
 
 
 wildcard_constraints:
