@@ -454,3 +454,19 @@ def test_fourth_protein_from_config_only(dms_run):
         assert (dms_run / "circuits" / f"{FOURTH}_L{layer}.csv").exists()
     sizes = pd.read_csv(dms_run / "tables" / "circuit_sizes.csv")
     assert FOURTH in set(sizes["protein"])
+
+
+def test_bad_assay_row_fails_the_job_with_one_clear_line(demo, tmp_path):
+    """Through Snakemake: the job fails naming file and row, and leaves no output."""
+    seq = WT["EPHB2_HUMAN"]
+    assay = tmp_path / "bad_assay.csv"
+    good = seq[:4] + "A" + seq[5:]
+    assay.write_text("mutant,mutated_sequence,DMS_score\n"
+                     f"{seq[4]}5A,{good},-2.0\n"
+                     f"Q5A,{good},-1.0\n")
+    override = write_override(demo.workdir, "bad.yaml", {"proteins": {"BADP": {"wt_seq": seq, "dms": str(assay)}}})
+    target = "results/demo/scores/BADP.csv"
+    run = snakemake(demo.workdir, target, *with_override(override), timeout=RUN_TIMEOUT)
+    assert run.returncode != 0
+    assert f"error: {assay}, row 2 ('Q5A')" in run.output, run.output[-3000:]
+    assert not (demo.workdir / target).exists()
