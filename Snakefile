@@ -14,6 +14,22 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 
 
+# Light rules (tables, figures) run where Snakemake runs, never as cluster jobs.
+localrules:
+    all,
+    dms_correlation,
+    patching_tables,
+    ig_tables,
+    circuit_sizes,
+    plot_layer_effects,
+    plot_controls,
+    plot_delta_vs_effect,
+    plot_ig_concentration,
+    plot_universal_features,
+    plot_circuit_faithfulness,
+    plot_minimal_circuit_sizes,
+
+
 rule all:
     default_target: True
     input:
