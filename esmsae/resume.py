@@ -102,7 +102,7 @@ def run_items(names: Sequence[str], compute: Callable[[int], T], work: WorkFolde
     done = [work.load(i, name) if work else None for i, name in enumerate(names)]
     n_done = sum(piece is not None for piece in done)
     if work:
-        log.info("resume: %d of %d %s already done in %s", n_done, len(names), desc, work.dir)
+        log.info("resume: %d of %d mutants already done in %s (%s)", n_done, len(names), work.dir, desc)
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     results: list[T] = []
     with tqdm(total=len(names), initial=n_done, desc=desc, file=sys.stderr, mininterval=5.0,

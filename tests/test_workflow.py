@@ -51,9 +51,10 @@ class Run:
     output: str
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = DRY_TIMEOUT) -> Run:
-    """Run Snakemake from this interpreter's environment in `workdir`."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+def snakemake(workdir: Path, *args: str, timeout: int = DRY_TIMEOUT, env: dict[str, str] | None = None) -> Run:
+    """Run Snakemake from this interpreter (in `env`, default this environment) in `workdir`."""
+    if env is None:
+        env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     cmd = [sys.executable, "-m", "snakemake", *args]
     try:
         proc = subprocess.run(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
