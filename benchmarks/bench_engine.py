@@ -122,7 +122,9 @@ def main() -> None:
     ig_settings = IGSettings(steps=args.ig_steps, batch_size=max(args.ig_steps, 1))
     t_ig = timed(lambda: attribute(splice, mutant, h_mut, ig_settings), device, 1)
     circ = CircuitSettings(max_k=args.max_k, batch_size=args.max_k + 2)
-    attribution = torch.rand(args.d_sae, generator=gen).to(device)
+    # Rank like IG does: only features whose latent moved carry attribution.
+    mut_code = splice.mutant_code(h_mut, code)
+    attribution = (mut_code.z - code.z).abs().sum(0).float() + 1e-6 * torch.rand(args.d_sae, generator=gen).to(device)
     t_circ = timed(lambda: circuit_curve(splice, mutant, h_mut, attribution, circ), device, 1)
 
     if device.type == "cuda":
