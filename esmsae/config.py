@@ -85,22 +85,28 @@ def selection_settings(config: dict, protein: str) -> SelectionSettings:
                              seed=int(m.get("seed", 0)), multi=bool(m.get("multi", False)))
 
 
+def batch_size(config: dict) -> int | None:
+    """The configured interventions per pass; None (auto) lets the engine size batches."""
+    value = config.get("batch_size", "auto")
+    return None if value == "auto" else int(value)
+
+
 def patch_settings(config: dict) -> PatchSettings:
     """The ``patching`` block with the shared ``space`` and ``batch_size``."""
     p = config["patching"]
     return PatchSettings(space=config["space"], features=p["features"], n=p["n"], seed=p["seed"],
-                         batch_size=config["batch_size"])
+                         batch_size=batch_size(config))
 
 
 def ig_settings(config: dict) -> IGSettings:
     """The ``ig`` block with the shared ``space`` and ``batch_size``."""
     g = config["ig"]
     return IGSettings(steps=g["steps"], rule=g["rule"], space=config["space"], error_node=g["error_node"],
-                      batch_size=config["batch_size"])
+                      batch_size=batch_size(config))
 
 
 def circuit_settings(config: dict) -> CircuitSettings:
     """The ``circuits`` block with the shared ``space`` and ``batch_size``."""
     c = config["circuits"]
     return CircuitSettings(recover=c["recover"], max_k=c["max_k"], space=config["space"],
-                           batch_size=config["batch_size"])
+                           batch_size=batch_size(config))

@@ -20,6 +20,7 @@ Two choices keep the numbers faithful:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,20 @@ from esmsae.esm import EsmLM
 from esmsae.mutations import Mutant
 from esmsae.sae import TopKSAE
 from esmsae.settings import SPACES
+
+log = logging.getLogger(__name__)
+
+# Interventions per pass on CPU (fixed, so CPU results are reproducible bit for bit), and
+# the most per pass anywhere.
+CPU_ROWS, MAX_ROWS = 128, 1024
+# Share of the GPU's free memory a batch may plan to use.
+MEMORY_SHARE = 0.5
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on a CUDA device."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free)
 
 
 @dataclass(frozen=True)
@@ -104,8 +119,27 @@ class Splice:
         error = h_sites - self.sae.decode(z, wt.mu, wt.sigma)
         return SiteCode(wt.positions, pre, z, error, wt.mu, wt.sigma)
 
-    def hidden(self, seqs: list[str], batch_size: int = 64) -> Tensor:
+    def rows_per_pass(self, grad: bool = False) -> int:
+        """How many interventions one pass of the upper layers can take without running out of memory.
+
+        On CUDA: a share of the free memory over an estimate of one row's activations
+        through blocks ℓ+1..N (all of them kept when `grad`, for IG; the largest
+        block's otherwise). On CPU a fixed number, so results do not depend on the
+        machine's momentary free memory.
+        """
+        if self.lm.device.type != "cuda":
+            return CPU_ROWS
+        t, e = self.h.shape[1], self.lm.embed_dim
+        heads = self.lm.model.attention_heads
+        per_block = t * 16 * e + 3 * heads * t * t  # q, k, v, attention scores and softmax, MLP, norms
+        blocks = max(1, self.lm.num_layers - self.layer) if grad else 1
+        per_row = (blocks * per_block + 2 * t * e) * torch.finfo(self.lm.dtype).bits // 8 * 2
+        rows = int(MEMORY_SHARE * free_memory(self.lm.device) // per_row)
+        return max(1, min(MAX_ROWS, rows))
+
+    def hidden(self, seqs: list[str], batch_size: int | None = None) -> Tensor:
         """``h_ℓ`` of other sequences of the WT's length (e.g. mutants), (M, T, d)."""
+        batch_size = batch_size or self.rows_per_pass()
         out = []
         with torch.no_grad():
             for start in range(0, len(seqs), batch_size):
@@ -153,7 +187,7 @@ class Splice:
         return (gain - loss).squeeze(-1).sum(-1)
 
     def effects(self, wt: SiteCode, z: Tensor, spec: ScoreSpec, error_delta: Tensor | None = None,
-                batch_size: int = 128) -> Effects:
+                batch_size: int | None = None) -> Effects:
         """Run B interventions (latents `z` (B, S, d_sae), optional error change) in chunks.
 
         Identical interventions are run once and share one score, and a row whose
@@ -162,8 +196,10 @@ class Splice:
         unmodified row first and effects are measured against it. So a no-op's
         effect is exactly 0.0 and equal interventions give equal numbers on any
         hardware, where re-running them at other rows of a batched matmul could
-        differ in the last bit.
+        differ in the last bit. `batch_size` None sizes chunks from free memory; a
+        chunk that runs out of GPU memory is split in half and retried.
         """
+        batch_size = batch_size or self.rows_per_pass()
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         deltas = self.delta(wt, z, error_delta)
@@ -178,12 +214,23 @@ class Splice:
         u_base = torch.empty(len(unique), dtype=dtype, device=deltas.device)
         first_base = None
         with torch.no_grad():
-            for start in range(0, max(len(todo), 1), batch_size):
+            start = 0
+            while start < max(len(todo), 1):
                 rows = todo[start:start + batch_size]
                 batch = torch.cat([torch.zeros_like(unique[:1]), unique[rows]]).reshape(-1, *deltas.shape[1:])
-                s = self.run(wt.positions, batch, spec)
+                try:
+                    s = self.run(wt.positions, batch, spec)
+                except torch.OutOfMemoryError:
+                    if len(rows) <= 1:
+                        raise
+                    batch_size = max(1, len(rows) // 2)
+                    log.warning("out of memory: retrying with %d interventions per pass", batch_size)
+                    if self.lm.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
                 u_scores[rows], u_base[rows] = s[1:], s[0]
                 first_base = s[0] if first_base is None else first_base
+                start += batch_size
         idle = torch.ones(len(unique), dtype=torch.bool, device=deltas.device)
         idle[todo] = False
         u_scores[idle] = first_base

@@ -71,8 +71,19 @@ def attribute(splice: Splice, mutant: Mutant, h_sites: Tensor, settings: IGSetti
         inputs, baselines = (end, error_change), (start, torch.zeros_like(error_change))
     else:
         inputs, baselines = (end,), (start,)
-    attrs, delta = ig.attribute(inputs, baselines=baselines, n_steps=settings.steps, method=settings.rule,
-                                internal_batch_size=settings.batch_size, return_convergence_delta=True)
+    rows = settings.batch_size or splice.rows_per_pass(grad=True)
+    while True:  # all steps in one batch when memory allows; halve on running out
+        try:
+            attrs, delta = ig.attribute(inputs, baselines=baselines, n_steps=settings.steps, method=settings.rule,
+                                        internal_batch_size=rows, return_convergence_delta=True)
+            break
+        except torch.OutOfMemoryError:
+            if rows == 1:
+                raise
+            rows = max(1, rows // 2)
+            log.warning("out of memory in IG: retrying with %d steps per pass", rows)
+            if splice.lm.device.type == "cuda":
+                torch.cuda.empty_cache()
     features = attrs[0][0].sum(0).detach()
     error = float(attrs[1].sum()) if settings.error_node else 0.0
     endpoint = splice.delta(wt, splice.latents(end, space), error_change if settings.error_node else None)

@@ -38,7 +38,7 @@ class PatchSettings:
     features: str = "changed"
     n: int = 5
     seed: int = 0
-    batch_size: int = 128
+    batch_size: int | None = None  # None: sized by the engine from free memory
 
     def __post_init__(self):
         if self.space not in SPACES:
@@ -55,7 +55,7 @@ class IGSettings:
     rule: str = "gausslegendre"
     space: str = "latent"
     error_node: bool = True
-    batch_size: int = 128
+    batch_size: int | None = None  # None: sized by the engine from free memory
 
     def __post_init__(self):
         if self.rule in BIASED_RULES:
@@ -77,7 +77,7 @@ class CircuitSettings:
     recover: float = 0.9
     max_k: int = 64
     space: str = "latent"
-    batch_size: int = 128
+    batch_size: int | None = None  # None: sized by the engine from free memory
 
     def __post_init__(self):
         if not 0 < self.recover <= 1:

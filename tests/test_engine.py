@@ -246,3 +246,43 @@ def test_bf16_runs_exact_noops_and_stays_close_to_fp32(tiny_dir, saes):
     drift = abs(float(effects["bf16"].baseline[0] - effects["fp32"].baseline[0]))
     assert 0.0 < drift <= 1.0
     assert abs(float(effects["bf16"].effects[1] - effects["fp32"].effects[1])) <= 1.0
+
+
+def test_rows_per_pass_fits_free_memory(splices, monkeypatch):
+    """CPU: a fixed 128 (reproducible). CUDA: free memory over one row's activations, fewer with gradients."""
+    from esmsae import engine
+
+    splice = copy.copy(splices[1])
+    assert splice.rows_per_pass() == engine.CPU_ROWS == splice.rows_per_pass(grad=True)
+    splice.lm = copy.copy(splice.lm)
+    splice.lm.device = torch.device("cuda")
+    monkeypatch.setattr(engine, "free_memory", lambda device: 2**30)
+    t, e, heads = splice.h.shape[1], splice.lm.embed_dim, splice.lm.model.attention_heads
+    one_block = (t * 16 * e + 3 * heads * t * t + 2 * t * e) * 4 * 2
+    assert splice.rows_per_pass() == min(engine.MAX_ROWS, int(0.5 * 2**30 // one_block))
+    deep = splice.rows_per_pass(grad=True)
+    assert 1 <= deep < splice.rows_per_pass()
+    monkeypatch.setattr(engine, "free_memory", lambda device: 1)
+    assert splice.rows_per_pass(grad=True) == 1  # never zero
+
+
+def test_out_of_memory_halves_the_batch_and_gives_the_same_numbers(splices, monkeypatch):
+    splice = copy.copy(splices[2])
+    mutant = parse_mutant("N38Y", SEQ)
+    code = splice.wt_code([38])
+    gen = torch.Generator().manual_seed(5)
+    z = code.z.expand(20, -1, -1) + torch.rand(20, 1, code.z.shape[-1], generator=gen)
+    spec = splice.score_spec(mutant)
+    reference = splice.effects(code, z, spec, batch_size=3)
+    real_run, sizes = splice.run, []
+
+    def small_memory(positions, delta, spec):
+        sizes.append(delta.shape[0])
+        if delta.shape[0] > 4:
+            raise torch.OutOfMemoryError("simulated")
+        return real_run(positions, delta, spec)
+
+    monkeypatch.setattr(splice, "run", small_memory)
+    out = splice.effects(code, z, spec, batch_size=64)
+    assert sizes[:4] == [21, 11, 6, 3]  # the chunk halved until it (plus its baseline row) fits
+    assert torch.allclose(out.effects, reference.effects, atol=1e-6)
