@@ -170,11 +170,8 @@ def set_threads(threads: int) -> None:
 def patch_layer(config: dict, checkpoint: str | Path, protein: str, layer: int, scores: str | Path,
                 out: str | Path) -> None:
     """Rule patch_features: every feature patch and control for one protein at one layer."""
-    lm = open_model(config, checkpoint)
-    sae = open_sae(config, lm, layer)
-    mutants = selected_mutants(config, {protein: scores})[protein]
+    splice, mutants = _splice_for(config, checkpoint, protein, layer, scores)
     settings = cfg.patch_settings(config)
-    splice = Splice(lm, sae, config["proteins"][protein]["wt_seq"].strip().upper(), layer)
     work = _work_folder("patch_features", out, config, mutants, checkpoint, splice, scores)
     table = patch_protein(splice, mutants, settings, protein=protein, work=work)
     log.info("%s L%d: %d mutants, %d rows (space %s, features %s)", protein, layer, len(mutants), len(table),
