@@ -32,6 +32,7 @@ from torch import Tensor
 
 from esmsae.errors import InputError
 from esmsae.mutations import AMINO_ACIDS
+from esmsae.rows import MIN_ROWS, pad_rows
 
 # The only non-tensor class a fair-esm ESM-2 checkpoint pickles.
 SAFE_GLOBALS = [argparse.Namespace]
@@ -273,16 +274,24 @@ class EsmLM:
         return out
 
     def head(self, h: Tensor, layer: int, positions: Tensor | None = None) -> Tensor:
-        """``F_ℓ(h)``: logits (B, P, V) at token `positions` (all positions when None)."""
+        """``F_ℓ(h)``: logits (B, P, V) at token `positions` (all positions when None).
+
+        At a few positions the head's matmuls would see only B·P rows, so the batch
+        is padded with zero rows (see :mod:`esmsae.rows`) and cut back afterwards:
+        a row's logits do not depend on how many rows share its pass. The blocks
+        already see B·T rows, enough for any batch.
+        """
         x = h.transpose(0, 1)  # (B, T, E) -> (T, B, E)
         if layer < self.num_layers:
             for block in self.model.layers[layer:]:
                 x, _ = block(x, self_attn_padding_mask=None, need_head_weights=False)
+        batch = x.shape[1]
         if positions is not None:
             x = x[positions]  # everything after the last block is position-wise
+            x = pad_rows(x, 1, -(-MIN_ROWS // x.shape[0]))
         if layer < self.num_layers:
             x = self.model.emb_layer_norm_after(x)
-        return self.model.lm_head(x).transpose(0, 1)
+        return self.model.lm_head(x)[:, :batch].transpose(0, 1)
 
     def logits(self, tokens: Tensor) -> Tensor:
         """The model's own forward: fair-esm's ``logits``, (B, T, V)."""
@@ -290,3 +299,4 @@ class EsmLM:
 
     def num_parameters(self) -> int:
         return sum(math.prod(p.shape) for p in self.model.parameters())
+

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from esmsae.errors import InputError
 from esmsae.io import atomic_path
+from esmsae.rows import matmul
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class SAEInfo:
 
 
 class TopKSAE(nn.Module):
-    """A frozen TopK SAE. All methods work on (..., d) tensors."""
+    """A frozen TopK SAE. All methods work on (..., d) tensors, each vector as it would be in a large batch."""
 
     def __init__(self, w_enc: Tensor, w_dec: Tensor, b_enc: Tensor, b_pre: Tensor, k: int,
                  *, layer: int | None = None, source: str = ""):
@@ -70,7 +71,7 @@ class TopKSAE(nn.Module):
     def pre(self, x: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
         """Pre-activations of `x` normalized with the given statistics."""
         x_hat = (x - mu) / (sigma + EPS)
-        return (x_hat - self.b_pre) @ self.w_enc + self.b_enc
+        return matmul(x_hat - self.b_pre, self.w_enc) + self.b_enc
 
     def topk(self, pre: Tensor) -> Tensor:
         """Keep the k largest pre-activations, ReLU them, zero the rest."""
@@ -84,11 +85,11 @@ class TopKSAE(nn.Module):
         return pre, self.topk(pre), mu, sigma
 
     def decode(self, z: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
-        return (z @ self.w_dec + self.b_pre) * sigma + mu
+        return (matmul(z, self.w_dec) + self.b_pre) * sigma + mu
 
     def decode_delta(self, dz: Tensor, sigma: Tensor) -> Tensor:
         """``dec(z + dz) − dec(z)``: the decoder is affine, so this is exact and is 0 when dz is 0."""
-        return (dz @ self.w_dec) * sigma
+        return matmul(dz, self.w_dec) * sigma
 
 
 def load_sae(path: str | Path, k: int, *, layer: int | None = None, d_in: int | None = None) -> TopKSAE:
