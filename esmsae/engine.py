@@ -16,6 +16,10 @@ Two choices keep the numbers faithful:
   is exactly zero, so a no-op intervention reproduces ``h`` bit for bit rather
   than to rounding. Every chunk of a batch also carries one unmodified row, and
   effects are measured against it, so a no-op effect is exactly 0.0.
+
+And one keeps them reproducible: a row's numbers do not depend on how many
+rows share its pass (on CPU at fp32, bit for bit; see :meth:`EsmLM.head` for
+the one place that needs padding), so the batch size is a speed knob only.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from esmsae.errors import InputError
 from esmsae.esm import EsmLM
@@ -34,7 +39,8 @@ from esmsae.settings import SPACES
 
 log = logging.getLogger(__name__)
 
-# Interventions per pass on CPU (fixed, so CPU results are reproducible bit for bit), and
+# Interventions per pass on CPU (fixed: free memory is no constraint there, and a rerun makes
+# the same passes), and
 # the most per pass anywhere.
 CPU_ROWS, MAX_ROWS = 128, 1024
 # Share of the GPU's free memory a batch may plan to use.
@@ -186,6 +192,23 @@ class Splice:
         loss = logp.gather(-1, spec.wt.expand(batch, -1).unsqueeze(-1))
         return (gain - loss).squeeze(-1).sum(-1)
 
+    def run_in_passes(self, positions: Tensor, delta: Tensor, spec: ScoreSpec, rows: int) -> Tensor:
+        """:meth:`run` over all B rows of `delta`, at most `rows` per pass of the upper layers.
+
+        With gradients on (IG), each pass is checkpointed: only its input is kept,
+        and its activations are recomputed in the backward pass one pass at a
+        time, so memory is that of `rows` rows whatever B is. The rows come out
+        as they would from one pass (a row's numbers do not depend on its pass).
+        """
+        if rows < 1:
+            raise ValueError("rows must be >= 1")
+        if delta.shape[0] <= rows:
+            return self.run(positions, delta, spec)
+        passes = delta.split(rows)
+        if torch.is_grad_enabled():
+            return torch.cat([checkpoint(self.run, positions, part, spec, use_reentrant=False) for part in passes])
+        return torch.cat([self.run(positions, part, spec) for part in passes])
+
     def effects(self, wt: SiteCode, z: Tensor, spec: ScoreSpec, error_delta: Tensor | None = None,
                 batch_size: int | None = None) -> Effects:
         """Run B interventions (latents `z` (B, S, d_sae), optional error change) in chunks.
@@ -196,7 +219,7 @@ class Splice:
         unmodified row first and effects are measured against it. So a no-op's
         effect is exactly 0.0 and equal interventions give equal numbers on any
         hardware, where re-running them at other rows of a batched matmul could
-        differ in the last bit. `batch_size` None sizes chunks from free memory; a
+        differ in the last bit on a GPU. `batch_size` None sizes chunks from free memory; a
         chunk that runs out of GPU memory is split in half and retried.
         """
         batch_size = batch_size or self.rows_per_pass()

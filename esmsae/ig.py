@@ -13,9 +13,12 @@ In ``pre`` space the path runs over ``pre`` with TopK inside the decoder. With
 at ``(z_mut, e_wt)``.
 
 The quadrature is captum's ``IntegratedGradients`` (Gauss–Legendre or Riemann
-rules): its forward function is the engine's :meth:`Splice.run`, so all steps of
-a mutant go through the model's upper layers as one batch, and gradients flow
-only to the intervened latents and error, never to the model's weights.
+rules). Captum is handed all steps of a mutant as one batch and sums their
+gradients in one reduction; its forward function is the engine's
+:meth:`Splice.run_in_passes`, which runs the steps through the model's upper
+layers in passes that fit in memory. So the attributions do not depend on the
+batch size, and gradients flow only to the intervened latents and error, never
+to the model's weights.
 """
 
 from __future__ import annotations
@@ -63,19 +66,20 @@ def attribute(splice: Splice, mutant: Mutant, h_sites: Tensor, settings: IGSetti
     start, end = values(wt, space).unsqueeze(0), values(mut, space).unsqueeze(0)
     error_change = (mut.error - wt.error).unsqueeze(0)
 
+    rows = settings.batch_size or splice.rows_per_pass(grad=True)
+
     def score(v: Tensor, e: Tensor | None = None) -> Tensor:
-        return splice.run(wt.positions, splice.delta(wt, splice.latents(v, space), e), spec)
+        return splice.run_in_passes(wt.positions, splice.delta(wt, splice.latents(v, space), e), spec, rows)
 
     ig = IntegratedGradients(score)
     if settings.error_node:
         inputs, baselines = (end, error_change), (start, torch.zeros_like(error_change))
     else:
         inputs, baselines = (end,), (start,)
-    rows = settings.batch_size or splice.rows_per_pass(grad=True)
-    while True:  # all steps in one batch when memory allows; halve on running out
+    while True:  # halve the steps per pass on running out of memory
         try:
             attrs, delta = ig.attribute(inputs, baselines=baselines, n_steps=settings.steps, method=settings.rule,
-                                        internal_batch_size=rows, return_convergence_delta=True)
+                                        return_convergence_delta=True)
             break
         except torch.OutOfMemoryError:
             if rows == 1:

@@ -1,0 +1,165 @@
+"""Every number is the same, bit for bit, whatever the batch size (CPU, fp32), at every layer.
+
+CPU BLAS computes a matmul row differently when it shares the call with fewer
+than about four rows per thread; the engine pads the LM head's input so that
+never happens, and IG hands captum all steps at once. These tests would catch
+either being undone: they compare with ``torch.equal``, not a tolerance, at one
+and at two threads (CI's cores).
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+
+from esmsae.circuits import CircuitSettings, circuit_curve
+from esmsae.engine import Splice
+from esmsae.ig import IGSettings, attribute
+from esmsae.mutations import parse_mutant
+from esmsae.patching import PatchSettings, patch_protein
+from esmsae.rows import MIN_ROWS, matmul
+
+from .conftest import TINY, WT
+
+SEQ = WT["EPHB2_HUMAN"]
+LAYERS = list(range(1, TINY["num_layers"] + 1))
+MUTANTS = [parse_mutant(t, SEQ) for t in ("F2A", "W8R", "S20P:G25W", "L47Q")]
+SIZES = (1, 2, 3, 5, 8, 13, 128)
+
+
+@contextmanager
+def threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def splices(lm, saes):
+    return {layer: Splice(lm, saes[layer], SEQ, layer) for layer in LAYERS}
+
+
+def random_interventions(splice, positions, n, seed):
+    """`n` rows moving a few features each, with an error change: the shape of every caller's batch."""
+    code = splice.wt_code(positions)
+    gen = torch.Generator().manual_seed(seed)
+    bump = torch.rand(n, len(positions), code.z.shape[-1], generator=gen)
+    z = code.z.expand(n, -1, -1) + bump * (torch.rand(bump.shape, generator=gen) < 0.1)
+    error = 0.05 * torch.randn(n, *code.error.shape, generator=gen)
+    return code, z, error
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_matmul_rows_do_not_depend_on_how_many_rows_share_the_call(n_threads):
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(2 * MIN_ROWS, 3, 96, generator=gen), torch.randn(96, 40, generator=gen)
+    with threads(n_threads):
+        full = matmul(x, w)
+        assert full.shape == (2 * MIN_ROWS, 3, 40)
+        for n in (1, 2, 3, 5, 9, 17, MIN_ROWS // 3, MIN_ROWS):
+            assert torch.equal(matmul(x[:n], w), full[:n])
+            assert torch.equal(matmul(x[n, 1], w), full[n, 1])  # a lone vector
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("layer", LAYERS)
+def test_effects_do_not_depend_on_the_batch_size(splices, layer, n_threads):
+    splice = splices[layer]
+    with threads(n_threads):
+        for mutant in (MUTANTS[0], MUTANTS[2]):
+            code, z, error = random_interventions(splice, [s.pos for s in mutant.sites], 21, seed=layer)
+            spec = splice.score_spec(mutant)
+            runs = [splice.effects(code, z, spec, error_delta=error, batch_size=size) for size in SIZES]
+            for out in runs[1:]:
+                assert torch.equal(out.scores, runs[0].scores)
+                assert torch.equal(out.effects, runs[0].effects)
+            assert bool((runs[0].effects != 0).all())
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_mutant_states_do_not_depend_on_the_batch_size(splices, n_threads):
+    seqs = [m.apply(SEQ) for m in MUTANTS]
+    with threads(n_threads):
+        for splice in splices.values():
+            runs = [splice.hidden(seqs, batch_size=size) for size in (1, 3, 128)]
+            assert all(torch.equal(run, runs[0]) for run in runs[1:])
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_ig_does_not_depend_on_the_batch_size(splices, layer):
+    splice = splices[layer]
+    with threads(2):
+        for mutant in (MUTANTS[1], MUTANTS[2]):
+            h = splice.hidden([mutant.apply(SEQ)])[0, [s.pos for s in mutant.sites]]
+            runs = [attribute(splice, mutant, h, IGSettings(steps=12, batch_size=size)) for size in (1, 5, 12, None)]
+            for run in runs[1:]:
+                assert torch.equal(run.attribution, runs[0].attribution)
+                assert (run.error_attribution, run.total_effect) == (runs[0].error_attribution,
+                                                                      runs[0].total_effect)
+            assert bool((runs[0].attribution != 0).any())
+
+
+def test_ig_runs_passes_of_at_most_the_batch_size_forward_and_backward(splices, monkeypatch):
+    """Passes are checkpointed: the backward recomputes them one at a time, never all steps at once."""
+    splice = copy.copy(splices[2])
+    mutant = MUTANTS[1]
+    h = splice.hidden([mutant.apply(SEQ)])[0, [mutant.sites[0].pos]]
+    reference = attribute(splice, mutant, h, IGSettings(steps=12))
+    real_run, sizes = splice.run, []
+
+    def recorded(positions, delta, spec):
+        sizes.append((delta.shape[0], torch.is_grad_enabled()))
+        return real_run(positions, delta, spec)
+
+    monkeypatch.setattr(splice, "run", recorded)
+    out = attribute(splice, mutant, h, IGSettings(steps=12, batch_size=5))
+    with_grad = [n for n, grad in sizes if grad]
+    assert with_grad[:3] == [5, 5, 2]  # the steps, in three passes
+    assert len(with_grad) >= 6  # ... and each pass run again by the backward
+    assert max(n for n, _ in sizes) <= 5
+    assert torch.equal(out.attribution, reference.attribution)
+
+
+def test_ig_out_of_memory_halves_the_passes_and_gives_the_same_numbers(splices, monkeypatch):
+    splice = copy.copy(splices[3])
+    mutant = MUTANTS[0]
+    h = splice.hidden([mutant.apply(SEQ)])[0, [mutant.sites[0].pos]]
+    reference = attribute(splice, mutant, h, IGSettings(steps=16))
+    real_run, sizes = splice.run, []
+
+    def small_memory(positions, delta, spec):
+        sizes.append(delta.shape[0])
+        if delta.shape[0] > 4:
+            raise torch.OutOfMemoryError("simulated")
+        return real_run(positions, delta, spec)
+
+    monkeypatch.setattr(splice, "run", small_memory)
+    out = attribute(splice, mutant, h, IGSettings(steps=16, batch_size=16))
+    assert sizes[:3] == [16, 8, 4]  # all steps, then halved until a pass fits
+    assert torch.equal(out.attribution, reference.attribution)
+    assert out.total_effect == reference.total_effect
+
+
+def test_circuits_and_patching_tables_do_not_depend_on_the_batch_size(splices):
+    splice = splices[2]
+    with threads(2):
+        mutant = MUTANTS[2]
+        h = splice.hidden([mutant.apply(SEQ)])[0, [s.pos for s in mutant.sites]]
+        attribution = attribute(splice, mutant, h, IGSettings(steps=8)).attribution
+        curves = [circuit_curve(splice, mutant, h, attribution, CircuitSettings(max_k=20, batch_size=size))
+                  for size in (1, 4, None)]
+        for curve in curves[1:]:
+            assert np.array_equal(curve.patched_score, curves[0].patched_score)
+            assert np.array_equal(curve.recovered_fraction, curves[0].recovered_fraction, equal_nan=True)
+        tables = [patch_protein(splice, MUTANTS, PatchSettings(batch_size=size), protein="EPHB2_HUMAN")
+                  for size in (2, 7, None)]
+        for table in tables[1:]:
+            assert table.equals(tables[0])
+        assert len(tables[0]) > len(MUTANTS)
