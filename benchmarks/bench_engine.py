@@ -84,10 +84,8 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
     layers, width, heads = SHAPES[args.shape]
     layer = args.layer or layers // 2
-    model = tiny_esm2(layers, width, heads, seed=0).to(DTYPES.get(args.precision, torch.float32))
-    lm = EsmLM(model, device)
-    sae = random_sae(width, args.d_sae, args.k, seed=1).to(model.embed_tokens.weight.dtype)
-    splice = Splice(lm, sae, SEQ, layer)
+    splice = build_splice(args, layers, width, heads, layer, device, DTYPES.get(args.precision, torch.float32))
+    lm = splice.lm
     mutant = parse_mutant("M14K", SEQ)
     code = splice.wt_code([14])
     h_mut = splice.hidden([mutant.apply(SEQ)])[0, [14]]
@@ -97,8 +95,7 @@ def main() -> None:
     # Distinct single-feature patches (distinct rows, so the engine runs every one).
     gen = torch.Generator(device="cpu").manual_seed(0)
     features = torch.randperm(args.d_sae, generator=gen)[: args.batch].to(device)
-    z = code.z.expand(args.batch, -1, -1).clone()
-    z[torch.arange(args.batch, device=device), 0, features] += 1.0
+    z = patches(code, features)
     deltas = splice.delta(code, z)
 
     def batched():
@@ -111,6 +108,31 @@ def main() -> None:
                 h = lm.hidden(splice.tokens, layer).clone()  # the whole model, every time
                 h[:, code.positions] += deltas[row:row + 1]
                 lm.head(h, layer)
+
+    # Faithfulness of what was timed: the engine against the naive loop's own logits, the
+    # engine against itself at another batch size, and (below fp32) against fp32.
+    effects = splice.effects(code, z, spec, batch_size=args.batch).effects
+    other_size = splice.effects(code, z, spec, batch_size=7).effects
+    with torch.no_grad():
+        h = lm.hidden(splice.tokens, layer)
+        naive_effects = []
+        for row in [None, *range(args.naive)]:
+            h_row = h.clone()
+            if row is not None:
+                h_row[:, code.positions] += deltas[row:row + 1]
+            logp = torch.log_softmax(lm.head(h_row, layer)[0, 14].float(), -1)
+            naive_effects.append(logp[spec.mut[0]] - logp[spec.wt[0]])
+        naive_effects = torch.stack(naive_effects[1:]) - naive_effects[0]
+    vs_naive = float((effects[: args.naive].float() - naive_effects).abs().max())
+    vs_size = float((effects - other_size).abs().max())
+    drift = None
+    if args.precision != "fp32":
+        ref = build_splice(args, layers, width, heads, layer, device, torch.float32)
+        ref_code = ref.wt_code([14])
+        ref_effects = ref.effects(ref_code, patches(ref_code, features), spec, batch_size=args.batch)
+        drift = (float((effects.float() - ref_effects.effects).abs().max()),
+                 float((splice.effects(code, z[:1], spec).baseline - ref_effects.baseline[:1]).abs().max()))
+        del ref
 
     t_batch = timed(batched, device, args.repeats)
     t_naive = timed(naive, device, max(1, args.repeats // 2))
@@ -142,6 +164,26 @@ def main() -> None:
     print(f"IG               : {t_ig:10.3f} s per mutant ({args.ig_steps} steps, with gradients)")
     print(f"circuits         : {t_circ:10.3f} s per mutant (k = 0..{args.max_k})")
     print(f"peak memory      : {mem}")
+    print(f"batched vs naive : {vs_naive:10.2e} max |Δ effect| over the {args.naive} naive interventions")
+    print(f"batch 7 vs {args.batch:<5d} : {vs_size:10.2e} max |Δ effect| (0 on CPU at fp32)")
+    if drift:
+        print(f"vs fp32          : {drift[0]:10.2e} max |Δ effect|, {drift[1]:.2e} |Δ WT-marginal score| "
+              f"({args.precision} against an fp32 copy of the same weights)")
+
+
+def build_splice(args, layers: int, width: int, heads: int, layer: int, device: torch.device,
+                 dtype: torch.dtype) -> Splice:
+    """The random model and SAE of the chosen shape (fixed seeds), spliced into EPHB2's WT sequence."""
+    lm = EsmLM(tiny_esm2(layers, width, heads, seed=0).to(dtype), device)
+    sae = random_sae(width, args.d_sae, args.k, seed=1).to(dtype)
+    return Splice(lm, sae, SEQ, layer)
+
+
+def patches(code, features: torch.Tensor) -> torch.Tensor:
+    """One row per feature: the WT latents with that feature raised by 1.0."""
+    z = code.z.expand(len(features), -1, -1).clone()
+    z[torch.arange(len(features), device=z.device), 0, features] += 1.0
+    return z
 
 
 if __name__ == "__main__":
