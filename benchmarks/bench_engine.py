@@ -28,6 +28,7 @@ from esmsae.circuits import circuit_curve
 from esmsae.demo import tiny_esm2
 from esmsae.engine import Splice
 from esmsae.esm import EsmLM, resolve_device
+from esmsae.host import hold_freed_memory
 from esmsae.ig import attribute
 from esmsae.mutations import parse_mutant
 from esmsae.sae import random_sae
@@ -79,6 +80,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    held = hold_freed_memory()  # as every pipeline job does (esmsae.workflow.set_up_host)
     device = resolve_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = args.precision == "tf32"
     torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
@@ -155,7 +157,8 @@ def main() -> None:
     else:
         mem = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB RSS (process peak)"
     print(f"shape {args.shape} ({layers} layers, width {width}), device {device}, precision {args.precision}, "
-          f"threads {torch.get_num_threads()}, splice layer {layer}, {tokens} tokens, d_sae {args.d_sae}, k {args.k}")
+          f"threads {torch.get_num_threads()}, splice layer {layer}, {tokens} tokens, d_sae {args.d_sae}, k {args.k}, "
+          f"freed memory {'held' if held else 'returned to the OS'}")
     print(f"batched patching : {rate_batch:10.1f} interventions/s  (batch {args.batch}, {t_batch * 1e3:.1f} ms/pass)")
     print(f"naive loop       : {rate_naive:10.1f} interventions/s  (one full forward each)")
     print(f"speed-up         : {rate_batch / rate_naive:10.2f} x")

@@ -24,6 +24,7 @@ from esmsae.demo import write_tiny_esm2
 from esmsae.engine import Splice
 from esmsae.errors import InputError
 from esmsae.esm import EsmLM, load_esm, resolve_device, set_precision
+from esmsae.host import hold_freed_memory
 from esmsae.ig import attribute_protein, load_attributions, save_attributions, top_features
 from esmsae.io import write_csv
 from esmsae.mutations import AMINO_ACIDS, Mutant, Site, parse_mutant
@@ -162,8 +163,10 @@ def measure_sae_quality(config: dict, checkpoint: str | Path, scores: dict[str, 
     write_csv(table, out)
 
 
-def set_threads(threads: int) -> None:
+def set_up_host(threads: int) -> None:
+    """The rule's thread count for torch, and freed memory held for reuse (see esmsae.host)."""
     torch.set_num_threads(max(1, int(threads)))
+    hold_freed_memory()
 
 
 

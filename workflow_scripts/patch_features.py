@@ -4,7 +4,7 @@ from esmsae import workflow
 
 def main(smk):
     with workflow.log_to(smk.log[0]):
-        workflow.set_threads(smk.threads)
+        workflow.set_up_host(smk.threads)
         workflow.patch_layer(smk.params.config, smk.input.checkpoint, smk.wildcards.protein,
                              int(smk.wildcards.layer), smk.input.scores, smk.output.table)
 

@@ -4,7 +4,7 @@ from esmsae import workflow
 
 def main(smk):
     with workflow.log_to(smk.log[0]):
-        workflow.set_threads(smk.threads)
+        workflow.set_up_host(smk.threads)
         workflow.measure_sae_quality(smk.params.config, smk.input.checkpoint,
                                      dict(zip(smk.params.proteins, smk.input.scores, strict=True)), smk.output.table)
 

@@ -4,7 +4,7 @@ from esmsae import workflow
 
 def main(smk):
     with workflow.log_to(smk.log[0]):
-        workflow.set_threads(smk.threads)
+        workflow.set_up_host(smk.threads)
         workflow.train_layer_sae(smk.params.config, smk.input.checkpoint, int(smk.wildcards.layer),
                                  smk.output.sae)
 
