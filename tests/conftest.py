@@ -59,3 +59,18 @@ def lm(tiny_dir) -> EsmLM:
 def saes(tiny_dir, lm):
     return {layer: load_sae(tiny_dir / f"sae_l{layer}.safetensors", K, layer=layer, d_in=lm.embed_dim)
             for layer in range(1, lm.num_layers + 1)}
+
+
+def watch_passes(monkeypatch, splice, fits: int | None = None) -> list[tuple[int, bool]]:
+    """Record each pass `splice.run` makes as (rows, gradients on); with `fits`, a pass of more
+    rows raises a simulated out-of-memory error instead of running."""
+    real_run, passes = splice.run, []
+
+    def watched(positions, delta, spec):
+        passes.append((delta.shape[0], torch.is_grad_enabled()))
+        if fits is not None and delta.shape[0] > fits:
+            raise torch.OutOfMemoryError("simulated")
+        return real_run(positions, delta, spec)
+
+    monkeypatch.setattr(splice, "run", watched)
+    return passes

@@ -23,7 +23,7 @@ from esmsae.mutations import parse_mutant
 from esmsae.patching import PatchSettings, patch_protein
 from esmsae.rows import MIN_ROWS, matmul
 
-from .conftest import TINY, WT
+from .conftest import TINY, WT, watch_passes
 
 SEQ = WT["EPHB2_HUMAN"]
 LAYERS = list(range(1, TINY["num_layers"] + 1))
@@ -112,13 +112,7 @@ def test_ig_runs_passes_of_at_most_the_batch_size_forward_and_backward(splices, 
     mutant = MUTANTS[1]
     h = splice.hidden([mutant.apply(SEQ)])[0, [mutant.sites[0].pos]]
     reference = attribute(splice, mutant, h, IGSettings(steps=12))
-    real_run, sizes = splice.run, []
-
-    def recorded(positions, delta, spec):
-        sizes.append((delta.shape[0], torch.is_grad_enabled()))
-        return real_run(positions, delta, spec)
-
-    monkeypatch.setattr(splice, "run", recorded)
+    sizes = watch_passes(monkeypatch, splice)
     out = attribute(splice, mutant, h, IGSettings(steps=12, batch_size=5))
     with_grad = [n for n, grad in sizes if grad]
     assert with_grad[:3] == [5, 5, 2]  # the steps, in three passes
@@ -132,17 +126,9 @@ def test_ig_out_of_memory_halves_the_passes_and_gives_the_same_numbers(splices, 
     mutant = MUTANTS[0]
     h = splice.hidden([mutant.apply(SEQ)])[0, [mutant.sites[0].pos]]
     reference = attribute(splice, mutant, h, IGSettings(steps=16))
-    real_run, sizes = splice.run, []
-
-    def small_memory(positions, delta, spec):
-        sizes.append(delta.shape[0])
-        if delta.shape[0] > 4:
-            raise torch.OutOfMemoryError("simulated")
-        return real_run(positions, delta, spec)
-
-    monkeypatch.setattr(splice, "run", small_memory)
+    passes = watch_passes(monkeypatch, splice, fits=4)
     out = attribute(splice, mutant, h, IGSettings(steps=16, batch_size=16))
-    assert sizes[:3] == [16, 8, 4]  # all steps, then halved until a pass fits
+    assert [n for n, _ in passes[:3]] == [16, 8, 4]  # all steps, then halved until a pass fits
     assert torch.equal(out.attribution, reference.attribution)
     assert out.total_effect == reference.total_effect
 

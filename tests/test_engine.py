@@ -16,7 +16,7 @@ from esmsae.engine import Splice
 from esmsae.mutations import parse_mutant
 from esmsae.scoring import wt_log_probs, wt_marginal
 
-from .conftest import TINY, WT
+from .conftest import TINY, WT, watch_passes
 
 SEQ = WT["PR40A_HUMAN"]
 LAYERS = list(range(1, TINY["num_layers"] + 1))
@@ -276,15 +276,7 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_numbers(splices, monk
     z = code.z.expand(20, -1, -1) + torch.rand(20, 1, code.z.shape[-1], generator=gen)
     spec = splice.score_spec(mutant)
     reference = splice.effects(code, z, spec, batch_size=3)
-    real_run, sizes = splice.run, []
-
-    def small_memory(positions, delta, spec):
-        sizes.append(delta.shape[0])
-        if delta.shape[0] > 4:
-            raise torch.OutOfMemoryError("simulated")
-        return real_run(positions, delta, spec)
-
-    monkeypatch.setattr(splice, "run", small_memory)
+    passes = watch_passes(monkeypatch, splice, fits=4)
     out = splice.effects(code, z, spec, batch_size=64)
-    assert sizes[:4] == [21, 11, 6, 3]  # the chunk halved until it (plus its baseline row) fits
+    assert [n for n, _ in passes[:4]] == [21, 11, 6, 3]  # the chunk halved until it (plus its baseline row) fits
     assert torch.equal(out.effects, reference.effects)
