@@ -18,8 +18,8 @@ Two choices keep the numbers faithful:
   effects are measured against it, so a no-op effect is exactly 0.0.
 
 And one keeps them reproducible: a row's numbers do not depend on how many
-rows share its pass (on CPU at fp32, bit for bit; see :meth:`EsmLM.head` for
-the one place that needs padding), so the batch size is a speed knob only.
+rows share its pass (on CPU at fp32, bit for bit; :mod:`esmsae.rows` pads the
+few matmuls that could see too few rows), so the batch size is a speed knob only.
 """
 
 from __future__ import annotations
@@ -39,9 +39,8 @@ from esmsae.settings import SPACES
 
 log = logging.getLogger(__name__)
 
-# Interventions per pass on CPU (fixed: free memory is no constraint there, and a rerun makes
-# the same passes), and
-# the most per pass anywhere.
+# Interventions per pass on CPU (fixed: free memory is no constraint there), and the most per
+# pass anywhere.
 CPU_ROWS, MAX_ROWS = 128, 1024
 # Share of the GPU's free memory a batch may plan to use.
 MEMORY_SHARE = 0.5

@@ -299,4 +299,3 @@ class EsmLM:
 
     def num_parameters(self) -> int:
         return sum(math.prod(p.shape) for p in self.model.parameters())
-
