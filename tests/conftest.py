@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from esmsae.demo import write_tiny_esm2
+from esmsae.engine import Splice
 from esmsae.esm import EsmLM, load_esm
 from esmsae.sae import load_sae, random_sae, save_sae
 
@@ -37,6 +38,7 @@ def pytest_configure(config):
 
 TINY = {"num_layers": 4, "embed_dim": 32, "attention_heads": 4}
 D_SAE, K = 96, 8
+LAYERS = list(range(1, TINY["num_layers"] + 1))
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +76,13 @@ def watch_passes(monkeypatch, splice, fits: int | None = None) -> list[tuple[int
 
     monkeypatch.setattr(splice, "run", watched)
     return passes
+
+
+def splice_every_layer(lm, saes, seq: str) -> dict:
+    """The tiny model with its SAE spliced in at every layer, for one WT sequence."""
+    return {layer: Splice(lm, saes[layer], seq, layer) for layer in LAYERS}
+
+
+def mutant_states(splice, mutant) -> torch.Tensor:
+    """The mutant's own layer-ℓ states at its sites, (S, d)."""
+    return splice.hidden([mutant.apply(splice.wt_seq)])[0, [s.pos for s in mutant.sites]]

@@ -17,16 +17,14 @@ import pytest
 import torch
 
 from esmsae.circuits import CircuitSettings, circuit_curve
-from esmsae.engine import Splice
 from esmsae.ig import IGSettings, attribute
 from esmsae.mutations import parse_mutant
 from esmsae.patching import PatchSettings, patch_protein
 from esmsae.rows import MIN_ROWS, matmul
 
-from .conftest import TINY, WT, watch_passes
+from .conftest import LAYERS, WT, mutant_states, splice_every_layer, watch_passes
 
 SEQ = WT["EPHB2_HUMAN"]
-LAYERS = list(range(1, TINY["num_layers"] + 1))
 MUTANTS = [parse_mutant(t, SEQ) for t in ("F2A", "W8R", "S20P:G25W", "L47Q")]
 SIZES = (1, 2, 3, 5, 8, 13, 128)
 
@@ -43,7 +41,7 @@ def threads(n: int):
 
 @pytest.fixture(scope="module")
 def splices(lm, saes):
-    return {layer: Splice(lm, saes[layer], SEQ, layer) for layer in LAYERS}
+    return splice_every_layer(lm, saes, SEQ)
 
 
 def random_interventions(splice, positions, n, seed):
@@ -97,7 +95,7 @@ def test_ig_does_not_depend_on_the_batch_size(splices, layer):
     splice = splices[layer]
     with threads(2):
         for mutant in (MUTANTS[1], MUTANTS[2]):
-            h = splice.hidden([mutant.apply(SEQ)])[0, [s.pos for s in mutant.sites]]
+            h = mutant_states(splice, mutant)
             runs = [attribute(splice, mutant, h, IGSettings(steps=12, batch_size=size)) for size in (1, 5, 12, None)]
             for run in runs[1:]:
                 assert torch.equal(run.attribution, runs[0].attribution)
@@ -110,7 +108,7 @@ def test_ig_runs_passes_of_at_most_the_batch_size_forward_and_backward(splices, 
     """Passes are checkpointed: the backward recomputes them one at a time, never all steps at once."""
     splice = copy.copy(splices[2])
     mutant = MUTANTS[1]
-    h = splice.hidden([mutant.apply(SEQ)])[0, [mutant.sites[0].pos]]
+    h = mutant_states(splice, mutant)
     reference = attribute(splice, mutant, h, IGSettings(steps=12))
     sizes = watch_passes(monkeypatch, splice)
     out = attribute(splice, mutant, h, IGSettings(steps=12, batch_size=5))
@@ -124,7 +122,7 @@ def test_ig_runs_passes_of_at_most_the_batch_size_forward_and_backward(splices, 
 def test_ig_out_of_memory_halves_the_passes_and_gives_the_same_numbers(splices, monkeypatch):
     splice = copy.copy(splices[3])
     mutant = MUTANTS[0]
-    h = splice.hidden([mutant.apply(SEQ)])[0, [mutant.sites[0].pos]]
+    h = mutant_states(splice, mutant)
     reference = attribute(splice, mutant, h, IGSettings(steps=16))
     passes = watch_passes(monkeypatch, splice, fits=4)
     out = attribute(splice, mutant, h, IGSettings(steps=16, batch_size=16))
@@ -137,7 +135,7 @@ def test_circuits_and_patching_tables_do_not_depend_on_the_batch_size(splices):
     splice = splices[2]
     with threads(2):
         mutant = MUTANTS[2]
-        h = splice.hidden([mutant.apply(SEQ)])[0, [s.pos for s in mutant.sites]]
+        h = mutant_states(splice, mutant)
         attribution = attribute(splice, mutant, h, IGSettings(steps=8)).attribution
         curves = [circuit_curve(splice, mutant, h, attribution, CircuitSettings(max_k=20, batch_size=size))
                   for size in (1, 4, None)]

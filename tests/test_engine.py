@@ -16,10 +16,9 @@ from esmsae.engine import Splice
 from esmsae.mutations import parse_mutant
 from esmsae.scoring import wt_log_probs, wt_marginal
 
-from .conftest import TINY, WT, watch_passes
+from .conftest import LAYERS, WT, splice_every_layer, watch_passes
 
 SEQ = WT["PR40A_HUMAN"]
-LAYERS = list(range(1, TINY["num_layers"] + 1))
 MUTANTS = ["W4A", "K7P", "F14G", "L17R", "N38Y"]
 
 
@@ -50,7 +49,7 @@ def score_from_logits(logits: torch.Tensor, lm, mutant) -> float:
 
 @pytest.fixture(scope="module")
 def splices(lm, saes):
-    return {layer: Splice(lm, saes[layer], SEQ, layer) for layer in LAYERS}
+    return splice_every_layer(lm, saes, SEQ)
 
 
 @pytest.mark.parametrize("layer", LAYERS)

@@ -16,21 +16,16 @@ from esmsae.ig import IGSettings, attribute, attribute_protein, load_attribution
 from esmsae.mutations import parse_mutant
 from esmsae.patching import PatchSettings, changed_features, patch_protein
 
-from .conftest import TINY, WT
+from .conftest import LAYERS, WT, mutant_states, splice_every_layer
 from .test_engine import hooked_logits, score_from_logits
 
 SEQ = WT["DNJA1_HUMAN"]
 MUTANTS = [parse_mutant(t, SEQ) for t in ("Y3A", "L7P", "K20E", "F41S", "G64W")]
-LAYERS = list(range(1, TINY["num_layers"] + 1))
 
 
 @pytest.fixture(scope="module")
 def splices(lm, saes):
-    return {layer: Splice(lm, saes[layer], SEQ, layer) for layer in LAYERS}
-
-
-def mutant_states(splice, mutant):
-    return splice.hidden([mutant.apply(SEQ)])[0, [s.pos for s in mutant.sites]]
+    return splice_every_layer(lm, saes, SEQ)
 
 
 @pytest.mark.parametrize("layer", LAYERS)

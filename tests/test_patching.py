@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 import torch
 
-from esmsae.engine import Splice
 from esmsae.errors import InputError
 from esmsae.mutations import parse_mutant
 from esmsae.patching import (
@@ -19,17 +18,16 @@ from esmsae.patching import (
 )
 from esmsae.scoring import wt_log_probs, wt_marginal
 
-from .conftest import TINY, WT
+from .conftest import LAYERS, WT, splice_every_layer
 from .test_engine import hooked_logits, score_from_logits
 
 SEQ = WT["EPHB2_HUMAN"]
 MUTANTS = [parse_mutant(t, SEQ) for t in ("F2A", "W8R", "M14K", "L41P", "M61E")]
-LAYERS = list(range(1, TINY["num_layers"] + 1))
 
 
 @pytest.fixture(scope="module")
 def splices(lm, saes):
-    return {layer: Splice(lm, saes[layer], SEQ, layer) for layer in LAYERS}
+    return splice_every_layer(lm, saes, SEQ)
 
 
 def codes(splice, mutant):
