@@ -23,7 +23,6 @@ import os
 import pickle
 import shutil
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -36,8 +35,6 @@ from esmsae.io import atomic_path
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# Seconds to wait after each finished piece: lets tests interrupt a job mid-way.
-DELAY_ENV = "ESMSAE_PIECE_DELAY"
 
 
 def file_identity(path: str | os.PathLike, *, hash_below: int = 64 << 20) -> dict:
@@ -103,7 +100,6 @@ def run_items(names: Sequence[str], compute: Callable[[int], T], work: WorkFolde
     n_done = sum(piece is not None for piece in done)
     if work:
         log.info("resume: %d of %d mutants already done in %s (%s)", n_done, len(names), work.dir, desc)
-    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     results: list[T] = []
     with tqdm(total=len(names), initial=n_done, desc=desc, file=sys.stderr, mininterval=5.0,
               disable=False) as bar:
@@ -117,6 +113,4 @@ def run_items(names: Sequence[str], compute: Callable[[int], T], work: WorkFolde
             results.append(value)
             bar.update(1)
             log.info("%s %d/%d done: %s", desc, i + 1, len(names), name)
-            if delay:
-                time.sleep(delay)
     return results

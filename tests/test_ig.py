@@ -17,7 +17,7 @@ from esmsae.mutations import parse_mutant
 from esmsae.patching import PatchSettings, changed_features, patch_protein
 
 from .conftest import LAYERS, WT, mutant_states, splice_every_layer
-from .test_engine import hooked_logits, score_from_logits
+from .reference import hooked_logits, score_from_logits
 
 SEQ = WT["DNJA1_HUMAN"]
 MUTANTS = [parse_mutant(t, SEQ) for t in ("Y3A", "L7P", "K20E", "F41S", "G64W")]

@@ -19,7 +19,7 @@ from esmsae.patching import (
 from esmsae.scoring import wt_log_probs, wt_marginal
 
 from .conftest import LAYERS, WT, splice_every_layer
-from .test_engine import hooked_logits, score_from_logits
+from .reference import hooked_logits, score_from_logits
 
 SEQ = WT["EPHB2_HUMAN"]
 MUTANTS = [parse_mutant(t, SEQ) for t in ("F2A", "W8R", "M14K", "L41P", "M61E")]

@@ -16,11 +16,11 @@ from esmsae.engine import Splice
 from esmsae.io import write_csv
 from esmsae.mutations import parse_mutant
 from esmsae.patching import patch_protein
-from esmsae.resume import DELAY_ENV, WorkFolder, fingerprint, run_items
+from esmsae.resume import WorkFolder, fingerprint, run_items
 from esmsae.settings import PatchSettings
 
 from .conftest import WT
-from .test_workflow import PROFILE, copy_workflow
+from .snakemake_run import PROFILE, copy_workflow, slow_pieces
 
 SEQ = WT["PR40A_HUMAN"]
 
@@ -99,7 +99,7 @@ def test_sigkill_mid_rule_then_rerun_resumes_identically(tmp_path):
     workdir = copy_workflow(tmp_path / "wf")
     target = "results/demo/patching/EPHB2_HUMAN_L2.csv"
     work = workdir / f"{target}.work"
-    env = dict(os.environ, **{DELAY_ENV: "1.0"})
+    env = slow_pieces(1.0)
     cmd = [sys.executable, "-m", "snakemake", *PROFILE, target]
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

@@ -26,8 +26,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO
-from .test_workflow import DEMO, DEMO_CONFIG, Run, copy_workflow, planned_jobs, snakemake, succeeded
+from .snakemake_run import (
+    DEMO,
+    DEMO_CONFIG,
+    REPO,
+    Run,
+    copy_workflow,
+    planned_jobs,
+    slow_pieces,
+    snakemake,
+    succeeded,
+)
 
 pytestmark = pytest.mark.workflow
 
@@ -52,7 +61,7 @@ KILLED_LOG = f"{DEMO['outdir']}/logs/patch_features/{PROTEIN}_L{LAYER}.log"
 KILLED_WORK = f"{DEMO['outdir']}/patching/{PROTEIN}_L{LAYER}.csv.work"
 TWO_DONE = f'test "$(find {KILLED_WORK} -type f -name "*.pkl" 2>/dev/null | wc -l)" -ge 2'
 RESUME_LINE = re.compile(r"resume: (\d+) of (\d+) mutants already done")
-PIECE_DELAY = "0.5"  # seconds after each finished mutant (esmsae.resume), so the kill lands mid-way
+PIECE_DELAY = 0.5  # seconds after each finished mutant (tests/slow_pieces), so the kill lands mid-way
 
 RUN_TIMEOUT = 1200  # the SLURM run takes about 5 minutes on 2 cores, the local one 2
 DRY_TIMEOUT = 300
@@ -127,6 +136,7 @@ class SlurmRun:
 def run_on_fake_slurm(workdir: Path, **fake_env: str) -> SlurmRun:
     state = workdir.parent / "fake_slurm_state"
     env = clean_env(FAKE_SLURM_DIR=str(state), FAKE_SLURM_ACCOUNTS=resource("all", "slurm_account"), **fake_env)
+    env = slow_pieces(PIECE_DELAY, env)
     env["PATH"] = os.pathsep.join([str(FAKE_SLURM), env["PATH"]])
     try:
         run = snakemake(workdir, *one_layer_demo(workdir, "profiles/unity"), *SMALL_MACHINE,
@@ -145,7 +155,7 @@ def slurm(tmp_path_factory) -> SlurmRun:
     """The demo through profiles/unity on the fake SLURM, one patch_features job timing out mid-way."""
     workdir = copy_workflow(tmp_path_factory.mktemp("slurm") / "workflow")
     return run_on_fake_slurm(workdir, FAKE_SLURM_TIMEOUT_RULE=f"^{KILLED_COMMENT}$",
-                             FAKE_SLURM_TIMEOUT_WHEN=TWO_DONE, ESMSAE_PIECE_DELAY=PIECE_DELAY)
+                             FAKE_SLURM_TIMEOUT_WHEN=TWO_DONE)
 
 
 @pytest.fixture(scope="module")

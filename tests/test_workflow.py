@@ -1,116 +1,43 @@
 """End-to-end tests of the Snakemake workflow: the demo run, reruns, lint, config errors and a DMS run.
 
-Snakemake runs as a subprocess in a temporary copy of the workflow, so the repository's own
-``results/`` and ``.snakemake/`` are never touched. The full demo runs once per module
+Snakemake runs in a temporary copy of the workflow (tests/snakemake_run.py). The full demo runs once per module
 (about a minute on two cores); the other tests read its outputs or dry-run against it.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from scipy import stats
 
 from esmsae.esm import load_esm
 from esmsae.sae import load_sae
 
-from .conftest import DMS_FILES, REPO, SHARED_DMS, WT, needs_dms
+from .conftest import DMS_FILES, SHARED_DMS, WT, needs_dms
+from .snakemake_run import (
+    DEMO,
+    DEMO_LAYERS,
+    PROFILE,
+    RUN_TIMEOUT,
+    Run,
+    copy_workflow,
+    finished_rules,
+    planned_jobs,
+    snakemake,
+    succeeded,
+    with_override,
+    write_override,
+)
 
 pytestmark = pytest.mark.workflow
-
-WORKFLOW_FILES = ("Snakefile", "rules", "workflow_scripts", "config.yaml", "profiles", "envs")
-PROFILE = ("--profile", "profiles/demo")
-DEMO_CONFIG = "profiles/demo/demo.yaml"
-DEMO = yaml.safe_load((REPO / DEMO_CONFIG).read_text())
-DEMO_LAYERS = sorted(set(DEMO["patching"]["layers"]) | set(DEMO["ig"]["layers"]))
 
 SCORE_COLUMNS = ["mutant", "position", "wt", "mut", "wt_marginal", "dms_score", "selected"]
 QUALITY_COLUMNS = ["layer", "d_sae", "k", "fve", "mean_l0", "dead_fraction", "n_positions"]
 DMS_SINGLES = {"EPHB2_HUMAN": 1239, "DNJA1_HUMAN": 1216, "PR40A_HUMAN": 1163}
-
-RUN_TIMEOUT = 900  # a full run; the demo takes about a minute
-DRY_TIMEOUT = 300  # parsing the workflow and building the DAG
-
-
-@dataclass(frozen=True)
-class Run:
-    """A finished Snakemake call: where it ran, its exit status and its combined stdout/stderr."""
-
-    workdir: Path
-    returncode: int
-    output: str
-
-
-def snakemake(workdir: Path, *args: str, timeout: int = DRY_TIMEOUT, env: dict[str, str] | None = None) -> Run:
-    """Run Snakemake from this interpreter (in `env`, default this environment) in `workdir`."""
-    if env is None:
-        env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    cmd = [sys.executable, "-m", "snakemake", *args]
-    try:
-        proc = subprocess.run(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as err:
-        out = err.output.decode(errors="replace") if isinstance(err.output, bytes) else (err.output or "")
-        pytest.fail(f"snakemake {' '.join(args)} did not finish within {timeout} s:\n{out[-5000:]}")
-    return Run(workdir, proc.returncode, proc.stdout)
-
-
-def succeeded(run: Run, what: str) -> Run:
-    assert run.returncode == 0, f"{what} failed (exit {run.returncode}):\n{run.output[-8000:]}"
-    return run
-
-
-def copy_workflow(dest: Path) -> Path:
-    """A fresh copy of the workflow (no results, no .snakemake) to run in."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name)
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
-
-
-def write_override(folder: Path, name: str, override: dict) -> str:
-    path = folder / name
-    path.write_text(yaml.safe_dump(override, sort_keys=False))
-    return str(path)
-
-
-def with_override(path: str) -> tuple[str, ...]:
-    # A --configfile on the command line replaces the profile's configfile, so name demo.yaml again.
-    return (*PROFILE, "--configfile", DEMO_CONFIG, path)
-
-
-def planned_jobs(output: str) -> dict[str, int]:
-    """The 'Job stats' table Snakemake prints before running (or dry-running): rule -> job count."""
-    lines = output.splitlines()
-    if "Job stats:" not in lines:
-        return {}
-    counts = {}
-    for line in lines[lines.index("Job stats:") + 3:]:
-        fields = line.split()
-        if len(fields) != 2 or not fields[1].isdigit():
-            break
-        if fields[0] != "total":
-            counts[fields[0]] = int(fields[1])
-    return counts
-
-
-def finished_rules(output: str) -> list[str]:
-    """The rules of the jobs a real run finished, in order."""
-    return re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", output)
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
