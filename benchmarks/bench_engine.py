@@ -143,9 +143,11 @@ def main() -> None:
     flops = suffix_flops(layers - layer, width, tokens) * (args.batch + 0)
     tflops = flops / t_batch / 1e12
 
-    ig_settings = IGSettings(steps=args.ig_steps, batch_size=max(args.ig_steps, 1))
+    ig_settings = IGSettings(space="latent", steps=args.ig_steps, rule="gausslegendre", error_node=True)
+    splice.batch_size = max(args.ig_steps, 1)
     t_ig = timed(lambda: attribute(splice, mutant, h_mut, ig_settings), device, 1)
-    circ = CircuitSettings(max_k=args.max_k, batch_size=args.max_k + 2)
+    circ = CircuitSettings(space="latent", recover=0.9, max_k=args.max_k)
+    splice.batch_size = args.max_k + 2
     # Rank like IG does: only features whose latent moved carry attribution.
     mut_code = splice.mutant_code(h_mut, code)
     attribution = (mut_code.z - code.z).abs().sum(0).float() + 1e-6 * torch.rand(args.d_sae, generator=gen).to(device)

@@ -57,8 +57,7 @@ def circuit_curve(splice: Splice, mutant: Mutant, h_sites: Tensor, attribution: 
     mut = splice.mutant_code(h_sites, wt)
     start, end = values(wt, settings.space), values(mut, settings.space)
     rows = torch.cat([top_k_patches(start, end, attribution.to(start.device), settings.max_k), end.unsqueeze(0)])
-    out = splice.effects(wt, splice.latents(rows, settings.space), splice.score_spec(mutant),
-                         batch_size=settings.batch_size)
+    out = splice.effects(wt, splice.latents(rows, settings.space), splice.score_spec(mutant))
     effects = out.effects.double().cpu()
     total = float(effects[-1])
     curve = effects[:-1] / total if total != 0 else torch.full_like(effects[:-1], float("nan"))

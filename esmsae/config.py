@@ -1,112 +1,106 @@
-"""The pipeline's configuration: schema, semantic checks and lookups.
+"""The pipeline's configuration: validated once against the schema, then parsed into typed settings.
 
-The JSON schema (``config.schema.yaml`` beside this file) catches unknown keys
-and wrong types; :func:`check_config` catches what a schema cannot say. The
-Snakefile and the scripts use the lookups below, so each rule of naming
-(SAE file per layer, k per layer, the layers analysed) is written once.
+``config.schema.yaml`` beside this file catches unknown keys and wrong types and holds
+every default. :func:`parse` turns a validated config into a :class:`~esmsae.settings.Study`
+and checks what a schema cannot say; :func:`load` does both (for code outside Snakemake).
+The Snakefile validates with ``snakemake.utils.validate`` and calls :func:`parse` once;
+rule scripts rebuild the settings a rule was given from its params
+(:func:`esmsae.settings.from_params`) and the runtime knobs with :func:`runtime`.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from pathlib import Path
 
 from esmsae.errors import InputError
 from esmsae.mutations import check_wt_sequence
-from esmsae.settings import CircuitSettings, IGSettings, PatchSettings, SelectionSettings
+from esmsae.settings import (
+    CircuitSettings,
+    DemoSettings,
+    IGSettings,
+    PatchSettings,
+    Protein,
+    Runtime,
+    SelectionSettings,
+    Study,
+    TrainSettings,
+)
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")
-# Defaults inside the optional `demo` and `sae.train` blocks (the schema cannot
-# default keys inside an object that may be null).
-DEMO_DEFAULTS = {"seed": 0}
-TRAIN_DEFAULTS = {"steps": 2000, "lr": 1e-3, "batch_size": 1024, "n_mutants": 200, "seed": 0}
 
 
-def check_config(config: dict) -> None:
-    """Checks beyond the schema; each error names the config key."""
-    k = config["sae"]["k"]
-    if isinstance(k, dict):
-        for layer in k:
-            if not str(layer).isdigit() or int(layer) < 1:
-                raise InputError(f"config key sae.k: layer {layer!r} is not a positive integer")
-        missing = [layer for layer in analysis_layers(config) if layer not in {int(x) for x in k}]
-        if missing:
-            raise InputError(f"config key sae.k: no k given for layer(s) {missing}")
-    for name, protein in config["proteins"].items():
-        check_wt_sequence(protein["wt_seq"], f"config key proteins.{name}.wt_seq")
-        if config["mutations"].get("source", "dms") == "dms" and not protein.get("dms"):
-            raise InputError(f"config key proteins.{name}.dms: required when mutations.source is 'dms'")
-    if not analysis_layers(config):
+def validate(config: dict) -> dict:
+    """Check `config` against the schema and fill in its defaults, in place; returns it."""
+    from snakemake.utils import validate as schema_validate
+
+    schema_validate(config, str(SCHEMA), set_default=True)
+    return config
+
+
+def load(config: Mapping) -> Study:
+    """Validate a copy of `config` (defaults filled in) and parse it."""
+    return parse(validate(copy.deepcopy(dict(config))))
+
+
+def runtime(config: Mapping) -> Runtime:
+    """The runtime knobs of a validated config (``snakemake.config`` in a rule script)."""
+    batch = config["batch_size"]
+    return Runtime(device=config["device"], batch_size=None if batch == "auto" else int(batch),
+                   trust_pickle=bool(config["esm_trust_pickle"]))
+
+
+def parse(config: Mapping) -> Study:
+    """The typed settings of a validated config; each error names the config key."""
+    patching_layers = tuple(config["patching"]["layers"])
+    ig_layers = tuple(config["ig"]["layers"])
+    layers = sorted(set(patching_layers) | set(ig_layers))
+    if not layers:
         raise InputError("config keys patching.layers and ig.layers: no layer to analyse")
+    sae = config["sae"]
+    space = config["space"]
+    p, g, c = config["patching"], config["ig"], config["circuits"]
+    return Study(
+        outdir=config["outdir"],
+        checkpoint=config["esm_checkpoint"],
+        precision=config["precision"],
+        sae_dir=str(sae["dir"]),
+        sae_pattern=sae["pattern"],
+        sae_k=_k_by_layer(sae["k"], layers),
+        train=TrainSettings(**sae["train"]) if sae["train"] is not None else None,
+        demo=DemoSettings(**config["demo"]) if config["demo"] is not None else None,
+        proteins={name: _protein(name, entry, config["mutations"]) for name, entry in config["proteins"].items()},
+        patching_layers=patching_layers,
+        ig_layers=ig_layers,
+        patching=PatchSettings(space=space, features=p["features"], n=p["n"], seed=p["seed"]),
+        ig=IGSettings(space=space, steps=g["steps"], rule=g["rule"], error_node=g["error_node"]),
+        circuits=CircuitSettings(space=space, recover=c["recover"], max_k=c["max_k"]),
+        top_n=p["top_n"],
+        runtime=runtime(config),
+    )
 
 
-def demo_settings(config: dict) -> dict | None:
-    """The `demo` block with its defaults, or None when the demo model is off."""
-    spec = config.get("demo")
-    return None if spec is None else {**DEMO_DEFAULTS, **spec}
+def _k_by_layer(k: int | Mapping, layers: list[int]) -> dict[int, int]:
+    """The TopK k of every analysed layer: one value, or a mapping layer -> k."""
+    if not isinstance(k, Mapping):
+        return {layer: int(k) for layer in layers}
+    by_layer = {}
+    for layer, value in k.items():
+        if not str(layer).isdigit() or int(layer) < 1:
+            raise InputError(f"config key sae.k: layer {layer!r} is not a positive integer")
+        by_layer[int(layer)] = int(value)
+    missing = [layer for layer in layers if layer not in by_layer]
+    if missing:
+        raise InputError(f"config key sae.k: no k given for layer(s) {missing}")
+    return {layer: by_layer[layer] for layer in layers}
 
 
-def train_settings(config: dict) -> dict | None:
-    """The `sae.train` block with its defaults, or None when SAEs are read, not trained."""
-    spec = config["sae"].get("train")
-    return None if spec is None else {**TRAIN_DEFAULTS, **spec}
-
-
-def analysis_layers(config: dict) -> list[int]:
-    """Every layer some analysis needs an SAE for, sorted."""
-    return sorted(set(config["patching"]["layers"]) | set(config["ig"]["layers"]))
-
-
-def sae_k(config: dict, layer: int) -> int:
-    """The TopK k for `layer` (one value, or a per-layer mapping)."""
-    k = config["sae"]["k"]
-    if isinstance(k, dict):
-        by_layer = {int(key): int(value) for key, value in k.items()}
-        if int(layer) not in by_layer:
-            raise InputError(f"config key sae.k: no k given for layer {layer}")
-        return by_layer[int(layer)]
-    return int(k)
-
-
-def sae_file_pattern(config: dict) -> str:
-    """The SAE file path with a ``{layer}`` wildcard."""
-    return str(Path(config["sae"]["dir"]) / config["sae"]["pattern"])
-
-
-def sae_file(config: dict, layer: int) -> str:
-    return sae_file_pattern(config).format(layer=int(layer))
-
-
-def selection_settings(config: dict, protein: str) -> SelectionSettings:
-    """The ``mutations`` block with the protein's own ``max_dms`` override applied."""
-    m = config["mutations"]
-    entry = config["proteins"][protein]
-    max_dms = entry["max_dms"] if entry.get("max_dms") is not None else m.get("max_dms")
-    return SelectionSettings(source=m.get("source", "dms"), max_dms=max_dms, n=int(m.get("n", 50)),
-                             seed=int(m.get("seed", 0)), multi=bool(m.get("multi", False)))
-
-
-def batch_size(config: dict) -> int | None:
-    """The configured interventions per pass; None (auto) lets the engine size batches."""
-    value = config.get("batch_size", "auto")
-    return None if value == "auto" else int(value)
-
-
-def patch_settings(config: dict) -> PatchSettings:
-    """The ``patching`` block with the shared ``space`` and ``batch_size``."""
-    p = config["patching"]
-    return PatchSettings(space=config["space"], features=p["features"], n=p["n"], seed=p["seed"],
-                         batch_size=batch_size(config))
-
-
-def ig_settings(config: dict) -> IGSettings:
-    """The ``ig`` block with the shared ``space`` and ``batch_size``."""
-    g = config["ig"]
-    return IGSettings(steps=g["steps"], rule=g["rule"], space=config["space"], error_node=g["error_node"],
-                      batch_size=batch_size(config))
-
-
-def circuit_settings(config: dict) -> CircuitSettings:
-    """The ``circuits`` block with the shared ``space`` and ``batch_size``."""
-    c = config["circuits"]
-    return CircuitSettings(recover=c["recover"], max_k=c["max_k"], space=config["space"],
-                           batch_size=batch_size(config))
+def _protein(name: str, entry: Mapping, mutations: Mapping) -> Protein:
+    wt_seq = check_wt_sequence(entry["wt_seq"], f"config key proteins.{name}.wt_seq")
+    if mutations["source"] == "dms" and not entry["dms"]:
+        raise InputError(f"config key proteins.{name}.dms: required when mutations.source is 'dms'")
+    max_dms = entry["max_dms"] if entry["max_dms"] is not None else mutations["max_dms"]
+    selection = SelectionSettings(source=mutations["source"], max_dms=max_dms, n=int(mutations["n"]),
+                                  seed=int(mutations["seed"]), multi=bool(mutations["multi"]))
+    return Protein(name=name, wt_seq=wt_seq, dms=entry["dms"], selection=selection)

@@ -88,9 +88,16 @@ class Effects:
 
 
 class Splice:
-    """ESM-2 with a TopK SAE spliced in after block `layer`, for one WT sequence."""
+    """ESM-2 with a TopK SAE spliced in after block `layer`, for one WT sequence.
 
-    def __init__(self, lm: EsmLM, sae: TopKSAE, wt_seq: str, layer: int):
+    `batch_size` (interventions per pass; None sizes passes from free memory) is a
+    runtime knob: it changes how fast the engine runs, never a number it returns.
+    """
+
+    def __init__(self, lm: EsmLM, sae: TopKSAE, wt_seq: str, layer: int, batch_size: int | None = None):
+        if batch_size is not None and batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.batch_size = batch_size
         self.lm = lm
         self.layer = lm.check_layer(layer)
         if sae.info.d_in != lm.embed_dim:
@@ -144,7 +151,7 @@ class Splice:
 
     def hidden(self, seqs: list[str], batch_size: int | None = None) -> Tensor:
         """``h_ℓ`` of other sequences of the WT's length (e.g. mutants), (M, T, d)."""
-        batch_size = batch_size or self.rows_per_pass()
+        batch_size = batch_size or self.batch_size or self.rows_per_pass()
         out = []
         with torch.no_grad():
             for start in range(0, len(seqs), batch_size):
@@ -221,7 +228,7 @@ class Splice:
         differ in the last bit on a GPU. `batch_size` None sizes chunks from free memory; a
         chunk that runs out of GPU memory is split in half and retried.
         """
-        batch_size = batch_size or self.rows_per_pass()
+        batch_size = batch_size or self.batch_size or self.rows_per_pass()
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         deltas = self.delta(wt, z, error_delta)

@@ -66,7 +66,7 @@ def attribute(splice: Splice, mutant: Mutant, h_sites: Tensor, settings: IGSetti
     start, end = values(wt, space).unsqueeze(0), values(mut, space).unsqueeze(0)
     error_change = (mut.error - wt.error).unsqueeze(0)
 
-    rows = settings.batch_size or splice.rows_per_pass(grad=True)
+    rows = splice.batch_size or splice.rows_per_pass(grad=True)
 
     def score(v: Tensor, e: Tensor | None = None) -> Tensor:
         return splice.run_in_passes(wt.positions, splice.delta(wt, splice.latents(v, space), e), spec, rows)
@@ -106,7 +106,7 @@ def attribute_protein(splice: Splice, mutants: list[Mutant], settings: IGSetting
     if not mutants:
         return []
     with torch.no_grad():
-        h = splice.hidden([m.apply(splice.wt_seq) for m in mutants], batch_size=settings.batch_size)
+        h = splice.hidden([m.apply(splice.wt_seq) for m in mutants])
 
     def one(index: int) -> Attribution:
         mutant = mutants[index]

@@ -119,7 +119,7 @@ def patch_mutant(splice: Splice, mutant: Mutant, h_sites: Tensor, settings: Patc
     rows["random"] = feature_shifts(wt_v, plan["random"], magnitude)
     features = torch.cat([plan[c] for c in CONTROLS])
     batch = torch.cat([rows[c] for c in CONTROLS])
-    out = splice.effects(wt, splice.latents(batch, space), splice.score_spec(mutant), batch_size=settings.batch_size)
+    out = splice.effects(wt, splice.latents(batch, space), splice.score_spec(mutant))
 
     rows_index = torch.arange(len(features))
     per_site = {  # (F, S): the patched feature's values at every site
@@ -162,7 +162,7 @@ def patch_protein(splice: Splice, mutants: list[Mutant], settings: PatchSettings
     if not mutants:
         return pd.DataFrame(columns=PATCH_COLUMNS)
     with torch.no_grad():
-        h = splice.hidden([m.apply(splice.wt_seq) for m in mutants], batch_size=settings.batch_size)
+        h = splice.hidden([m.apply(splice.wt_seq) for m in mutants])
 
     def one(index: int) -> pd.DataFrame:
         mutant = mutants[index]

@@ -1,12 +1,29 @@
-"""Settings of each analysis, checked on construction (no torch import here).
+"""The study's settings as frozen, typed objects (no torch import here).
 
-``esmsae.config`` builds these from the pipeline's config; the analyses take them
-as arguments. Each error names the config key at fault.
+:func:`esmsae.config.load` builds them once from the config, right after schema
+validation; defaults live in the schema only, so no field here has one. Nothing
+below the rule scripts sees the raw config dict.
+
+Two kinds of setting, kept apart because they are treated differently:
+
+* **Science** (everything but :class:`Runtime`): decides the numbers. A rule gets the
+  settings it depends on as ``params`` (plain dicts, :func:`as_params`), so editing
+  one reruns exactly the jobs it changes, and they are part of every resume fingerprint.
+* **Runtime** (:class:`Runtime`, and the thread count from the profile): how fast and
+  where a job runs. Never a rule's params, never in a fingerprint: changing them after
+  a finished run plans nothing, and a killed job rerun with another ``batch_size``
+  reuses its finished pieces.
+
+Each error names the config key at fault.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
 from esmsae.errors import InputError
 
@@ -17,45 +34,69 @@ RULES = ("gausslegendre", "riemann_middle", "riemann_left", "riemann_right")
 # so its weights sum to 1 - 1/n and every attribution is scaled by that (0.8 at
 # n = 5). It is refused until captum fixes it (tests/test_ig.py watches for that).
 BIASED_RULES = ("riemann_trapezoid",)
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+S = TypeVar("S")
+
+
+def _check_space(space: str) -> None:
+    if space not in SPACES:
+        raise InputError(f"config key space: {space!r} is not one of {SPACES}")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How jobs run; never changes a number (see the module docstring)."""
+
+    device: str               # auto | cpu | cuda
+    batch_size: int | None    # interventions per pass; None: sized by the engine
+    trust_pickle: bool        # esm_trust_pickle
 
 
 @dataclass(frozen=True)
 class SelectionSettings:
     """The ``mutations`` config block, with a protein's own ``max_dms`` applied."""
 
-    source: str = "dms"
-    max_dms: float | None = None
-    n: int = 50
-    seed: int = 0
-    multi: bool = False
+    source: str
+    max_dms: float | None
+    n: int
+    seed: int
+    multi: bool
+
+
+@dataclass(frozen=True)
+class Protein:
+    """One configured protein: its WT sequence, assay file and mutation selection."""
+
+    name: str
+    wt_seq: str
+    dms: str | None
+    selection: SelectionSettings
 
 
 @dataclass(frozen=True)
 class PatchSettings:
-    """The ``patching`` config block plus the shared ``space`` and ``batch_size``."""
+    """The ``patching`` block's science, with the shared ``space``."""
 
-    space: str = "latent"
-    features: str = "changed"
-    n: int = 5
-    seed: int = 0
-    batch_size: int | None = None  # None: sized by the engine from free memory
+    space: str
+    features: str
+    n: int
+    seed: int
 
     def __post_init__(self):
-        if self.space not in SPACES:
-            raise InputError(f"config key space: {self.space!r} is not one of {SPACES}")
+        _check_space(self.space)
         if self.features not in FEATURE_SETS:
             raise InputError(f"config key patching.features: {self.features!r} is not one of {FEATURE_SETS}")
 
 
 @dataclass(frozen=True)
 class IGSettings:
-    """The ``ig`` config block plus the shared ``space`` and ``batch_size``."""
+    """The ``ig`` block's science, with the shared ``space``."""
 
-    steps: int = 32
-    rule: str = "gausslegendre"
-    space: str = "latent"
-    error_node: bool = True
-    batch_size: int | None = None  # None: sized by the engine from free memory
+    space: str
+    steps: int
+    rule: str
+    error_node: bool
 
     def __post_init__(self):
         if self.rule in BIASED_RULES:
@@ -63,8 +104,7 @@ class IGSettings:
                              f"(a biased rule); use one of {RULES}")
         if self.rule not in RULES:
             raise InputError(f"config key ig.rule: {self.rule!r} is not one of {RULES}")
-        if self.space not in SPACES:
-            raise InputError(f"config key space: {self.space!r} is not one of {SPACES}")
+        _check_space(self.space)
         if self.steps < (1 if self.rule == "gausslegendre" else 2):
             raise InputError(f"config key ig.steps: {self.steps} is too few for rule {self.rule} "
                              "(Riemann rules need at least 2)")
@@ -72,15 +112,105 @@ class IGSettings:
 
 @dataclass(frozen=True)
 class CircuitSettings:
-    """The ``circuits`` config block plus the shared ``space`` and ``batch_size``."""
+    """The ``circuits`` block, with the shared ``space``."""
 
-    recover: float = 0.9
-    max_k: int = 64
-    space: str = "latent"
-    batch_size: int | None = None  # None: sized by the engine from free memory
+    space: str
+    recover: float
+    max_k: int
 
     def __post_init__(self):
+        _check_space(self.space)
         if not 0 < self.recover <= 1:
             raise InputError(f"config key circuits.recover: {self.recover} must be in (0, 1]")
         if self.max_k < 1:
             raise InputError(f"config key circuits.max_k: {self.max_k} must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The ``sae.train`` block: fit SAEs instead of reading released ones."""
+
+    d_sae: int
+    steps: int
+    lr: float
+    batch_size: int
+    n_mutants: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The ``demo`` block: the shape of the tiny random ESM-2 the demo builds."""
+
+    layers: int
+    embed_dim: int
+    heads: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class LayerJob:
+    """What one per-(protein, layer) job works on, beside its analysis settings: all science."""
+
+    protein: str
+    wt_seq: str
+    layer: int
+    k: int            # the SAE's TopK k at this layer
+    precision: str
+
+
+@dataclass(frozen=True)
+class Study:
+    """The whole validated config, typed."""
+
+    outdir: str
+    checkpoint: str
+    precision: str
+    sae_dir: str
+    sae_pattern: str
+    sae_k: dict[int, int]            # k of every analysed layer
+    train: TrainSettings | None
+    demo: DemoSettings | None
+    proteins: dict[str, Protein]
+    patching_layers: tuple[int, ...]
+    ig_layers: tuple[int, ...]
+    patching: PatchSettings
+    ig: IGSettings
+    circuits: CircuitSettings
+    top_n: int                        # mutants per protein in tables/top_mutations.csv
+    runtime: Runtime
+
+    @property
+    def layers(self) -> list[int]:
+        """Every layer some analysis needs an SAE for, ascending."""
+        return sorted(set(self.patching_layers) | set(self.ig_layers))
+
+    @property
+    def sae_file_pattern(self) -> str:
+        """The SAE file path with a ``{layer}`` wildcard."""
+        return str(Path(self.sae_dir) / self.sae_pattern)
+
+    def layer_job(self, protein: str, layer: int) -> LayerJob:
+        return LayerJob(protein=protein, wt_seq=self.proteins[protein].wt_seq, layer=int(layer),
+                        k=self.sae_k[int(layer)], precision=self.precision)
+
+
+def as_params(settings: Any) -> dict:
+    """Settings as a plain dict for a rule's ``params``: Snakemake compares params by ``repr``
+    and skips values it cannot represent, so a dataclass there would never trigger a rerun."""
+    return dataclasses.asdict(settings)
+
+
+def from_params(cls: type[S], data: dict) -> S:
+    """Rebuild settings of type `cls` from :func:`as_params` output (nested settings included)."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for field in dataclasses.fields(cls):
+        value = data[field.name]
+        kind = hints[field.name]
+        inner = [t for t in typing.get_args(kind) if dataclasses.is_dataclass(t)] or (
+            [kind] if dataclasses.is_dataclass(kind) else [])
+        if inner and isinstance(value, dict):
+            value = from_params(inner[0], value)
+        values[field.name] = value
+    return cls(**values)

@@ -1,7 +1,7 @@
 """One entry point per Snakemake rule; the scripts in ``workflow_scripts/`` only call these.
 
-Each function takes plain paths and settings (no Snakemake object), writes its
-outputs atomically, and logs what it read and kept, so it can be run and tested
+Each function takes plain paths and typed settings (no Snakemake object, no config
+dict), writes its outputs atomically, and logs what it read and kept, so it can be run and tested
 outside Snakemake too.
 """
 
@@ -18,7 +18,6 @@ import pandas as pd
 import torch
 
 from esmsae import aggregate, attribution_figures, attribution_tables, figures
-from esmsae import config as cfg
 from esmsae.circuits import circuit_curve, curves_table, sizes_table
 from esmsae.demo import write_tiny_esm2
 from esmsae.engine import Splice
@@ -31,8 +30,19 @@ from esmsae.mutations import AMINO_ACIDS, Mutant, Site, parse_mutant
 from esmsae.patching import patch_protein
 from esmsae.quality import residue_activations, sae_quality
 from esmsae.resume import WorkFolder, file_identity, fingerprint, run_items
-from esmsae.sae import load_sae, save_sae, train_sae
+from esmsae.sae import TopKSAE, load_sae, save_sae, train_sae
 from esmsae.scoring import dms_correlation, read_scores, scores_table
+from esmsae.settings import (
+    CircuitSettings,
+    DemoSettings,
+    IGSettings,
+    LayerJob,
+    PatchSettings,
+    Protein,
+    Runtime,
+    TrainSettings,
+    as_params,
+)
 
 log = logging.getLogger("esmsae")
 
@@ -60,39 +70,44 @@ def log_to(path: str | Path) -> Iterator[logging.Logger]:
         handler.close()
 
 
-def open_model(config: dict, checkpoint: str | Path) -> EsmLM:
-    """The ESM-2 checkpoint on the configured device."""
-    device = resolve_device(config.get("device", "auto"))
-    model = load_esm(checkpoint, trust_pickle=config.get("esm_trust_pickle", False))
-    lm = EsmLM(set_precision(model, config.get("precision", "fp32")), device)
+def open_model(checkpoint: str | Path, precision: str, runtime: Runtime) -> EsmLM:
+    """The ESM-2 checkpoint at `precision`, on the runtime's device."""
+    device = resolve_device(runtime.device)
+    model = load_esm(checkpoint, trust_pickle=runtime.trust_pickle)
+    lm = EsmLM(set_precision(model, precision), device)
     log.info("loaded %s: %d layers, width %d, %.1fM parameters, on %s", checkpoint,
              lm.num_layers, lm.embed_dim, lm.num_parameters() / 1e6, device)
     return lm
 
 
-def open_sae(config: dict, lm: EsmLM, layer: int):
-    """The configured SAE for `layer`, checked against the model."""
+def open_sae(path: str | Path, k: int, lm: EsmLM, layer: int) -> TopKSAE:
+    """The SAE file for `layer`, checked against the model."""
     lm.check_layer(layer, where=f"config: layer {layer}")
-    sae = load_sae(cfg.sae_file(config, layer), cfg.sae_k(config, layer), layer=layer, d_in=lm.embed_dim)
+    sae = load_sae(path, k, layer=layer, d_in=lm.embed_dim)
     log.info("loaded SAE for layer %d: d_sae=%d k=%d from %s", layer, sae.info.d_sae, sae.k, sae.info.source)
     return sae
 
 
+def set_up_host(threads: int) -> None:
+    """The rule's thread count for torch, and freed memory held for reuse (see esmsae.host)."""
+    torch.set_num_threads(max(1, int(threads)))
+    hold_freed_memory()
+
+
 # -- rules ----------------------------------------------------------------------
-def build_demo_model(spec: dict, checkpoint: str | Path) -> None:
+def build_demo_model(demo: DemoSettings, checkpoint: str | Path) -> None:
     """Rule build_demo_model: a tiny random ESM-2 in fair-esm's format."""
-    model = write_tiny_esm2(checkpoint, num_layers=spec["layers"], embed_dim=spec["embed_dim"],
-                            attention_heads=spec["heads"], seed=spec["seed"])
+    model = write_tiny_esm2(checkpoint, num_layers=demo.layers, embed_dim=demo.embed_dim,
+                            attention_heads=demo.heads, seed=demo.seed)
     log.info("wrote a tiny ESM-2 (%d layers, width %d, %d heads) to %s", model.num_layers,
              model.embed_dim, model.attention_heads, checkpoint)
 
 
-def training_sequences(proteins: dict[str, dict], n_mutants: int, seed: int) -> list[str]:
+def training_sequences(wt_seqs: list[str], n_mutants: int, seed: int) -> list[str]:
     """WT sequences plus `n_mutants` random single mutants of each, reproducible for a seed."""
     rng = np.random.default_rng(seed)
     seqs = []
-    for entry in proteins.values():
-        wt = entry["wt_seq"].strip().upper()
+    for wt in wt_seqs:
         seqs.append(wt)
         for _ in range(n_mutants):
             pos = int(rng.integers(1, len(wt) + 1))
@@ -101,34 +116,31 @@ def training_sequences(proteins: dict[str, dict], n_mutants: int, seed: int) -> 
     return seqs
 
 
-def train_layer_sae(config: dict, checkpoint: str | Path, layer: int, out: str | Path) -> None:
+def train_layer_sae(train: TrainSettings, wt_seqs: list[str], layer: int, k: int, precision: str,
+                    runtime: Runtime, checkpoint: str | Path, out: str | Path) -> None:
     """Rule train_sae: fit a TopK SAE to layer `layer`'s residual stream on the study's sequences."""
-    spec = cfg.train_settings(config)
-    lm = open_model(config, checkpoint)
+    lm = open_model(checkpoint, precision, runtime)
     lm.check_layer(layer, where=f"sae.train: layer {layer}")
-    seqs = training_sequences(config["proteins"], spec["n_mutants"], spec["seed"])
+    seqs = training_sequences(wt_seqs, train.n_mutants, train.seed)
     x = residue_activations(lm, seqs, [layer])[layer]
     log.info("layer %d: %d activation vectors from %d sequences", layer, x.shape[0], len(seqs))
-    k = cfg.sae_k(config, layer)
-    sae = train_sae(x.to(lm.device), d_sae=spec["d_sae"], k=k, steps=spec["steps"], lr=spec["lr"],
-                    batch_size=spec["batch_size"], seed=spec["seed"], layer=layer)
+    sae = train_sae(x.to(lm.device), d_sae=train.d_sae, k=k, steps=train.steps, lr=train.lr,
+                    batch_size=train.batch_size, seed=train.seed, layer=layer)
     save_sae(sae, out)
 
 
-def score_protein(config: dict, checkpoint: str | Path, protein: str, out: str | Path) -> None:
+def score_protein(protein: Protein, precision: str, runtime: Runtime, checkpoint: str | Path,
+                  assay: str | Path | None, out: str | Path) -> None:
     """Rule score_mutations: WT-marginal scores and the selection for one protein."""
-    entry = config["proteins"][protein]
-    lm = open_model(config, checkpoint)
-    table = scores_table(lm, protein, entry["wt_seq"].strip().upper(), entry.get("dms"),
-                         cfg.selection_settings(config, protein))
-    if config.get("precision", "fp32") != "fp32":  # report the drift from fp32 on the same mutants
-        reference = open_model({**config, "precision": "fp32"}, checkpoint)
-        fp32 = scores_table(reference, protein, entry["wt_seq"].strip().upper(), entry.get("dms"),
-                            cfg.selection_settings(config, protein))
+    lm = open_model(checkpoint, precision, runtime)
+    table = scores_table(lm, protein.name, protein.wt_seq, assay, protein.selection)
+    if precision != "fp32":  # report the drift from fp32 on the same mutants
+        reference = open_model(checkpoint, "fp32", runtime)
+        fp32 = scores_table(reference, protein.name, protein.wt_seq, assay, protein.selection)
         drift = (table["wt_marginal"] - fp32["wt_marginal"]).abs()
         log.warning("precision %s: wt_marginal differs from fp32 by max %.4g, median %.4g over %d mutants",
-                    config["precision"], drift.max(), drift.median(), len(drift))
-    log.info("%s: %d mutants scored, %d selected", protein, len(table), int(table["selected"].sum()))
+                    precision, drift.max(), drift.median(), len(drift))
+    log.info("%s: %d mutants scored, %d selected", protein.name, len(table), int(table["selected"].sum()))
     write_csv(table, out)
 
 
@@ -138,65 +150,54 @@ def correlate(scores: dict[str, str | Path], out: str | Path) -> None:
     write_csv(table, out)
 
 
-def selected_mutants(config: dict, scores: dict[str, str | Path]) -> dict[str, list[Mutant]]:
-    """The selected mutants of each protein, read back from its scores table."""
-    out = {}
-    for protein, path in scores.items():
-        wt = config["proteins"][protein]["wt_seq"].strip().upper()
-        table = read_scores(path)
-        names = table.loc[table["selected"].astype(bool), "mutant"]
-        out[protein] = [parse_mutant(name, wt, where=f"{path}") for name in names]
-    return out
+def selected_mutants(wt_seq: str, scores: str | Path) -> list[Mutant]:
+    """The selected mutants of one protein, read back from its scores table."""
+    table = read_scores(scores)
+    names = table.loc[table["selected"].astype(bool), "mutant"]
+    return [parse_mutant(name, wt_seq, where=f"{scores}") for name in names]
 
 
-def measure_sae_quality(config: dict, checkpoint: str | Path, scores: dict[str, str | Path],
+def measure_sae_quality(wt_seqs: dict[str, str], saes: dict[int, str | Path], k: dict[int, int], precision: str,
+                        runtime: Runtime, checkpoint: str | Path, scores: dict[str, str | Path],
                         out: str | Path) -> None:
     """Rule sae_quality: FVE, L0 and dead latents per layer on WT and selected mutant sequences."""
-    lm = open_model(config, checkpoint)
+    lm = open_model(checkpoint, precision, runtime)
     seqs = []
-    for protein, mutants in selected_mutants(config, scores).items():
-        wt = config["proteins"][protein]["wt_seq"].strip().upper()
-        seqs += [wt] + [m.apply(wt) for m in mutants]
-    saes = {layer: open_sae(config, lm, layer) for layer in cfg.analysis_layers(config)}
-    table = sae_quality(lm, saes, seqs)
+    for protein, wt in wt_seqs.items():
+        seqs += [wt] + [m.apply(wt) for m in selected_mutants(wt, scores[protein])]
+    opened = {layer: open_sae(path, k[layer], lm, layer) for layer, path in sorted(saes.items())}
+    table = sae_quality(lm, opened, seqs)
     log.info("SAE quality on %d sequences:\n%s", len(seqs), table.to_string(index=False))
     write_csv(table, out)
 
 
-def set_up_host(threads: int) -> None:
-    """The rule's thread count for torch, and freed memory held for reuse (see esmsae.host)."""
-    torch.set_num_threads(max(1, int(threads)))
-    hold_freed_memory()
-
-
-
-def patch_layer(config: dict, checkpoint: str | Path, protein: str, layer: int, scores: str | Path,
-                out: str | Path) -> None:
+def patch_layer(settings: PatchSettings, job: LayerJob, runtime: Runtime, checkpoint: str | Path,
+                sae: str | Path, scores: str | Path, out: str | Path) -> None:
     """Rule patch_features: every feature patch and control for one protein at one layer."""
-    splice, mutants = _splice_for(config, checkpoint, protein, layer, scores)
-    settings = cfg.patch_settings(config)
-    work = _work_folder("patch_features", out, config, mutants, checkpoint, splice, scores)
-    table = patch_protein(splice, mutants, settings, protein=protein, work=work)
-    log.info("%s L%d: %d mutants, %d rows (space %s, features %s)", protein, layer, len(mutants), len(table),
-             settings.space, settings.features)
+    splice, mutants = _splice_for(job, runtime, checkpoint, sae, scores)
+    work = _work_folder("patch_features", out, settings, job, mutants, checkpoint, sae, scores)
+    table = patch_protein(splice, mutants, settings, protein=job.protein, work=work)
+    log.info("%s L%d: %d mutants, %d rows (space %s, features %s)", job.protein, job.layer, len(mutants),
+             len(table), settings.space, settings.features)
     write_csv(table, out)
     work.finish()
 
 
-def _work_folder(rule: str, output: str | Path, config: dict, mutants: list[Mutant], checkpoint: str | Path,
-                 splice: Splice, scores: str | Path) -> WorkFolder:
-    """The resumable work folder of one job, keyed by everything that decides its numbers."""
-    key = fingerprint(rule=rule, output=str(output), config=config, mutants=[m.name for m in mutants],
-                      checkpoint=file_identity(checkpoint), sae=file_identity(splice.sae.info.source),
-                      scores=file_identity(scores), layer=splice.layer)
+def _work_folder(rule: str, output: str | Path, settings, job: LayerJob, mutants: list[Mutant],
+                 checkpoint: str | Path, sae: str | Path, scores: str | Path) -> WorkFolder:
+    """The resumable work folder of one job, keyed by everything that decides its numbers (science
+    settings, the mutants, the input files), never by runtime knobs such as the batch size."""
+    key = fingerprint(rule=rule, settings=as_params(settings), job=as_params(job),
+                      mutants=[m.name for m in mutants], checkpoint=file_identity(checkpoint),
+                      sae=file_identity(sae), scores=file_identity(scores))
     return WorkFolder(output, key)
 
 
-def _splice_for(config: dict, checkpoint: str | Path, protein: str, layer: int, scores: str | Path):
-    lm = open_model(config, checkpoint)
-    sae = open_sae(config, lm, layer)
-    mutants = selected_mutants(config, {protein: scores})[protein]
-    return Splice(lm, sae, config["proteins"][protein]["wt_seq"].strip().upper(), layer), mutants
+def _splice_for(job: LayerJob, runtime: Runtime, checkpoint: str | Path, sae: str | Path, scores: str | Path):
+    lm = open_model(checkpoint, job.precision, runtime)
+    opened = open_sae(sae, job.k, lm, job.layer)
+    mutants = selected_mutants(job.wt_seq, scores)
+    return Splice(lm, opened, job.wt_seq, job.layer, batch_size=runtime.batch_size), mutants
 
 
 def patching_tables(pairs: list[tuple[str, int]], tables: list[str], scores: dict[str, str], top_n: int,
@@ -223,33 +224,34 @@ def plot_patching(figure: str, inputs: dict, png: str | Path, pdf: str | Path) -
         raise ValueError(f"unknown patching figure {figure!r}")
 
 
-def ig_layer(config: dict, checkpoint: str | Path, protein: str, layer: int, scores: str | Path,
-             out_npz: str | Path, out_top: str | Path) -> None:
+def ig_layer(settings: IGSettings, job: LayerJob, runtime: Runtime, checkpoint: str | Path, sae: str | Path,
+             scores: str | Path, out_npz: str | Path, out_top: str | Path) -> None:
     """Rule integrated_gradients: IG with an error node for every selected mutant at one layer."""
-    splice, mutants = _splice_for(config, checkpoint, protein, layer, scores)
-    settings = cfg.ig_settings(config)
-    work = _work_folder("integrated_gradients", out_npz, config, mutants, checkpoint, splice, scores)
+    splice, mutants = _splice_for(job, runtime, checkpoint, sae, scores)
+    work = _work_folder("integrated_gradients", out_npz, settings, job, mutants, checkpoint, sae, scores)
     results = attribute_protein(splice, mutants, settings, work)
     errors = np.array([r.completeness_error for r in results])
     log.info("%s L%d: %d mutants, steps=%d rule=%s space=%s error_node=%s, median completeness error %.3g",
-             protein, layer, len(results), settings.steps, settings.rule, settings.space, settings.error_node,
+             job.protein, job.layer, len(results), settings.steps, settings.rule, settings.space, settings.error_node,
              float(np.median(errors)) if len(errors) else float("nan"))
-    save_attributions(results, out_npz, settings=settings, k=splice.sae.k, d_sae=splice.sae.info.d_sae, layer=layer)
+    save_attributions(results, out_npz, settings=settings, k=splice.sae.k, d_sae=splice.sae.info.d_sae,
+                      layer=job.layer)
     write_csv(top_features(results), out_top)
     work.finish()
 
 
-def circuits_layer(config: dict, checkpoint: str | Path, protein: str, layer: int, scores: str | Path,
-                   npz: str | Path, out_curves: str | Path, out_sizes: str | Path) -> None:
+def circuits_layer(settings: CircuitSettings, job: LayerJob, runtime: Runtime, checkpoint: str | Path,
+                   sae: str | Path, scores: str | Path, npz: str | Path, out_curves: str | Path,
+                   out_sizes: str | Path) -> None:
     """Rule find_circuits: recovered fraction vs k for every mutant, ranked by its IG attribution."""
-    splice, mutants = _splice_for(config, checkpoint, protein, layer, scores)
-    settings = cfg.circuit_settings(config)
+    splice, mutants = _splice_for(job, runtime, checkpoint, sae, scores)
     ig = load_attributions(npz)
     if [m.name for m in mutants] != ig["mutant"].tolist():
         raise InputError(f"{npz}: its mutants do not match the selection in {scores}; rerun integrated_gradients")
     with torch.no_grad():
         h = splice.hidden([m.apply(splice.wt_seq) for m in mutants]) if mutants else None
-    work = _work_folder("find_circuits", out_curves, config, mutants, checkpoint, splice, scores)
+    work = _work_folder("find_circuits", out_curves, settings, job, mutants, checkpoint, sae, scores)
+    protein, layer = job.protein, job.layer
 
     def one(index: int):
         mutant = mutants[index]

@@ -3,14 +3,15 @@
 
 rule integrated_gradients:
     input:
-        checkpoint=config["esm_checkpoint"],
+        checkpoint=STUDY.checkpoint,
         sae=SAE_FILE,
         scores=scores_file("{protein}"),
     output:
         npz=ig_file("{protein}", "{layer}"),
         top=ig_file("{protein}", "{layer}", "_top.csv"),
     params:
-        config=ig_settings,
+        settings=as_params(STUDY.ig),
+        job=layer_job,
     log:
         f"{OUTDIR}/logs/integrated_gradients/{{protein}}_L{{layer}}.log",
     benchmark:
@@ -24,7 +25,7 @@ rule integrated_gradients:
 
 rule find_circuits:
     input:
-        checkpoint=config["esm_checkpoint"],
+        checkpoint=STUDY.checkpoint,
         sae=SAE_FILE,
         scores=scores_file("{protein}"),
         npz=ig_file("{protein}", "{layer}"),
@@ -32,7 +33,8 @@ rule find_circuits:
         curves=circuits_file("{protein}", "{layer}"),
         sizes=circuits_file("{protein}", "{layer}", "_sizes.csv"),
     params:
-        config=circuit_settings,
+        settings=as_params(STUDY.circuits),
+        job=layer_job,
     log:
         f"{OUTDIR}/logs/find_circuits/{{protein}}_L{{layer}}.log",
     benchmark:
@@ -126,7 +128,7 @@ rule plot_circuit_faithfulness:
     params:
         figure="circuit_faithfulness",
         pairs=IG_PAIRS,
-        recover=config["circuits"]["recover"],
+        recover=STUDY.circuits.recover,
     log:
         f"{OUTDIR}/logs/figures/circuit_faithfulness.log",
     benchmark:
@@ -146,7 +148,7 @@ rule plot_minimal_circuit_sizes:
     params:
         figure="minimal_circuit_sizes",
         pairs=IG_PAIRS,
-        max_k=config["circuits"]["max_k"],
+        max_k=STUDY.circuits.max_k,
     log:
         f"{OUTDIR}/logs/figures/minimal_circuit_sizes.log",
     benchmark:

@@ -4,18 +4,20 @@ import re
 from snakemake.utils import validate
 
 from esmsae import config as cfg
+from esmsae.settings import as_params
 
 validate(config, schema=str(cfg.SCHEMA), set_default=True)
-cfg.check_config(config)
+# The config, typed, parsed once. Rules get the science settings they depend on as params
+# (editing one reruns exactly the jobs it changes); runtime knobs (device, batch_size,
+# esm_trust_pickle, threads) are read by the scripts and never rerun a job.
+STUDY = cfg.parse(config)
 
-OUTDIR = config["outdir"]
-PROTEINS = list(config["proteins"])
-DMS_PROTEINS = [p for p in PROTEINS if config["proteins"][p].get("dms")]
-LAYERS = cfg.analysis_layers(config)
-SAE_FILE = cfg.sae_file_pattern(config)
+OUTDIR = STUDY.outdir
+PROTEINS = list(STUDY.proteins)
+DMS_PROTEINS = [p for p in PROTEINS if STUDY.proteins[p].dms]
+LAYERS = STUDY.layers
+SAE_FILE = STUDY.sae_file_pattern
 ENV = "../envs/esmsae.yaml"
-# Settings that change how a job runs but not what it computes.
-RUNTIME_KEYS = ("device", "precision", "esm_trust_pickle", "batch_size")
 
 
 wildcard_constraints:
@@ -23,37 +25,27 @@ wildcard_constraints:
     layer=r"\d+",
 
 
-def settings(*keys, proteins=None):
-    """The slice of the config a rule depends on, passed as params so that editing it reruns the rule."""
-    out = {key: config[key] for key in (*RUNTIME_KEYS, *keys) if key in config}
-    if proteins is not None:
-        out["proteins"] = {p: config["proteins"][p] for p in proteins}
-    return out
+def layer_job(wildcards):
+    """Params: what a per-(protein, layer) job works on (WT sequence, layer, the SAE's k, precision)."""
+    return as_params(STUDY.layer_job(wildcards.protein, wildcards.layer))
 
 
-def protein_settings(wildcards):
-    return settings("mutations", proteins=[wildcards.protein])
+def protein_params(wildcards):
+    """Params: one protein's WT sequence, assay and mutation selection."""
+    return as_params(STUDY.proteins[wildcards.protein])
 
 
-def patch_settings(wildcards):
-    return settings("space", "patching", "sae", proteins=[wildcards.protein])
+def layer_k(wildcards):
+    return STUDY.sae_k[int(wildcards.layer)]
 
 
 def scores_file(protein):
     return f"{OUTDIR}/scores/{protein}.csv"
 
 
-def ig_settings(wildcards):
-    return settings("space", "ig", "sae", proteins=[wildcards.protein])
-
-
-def circuit_settings(wildcards):
-    return settings("space", "ig", "circuits", "sae", proteins=[wildcards.protein])
-
-
-PATCH_PAIRS = [[p, layer] for p in PROTEINS for layer in config["patching"]["layers"]]
-IG_PAIRS = [[p, layer] for p in PROTEINS for layer in config["ig"]["layers"]]
-IG_LAYERS = sorted(config["ig"]["layers"])
+PATCH_PAIRS = [[p, layer] for p in PROTEINS for layer in STUDY.patching_layers]
+IG_PAIRS = [[p, layer] for p in PROTEINS for layer in STUDY.ig_layers]
+IG_LAYERS = sorted(STUDY.ig_layers)
 
 
 def patching_file(protein, layer):
@@ -82,7 +74,7 @@ ATTRIBUTION_FIGURES = ["ig_concentration", "circuit_faithfulness", "universal_fe
 
 def dms_assay(wildcards):
     """The protein's ProteinGym assay file, if it has one."""
-    path = config["proteins"][wildcards.protein].get("dms")
+    path = STUDY.proteins[wildcards.protein].dms
     return {"assay": path} if path else {}
 
 

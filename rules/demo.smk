@@ -1,11 +1,11 @@
 # The offline demo builds its own tiny ESM-2 (fair-esm format) where esm_checkpoint points.
-if config.get("demo"):
+if STUDY.demo:
 
     rule build_demo_model:
         output:
-            checkpoint=config["esm_checkpoint"],
+            checkpoint=STUDY.checkpoint,
         params:
-            spec=cfg.demo_settings(config),
+            demo=as_params(STUDY.demo),
         log:
             f"{OUTDIR}/logs/build_demo_model.log",
         benchmark:

@@ -3,13 +3,14 @@
 
 rule patch_features:
     input:
-        checkpoint=config["esm_checkpoint"],
+        checkpoint=STUDY.checkpoint,
         sae=SAE_FILE,
         scores=scores_file("{protein}"),
     output:
         table=patching_file("{protein}", "{layer}"),
     params:
-        config=patch_settings,
+        settings=as_params(STUDY.patching),
+        job=layer_job,
     log:
         f"{OUTDIR}/logs/patch_features/{{protein}}_L{{layer}}.log",
     benchmark:
@@ -32,7 +33,7 @@ rule patching_tables:
     params:
         pairs=PATCH_PAIRS,
         proteins=PROTEINS,
-        top_n=config["patching"]["top_n"],
+        top_n=STUDY.top_n,
     log:
         f"{OUTDIR}/logs/patching_tables.log",
     benchmark:

@@ -1,13 +1,16 @@
 # SAEs: trained here when sae.train is set (demo, unreleased layers), else read from sae.dir.
-if config["sae"].get("train"):
+if STUDY.train:
 
     rule train_sae:
         input:
-            checkpoint=config["esm_checkpoint"],
+            checkpoint=STUDY.checkpoint,
         output:
             sae=SAE_FILE,
         params:
-            config=settings("sae", proteins=PROTEINS),
+            train=as_params(STUDY.train),
+            wt_seqs=[STUDY.proteins[p].wt_seq for p in PROTEINS],
+            k=layer_k,
+            precision=STUDY.precision,
         log:
             f"{OUTDIR}/logs/train_sae/L{{layer}}.log",
         benchmark:
@@ -21,14 +24,15 @@ if config["sae"].get("train"):
 
 rule sae_quality:
     input:
-        checkpoint=config["esm_checkpoint"],
+        checkpoint=STUDY.checkpoint,
         saes=expand(SAE_FILE, layer=LAYERS),
         scores=expand(scores_file("{protein}"), protein=PROTEINS),
     output:
         table=f"{OUTDIR}/tables/sae_quality.csv",
     params:
-        config=settings("sae", "patching", "ig", proteins=PROTEINS),
-        proteins=PROTEINS,
+        wt_seqs={p: STUDY.proteins[p].wt_seq for p in PROTEINS},
+        k=STUDY.sae_k,
+        precision=STUDY.precision,
         layers=LAYERS,
     log:
         f"{OUTDIR}/logs/sae_quality.log",

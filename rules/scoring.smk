@@ -4,11 +4,12 @@
 rule score_mutations:
     input:
         unpack(dms_assay),
-        checkpoint=config["esm_checkpoint"],
+        checkpoint=STUDY.checkpoint,
     output:
         scores=scores_file("{protein}"),
     params:
-        config=protein_settings,
+        protein=protein_params,
+        precision=STUDY.precision,
     log:
         f"{OUTDIR}/logs/score_mutations/{{protein}}.log",
     benchmark:

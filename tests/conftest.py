@@ -7,6 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import copy
+import dataclasses
+
+from esmsae import config
 from esmsae.demo import write_tiny_esm2
 from esmsae.engine import Splice
 from esmsae.esm import EsmLM, load_esm
@@ -61,6 +65,33 @@ def lm(tiny_dir) -> EsmLM:
 def saes(tiny_dir, lm):
     return {layer: load_sae(tiny_dir / f"sae_l{layer}.safetensors", K, layer=layer, d_in=lm.embed_dim)
             for layer in range(1, lm.num_layers + 1)}
+
+
+# The schema's defaults, as the pipeline gets them: tests change only what they test.
+DEFAULTS = config.load({
+    "outdir": "unused", "esm_checkpoint": "unused", "sae": {"dir": "unused", "pattern": "l{layer}", "k": K},
+    "proteins": {"P": {"wt_seq": "MKV"}}, "mutations": {"source": "model"},
+    "patching": {"layers": [1]}, "ig": {"layers": [1]},
+})
+
+
+def patch_settings(**changes):
+    return dataclasses.replace(DEFAULTS.patching, **changes)
+
+
+def ig_settings(**changes):
+    return dataclasses.replace(DEFAULTS.ig, **changes)
+
+
+def circuit_settings(**changes):
+    return dataclasses.replace(DEFAULTS.circuits, **changes)
+
+
+def with_batch_size(splice, batch_size):
+    """A copy of `splice` running `batch_size` interventions per pass (None: sized by the engine)."""
+    other = copy.copy(splice)
+    other.batch_size = batch_size
+    return other
 
 
 def watch_passes(monkeypatch, splice, fits: int | None = None) -> list[tuple[int, bool]]:

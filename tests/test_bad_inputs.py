@@ -24,15 +24,22 @@ from esmsae.settings import SelectionSettings
 from .conftest import WT
 
 
+def study(**changes) -> dict:
+    """A minimal valid config with `changes` to its top-level keys."""
+    return {"outdir": "o", "esm_checkpoint": "m.pt", "sae": {"dir": "s", "pattern": "l{layer}", "k": 8},
+            "proteins": {"P": {"wt_seq": "MKV"}}, "mutations": {"source": "model"},
+            "patching": {"layers": [1]}, "ig": {"layers": [1]}, **changes}
+
+
 def test_sequence_longer_than_the_context(lm):
     with pytest.raises(InputError, match=r"proteins\.LONG\.wt_seq: sequence of 1023 residues is longer"):
-        scores_table(lm, "LONG", "A" * 1023, None, SelectionSettings(source="model", n=1))
+        scores_table(lm, "LONG", "A" * 1023, None, SelectionSettings(source="model", max_dms=None, n=1, seed=0,
+                                                                      multi=False))
 
 
 def test_sequence_with_non_canonical_residue(lm):
     with pytest.raises(InputError, match=r"proteins\.BAD\.wt_seq.*'X'"):
-        cfg.check_config({"sae": {"k": 8}, "proteins": {"BAD": {"wt_seq": "MKXV"}}, "mutations": {"source": "model"},
-                          "patching": {"layers": [1]}, "ig": {"layers": [1]}})
+        cfg.load(study(proteins={"BAD": {"wt_seq": "MKXV"}}))
 
 
 @pytest.mark.parametrize("layer", [0, 5, 33])
@@ -50,17 +57,23 @@ def test_nan_activations_are_refused(lm, saes):
 
 
 def test_per_layer_k_must_cover_every_layer():
-    config = {"sae": {"k": {2: 8}}, "proteins": {"P": {"wt_seq": "MKV"}}, "mutations": {"source": "model"},
-              "patching": {"layers": [2, 4]}, "ig": {"layers": [2]}}
+    config = study(sae={"dir": "s", "pattern": "l{layer}", "k": {2: 8}}, patching={"layers": [2, 4]},
+                   ig={"layers": [2]})
     with pytest.raises(InputError, match=r"sae\.k: no k given for layer\(s\) \[4\]"):
-        cfg.check_config(config)
+        cfg.load(config)
 
 
 def test_source_dms_needs_an_assay():
-    config = {"sae": {"k": 8}, "proteins": {"P": {"wt_seq": "MKV"}}, "mutations": {"source": "dms"},
-              "patching": {"layers": [2]}, "ig": {"layers": [2]}}
     with pytest.raises(InputError, match=r"proteins\.P\.dms: required"):
-        cfg.check_config(config)
+        cfg.load(study(mutations={"source": "dms"}))
+
+
+def test_schema_holds_the_defaults_of_optional_blocks():
+    """`demo` and `sae.train` may be null; when given, the schema fills in their defaults."""
+    loaded = cfg.load(study(demo={"layers": 2, "embed_dim": 8, "heads": 2},
+                            sae={"dir": "s", "pattern": "l{layer}", "k": 4, "train": {"d_sae": 16}}))
+    assert loaded.demo.seed == 0 and loaded.train.steps == 2000 and loaded.train.lr == 0.001
+    assert cfg.load(study()).demo is None and cfg.load(study()).train is None
 
 
 def test_unwritable_output_folder(tmp_path):

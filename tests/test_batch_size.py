@@ -16,13 +16,23 @@ import numpy as np
 import pytest
 import torch
 
-from esmsae.circuits import CircuitSettings, circuit_curve
-from esmsae.ig import IGSettings, attribute
+from esmsae.circuits import circuit_curve
+from esmsae.ig import attribute
 from esmsae.mutations import parse_mutant
-from esmsae.patching import PatchSettings, patch_protein
+from esmsae.patching import patch_protein
 from esmsae.rows import MIN_ROWS, matmul
 
-from .conftest import LAYERS, WT, mutant_states, splice_every_layer, watch_passes
+from .conftest import (
+    LAYERS,
+    WT,
+    circuit_settings,
+    ig_settings,
+    mutant_states,
+    patch_settings,
+    splice_every_layer,
+    watch_passes,
+    with_batch_size,
+)
 
 SEQ = WT["EPHB2_HUMAN"]
 MUTANTS = [parse_mutant(t, SEQ) for t in ("F2A", "W8R", "S20P:G25W", "L47Q")]
@@ -96,7 +106,7 @@ def test_ig_does_not_depend_on_the_batch_size(splices, layer):
     with threads(2):
         for mutant in (MUTANTS[1], MUTANTS[2]):
             h = mutant_states(splice, mutant)
-            runs = [attribute(splice, mutant, h, IGSettings(steps=12, batch_size=size)) for size in (1, 5, 12, None)]
+            runs = [attribute(with_batch_size(splice, size), mutant, h, ig_settings(steps=12)) for size in (1, 5, 12, None)]
             for run in runs[1:]:
                 assert torch.equal(run.attribution, runs[0].attribution)
                 assert (run.error_attribution, run.total_effect) == (runs[0].error_attribution,
@@ -109,9 +119,9 @@ def test_ig_runs_passes_of_at_most_the_batch_size_forward_and_backward(splices, 
     splice = copy.copy(splices[2])
     mutant = MUTANTS[1]
     h = mutant_states(splice, mutant)
-    reference = attribute(splice, mutant, h, IGSettings(steps=12))
+    reference = attribute(splice, mutant, h, ig_settings(steps=12))
     sizes = watch_passes(monkeypatch, splice)
-    out = attribute(splice, mutant, h, IGSettings(steps=12, batch_size=5))
+    out = attribute(with_batch_size(splice, 5), mutant, h, ig_settings(steps=12))
     with_grad = [n for n, grad in sizes if grad]
     assert with_grad[:3] == [5, 5, 2]  # the steps, in three passes
     assert len(with_grad) >= 6  # ... and each pass run again by the backward
@@ -123,9 +133,9 @@ def test_ig_out_of_memory_halves_the_passes_and_gives_the_same_numbers(splices, 
     splice = copy.copy(splices[3])
     mutant = MUTANTS[0]
     h = mutant_states(splice, mutant)
-    reference = attribute(splice, mutant, h, IGSettings(steps=16))
+    reference = attribute(splice, mutant, h, ig_settings(steps=16))
     passes = watch_passes(monkeypatch, splice, fits=4)
-    out = attribute(splice, mutant, h, IGSettings(steps=16, batch_size=16))
+    out = attribute(with_batch_size(splice, 16), mutant, h, ig_settings(steps=16))
     assert [n for n, _ in passes[:3]] == [16, 8, 4]  # all steps, then halved until a pass fits
     assert torch.equal(out.attribution, reference.attribution)
     assert out.total_effect == reference.total_effect
@@ -136,13 +146,13 @@ def test_circuits_and_patching_tables_do_not_depend_on_the_batch_size(splices):
     with threads(2):
         mutant = MUTANTS[2]
         h = mutant_states(splice, mutant)
-        attribution = attribute(splice, mutant, h, IGSettings(steps=8)).attribution
-        curves = [circuit_curve(splice, mutant, h, attribution, CircuitSettings(max_k=20, batch_size=size))
+        attribution = attribute(splice, mutant, h, ig_settings(steps=8)).attribution
+        curves = [circuit_curve(with_batch_size(splice, size), mutant, h, attribution, circuit_settings(max_k=20))
                   for size in (1, 4, None)]
         for curve in curves[1:]:
             assert np.array_equal(curve.patched_score, curves[0].patched_score)
             assert np.array_equal(curve.recovered_fraction, curves[0].recovered_fraction, equal_nan=True)
-        tables = [patch_protein(splice, MUTANTS, PatchSettings(batch_size=size), protein="EPHB2_HUMAN")
+        tables = [patch_protein(with_batch_size(splice, size), MUTANTS, patch_settings(), protein="EPHB2_HUMAN")
                   for size in (2, 7, None)]
         for table in tables[1:]:
             assert table.equals(tables[0])

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from esmsae.circuits import CircuitSettings, circuit_curve, sizes_table, top_k_patches
+from esmsae.circuits import circuit_curve, sizes_table, top_k_patches
 from esmsae.engine import Splice
 from esmsae.errors import InputError
 from esmsae.esm import EsmLM
-from esmsae.ig import IGSettings, attribute, attribute_protein, load_attributions, save_attributions, top_features
+from esmsae.ig import attribute, attribute_protein, load_attributions, save_attributions, top_features
 from esmsae.mutations import parse_mutant
-from esmsae.patching import PatchSettings, changed_features, patch_protein
+from esmsae.patching import changed_features, patch_protein
 
-from .conftest import LAYERS, WT, mutant_states, splice_every_layer
+from .conftest import LAYERS, WT, circuit_settings, ig_settings, mutant_states, patch_settings, splice_every_layer
 from .reference import hooked_logits, score_from_logits
 
 SEQ = WT["DNJA1_HUMAN"]
@@ -30,7 +30,7 @@ def splices(lm, saes):
 
 @pytest.mark.parametrize("layer", LAYERS)
 def test_latent_completeness_within_one_percent(splices, layer):
-    results = attribute_protein(splices[layer], MUTANTS, IGSettings(steps=16))
+    results = attribute_protein(splices[layer], MUTANTS, ig_settings(steps=16))
     errors = [r.completeness_error for r in results]
     assert np.median(errors) <= 0.01
     for r in results:  # summed attributions plus the error node give the total effect
@@ -46,7 +46,7 @@ def test_completeness_error_falls_with_steps(tiny_dir, saes):
     splice = Splice(lm64, copy.deepcopy(saes[2]).double(), SEQ, 2)
     for mutant in MUTANTS[:3]:
         h = mutant_states(splice, mutant)
-        errors = [attribute(splice, mutant, h, IGSettings(steps=s)).completeness_error for s in (1, 2, 4)]
+        errors = [attribute(splice, mutant, h, ig_settings(steps=s)).completeness_error for s in (1, 2, 4)]
         assert errors[0] > errors[1] > errors[2] or errors[0] > 100 * max(errors[2], 1e-6)
         assert errors[2] <= 1e-4
 
@@ -59,14 +59,14 @@ def test_total_effect_equals_mutant_representation_spliced_in(lm, splices, layer
         pos = mutant.sites[0].pos
         base = score_from_logits(hooked_logits(lm, SEQ, layer, {}), lm, mutant)
         direct = score_from_logits(hooked_logits(lm, SEQ, layer, {pos: h[0]}), lm, mutant) - base
-        with_error = attribute(splice, mutant, h, IGSettings(steps=4))
+        with_error = attribute(splice, mutant, h, ig_settings(steps=4))
         assert abs(with_error.total_effect - direct) <= 1e-5
         # Without the error node (the seed) the end point is (z_mut, e_wt).
         wt = splice.wt_code([pos])
         mut = splice.mutant_code(h, wt)
         vec = splice.sae.decode(mut.z[0], wt.mu[0], wt.sigma[0]) + wt.error[0]
         seed_total = score_from_logits(hooked_logits(lm, SEQ, layer, {pos: vec}), lm, mutant) - base
-        without = attribute(splice, mutant, h, IGSettings(steps=16, error_node=False))
+        without = attribute(splice, mutant, h, ig_settings(steps=16, error_node=False))
         assert without.error_attribution == 0.0
         assert abs(without.total_effect - seed_total) <= 1e-5
         assert without.completeness_error <= 0.01 or abs(without.total_effect) < 1e-4
@@ -82,7 +82,7 @@ def test_linear_stand_in_gives_the_analytic_attribution(lm, saes, rule, steps):
         h = mutant_states(splice, mutant)
         wt = splice.wt_code([s.pos for s in mutant.sites])
         mut = splice.mutant_code(h, wt)
-        result = attribute(splice, mutant, h, IGSettings(steps=steps, rule=rule))
+        result = attribute(splice, mutant, h, ig_settings(steps=steps, rule=rule))
         expected = ((mut.z - wt.z) * wt.sigma * (splice.sae.w_dec @ w)).sum(0)
         assert torch.allclose(result.attribution, expected, atol=1e-5)
         assert result.error_attribution == pytest.approx(float(((mut.error - wt.error) * w).sum()), abs=1e-5)
@@ -96,29 +96,29 @@ def test_captum_trapezoid_is_still_biased():
     step_sizes, _ = approximation_parameters("riemann_trapezoid")
     assert sum(step_sizes(5)) == pytest.approx(0.8)
     with pytest.raises(InputError, match="biased"):
-        IGSettings(rule="riemann_trapezoid")
+        ig_settings(rule="riemann_trapezoid")
 
 
 def test_pre_space_runs_and_reports_larger_error(splices):
     splice = splices[2]
-    latent = [r.completeness_error for r in attribute_protein(splice, MUTANTS, IGSettings(steps=16))]
-    pre = [r.completeness_error for r in attribute_protein(splice, MUTANTS, IGSettings(steps=16, space="pre"))]
+    latent = [r.completeness_error for r in attribute_protein(splice, MUTANTS, ig_settings(steps=16))]
+    pre = [r.completeness_error for r in attribute_protein(splice, MUTANTS, ig_settings(steps=16, space="pre"))]
     assert np.isfinite(pre).all() and np.median(pre) > np.median(latent)
 
 
 def test_settings_refused():
     with pytest.raises(InputError, match="ig.rule"):
-        IGSettings(rule="simpson")
+        ig_settings(rule="simpson")
     with pytest.raises(InputError, match="ig.steps"):
-        IGSettings(steps=1, rule="riemann_middle")
+        ig_settings(steps=1, rule="riemann_middle")
     with pytest.raises(InputError, match="circuits.recover"):
-        CircuitSettings(recover=1.5)
+        circuit_settings(recover=1.5)
 
 
 def test_npz_and_top_table_round_trip(splices, tmp_path):
-    results = attribute_protein(splices[1], MUTANTS[:2], IGSettings(steps=4))
+    results = attribute_protein(splices[1], MUTANTS[:2], ig_settings(steps=4))
     path = tmp_path / "P_L1.npz"
-    save_attributions(results, path, settings=IGSettings(steps=4), k=8, d_sae=96, layer=1)
+    save_attributions(results, path, settings=ig_settings(steps=4), k=8, d_sae=96, layer=1)
     data = load_attributions(path)
     assert data["mutant"].tolist() == [m.name for m in MUTANTS[:2]]
     assert data["attribution"].shape == (2, 96)
@@ -137,10 +137,10 @@ def test_circuit_curve_end_points_are_exact(splices, layer):
     splice = splices[layer]
     for mutant in MUTANTS:
         h = mutant_states(splice, mutant)
-        ig = attribute(splice, mutant, h, IGSettings(steps=8))
+        ig = attribute(splice, mutant, h, ig_settings(steps=8))
         wt = splice.wt_code([mutant.sites[0].pos])
         n_changed = len(changed_features(splice, wt, splice.mutant_code(h, wt), "latent"))
-        curve = circuit_curve(splice, mutant, h, ig.attribution, CircuitSettings(max_k=40))
+        curve = circuit_curve(splice, mutant, h, ig.attribution, circuit_settings(max_k=40))
         assert curve.k.tolist() == list(range(41))
         if curve.total_effect == 0.0:
             continue
@@ -154,10 +154,10 @@ def test_circuit_k1_equals_the_single_feature_patch(splices):
     splice = splices[2]
     mutant = MUTANTS[1]
     h = mutant_states(splice, mutant)
-    ig = attribute(splice, mutant, h, IGSettings(steps=8))
-    curve = circuit_curve(splice, mutant, h, ig.attribution, CircuitSettings(max_k=3))
+    ig = attribute(splice, mutant, h, ig_settings(steps=8))
+    curve = circuit_curve(splice, mutant, h, ig.attribution, circuit_settings(max_k=3))
     top = int(torch.argmax(ig.attribution.abs()))
-    table = patch_protein(splice, [mutant], PatchSettings(), protein="DNJA1_HUMAN")
+    table = patch_protein(splice, [mutant], patch_settings(), protein="DNJA1_HUMAN")
     row = table[(table["control"] == "real") & (table["feature"] == top)]
     assert len(row) == 1
     assert abs(curve.patched_score[1] - float(row["patched_score"].iloc[0])) <= 1e-5

@@ -11,14 +11,13 @@ from esmsae.mutations import parse_mutant
 from esmsae.patching import (
     CONTROLS,
     PATCH_COLUMNS,
-    PatchSettings,
     changed_features,
     patch_protein,
     single_feature_patches,
 )
 from esmsae.scoring import wt_log_probs, wt_marginal
 
-from .conftest import LAYERS, WT, splice_every_layer
+from .conftest import LAYERS, WT, patch_settings, splice_every_layer
 from .reference import hooked_logits, score_from_logits
 
 SEQ = WT["EPHB2_HUMAN"]
@@ -39,7 +38,7 @@ def codes(splice, mutant):
 @pytest.mark.parametrize("space", ["latent", "pre"])
 @pytest.mark.parametrize("layer", LAYERS)
 def test_rows_noop_and_baseline(lm, splices, layer, space):
-    table = patch_protein(splices[layer], MUTANTS, PatchSettings(space=space), protein="EPHB2_HUMAN")
+    table = patch_protein(splices[layer], MUTANTS, patch_settings(space=space), protein="EPHB2_HUMAN")
     assert list(table.columns) == PATCH_COLUMNS
     assert set(table["control"]) <= set(CONTROLS) and (table["control"] == "real").any()
     assert (table.loc[table["control"] == "noop", "effect"] == 0.0).all()
@@ -55,7 +54,7 @@ def test_rows_noop_and_baseline(lm, splices, layer, space):
 def test_batched_effects_equal_fair_esm_forward(lm, splices, layer):
     """A few patches per mutant, re-done from scratch with a hook on fair-esm's module."""
     splice = splices[layer]
-    table = patch_protein(splice, MUTANTS[:2], PatchSettings(), protein="EPHB2_HUMAN")
+    table = patch_protein(splice, MUTANTS[:2], patch_settings(), protein="EPHB2_HUMAN")
     for mutant in MUTANTS[:2]:
         wt, mut = codes(splice, mutant)
         pos = mutant.sites[0].pos
@@ -84,7 +83,7 @@ def test_latent_features_outside_topk_union_have_zero_effect(splices, layer):
         unchanged = torch.ones_like(union)
         unchanged[changed] = False
         assert torch.equal(full.effects[unchanged], torch.zeros(int(unchanged.sum())))
-        table = patch_protein(splice, [mutant], PatchSettings(), protein="EPHB2_HUMAN")
+        table = patch_protein(splice, [mutant], patch_settings(), protein="EPHB2_HUMAN")
         real = table[table["control"] == "real"]
         assert real["feature"].tolist() == changed.tolist()
         assert (torch.tensor(real["effect"].to_numpy()) - full.effects[changed].double()).abs().max() <= 1e-6
@@ -107,9 +106,9 @@ def test_pre_space_changed_set_is_exact(splices, layer):
 
 def test_controls_are_seeded_and_random_avoids_changed(splices):
     splice = splices[2]
-    one = patch_protein(splice, MUTANTS, PatchSettings(seed=7), protein="EPHB2_HUMAN")
-    two = patch_protein(splice, MUTANTS, PatchSettings(seed=7), protein="EPHB2_HUMAN")
-    other = patch_protein(splice, MUTANTS, PatchSettings(seed=8), protein="EPHB2_HUMAN")
+    one = patch_protein(splice, MUTANTS, patch_settings(seed=7), protein="EPHB2_HUMAN")
+    two = patch_protein(splice, MUTANTS, patch_settings(seed=7), protein="EPHB2_HUMAN")
+    other = patch_protein(splice, MUTANTS, patch_settings(seed=8), protein="EPHB2_HUMAN")
     pd.testing.assert_frame_equal(one, two)
     assert not one[one["control"] == "random"]["feature"].equals(other[other["control"] == "random"]["feature"])
     for mutant in MUTANTS:
@@ -136,7 +135,7 @@ def test_controls_are_seeded_and_random_avoids_changed(splices):
 def test_top_delta_patches_the_n_largest_pre_changes(splices):
     splice = splices[3]
     mutant = MUTANTS[2]
-    table = patch_protein(splice, [mutant], PatchSettings(features="top_delta", n=5), protein="EPHB2_HUMAN")
+    table = patch_protein(splice, [mutant], patch_settings(features="top_delta", n=5), protein="EPHB2_HUMAN")
     wt, mut = codes(splice, mutant)
     top = torch.argsort((mut.pre - wt.pre).abs()[0], descending=True)[:5]
     real = table[table["control"] == "real"]
@@ -146,9 +145,9 @@ def test_top_delta_patches_the_n_largest_pre_changes(splices):
 
 def test_settings_refused():
     with pytest.raises(InputError, match="patching.features"):
-        PatchSettings(features="everything")
+        patch_settings(features="everything")
     with pytest.raises(InputError, match="space"):
-        PatchSettings(space="post")
+        patch_settings(space="post")
 
 
 @pytest.mark.parametrize("layer", LAYERS)
@@ -156,7 +155,7 @@ def test_double_mutant_patches_both_sites(lm, splices, layer):
     """A double mutant: rows name both sites, the baseline is the sum-over-sites score, effects match fair-esm."""
     splice = splices[layer]
     double = parse_mutant("F2A:L41P", SEQ)
-    table = patch_protein(splice, [double], PatchSettings(), protein="EPHB2_HUMAN")
+    table = patch_protein(splice, [double], patch_settings(), protein="EPHB2_HUMAN")
     assert (table["position"] == "2:41").all() and (table["mutant"] == "F2A:L41P").all()
     assert (table.loc[table["control"] == "noop", "effect"] == 0.0).all()
     expected = wt_marginal(lm, wt_log_probs(lm, SEQ), [double])[0]

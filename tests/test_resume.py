@@ -17,9 +17,8 @@ from esmsae.io import write_csv
 from esmsae.mutations import parse_mutant
 from esmsae.patching import patch_protein
 from esmsae.resume import WorkFolder, fingerprint, run_items
-from esmsae.settings import PatchSettings
 
-from .conftest import WT
+from .conftest import WT, patch_settings
 from .snakemake_run import PROFILE, copy_workflow, slow_pieces
 
 SEQ = WT["PR40A_HUMAN"]
@@ -61,7 +60,7 @@ def test_fingerprint_is_stable_and_sensitive():
 def test_crash_halfway_then_resume_gives_the_same_table(lm, saes, tmp_path):
     splice = Splice(lm, saes[2], SEQ, 2)
     mutants = [parse_mutant(t, SEQ) for t in ("W4A", "K7P", "F14G", "L17R", "N38Y")]
-    settings = PatchSettings()
+    settings = patch_settings()
     reference = patch_protein(splice, mutants, settings, protein="PR40A_HUMAN")
     out = tmp_path / "PR40A_HUMAN_L2.csv"
 
