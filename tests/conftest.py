@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
-
-import copy
-import dataclasses
 
 from esmsae import config
 from esmsae.demo import write_tiny_esm2

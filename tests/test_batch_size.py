@@ -106,7 +106,8 @@ def test_ig_does_not_depend_on_the_batch_size(splices, layer):
     with threads(2):
         for mutant in (MUTANTS[1], MUTANTS[2]):
             h = mutant_states(splice, mutant)
-            runs = [attribute(with_batch_size(splice, size), mutant, h, ig_settings(steps=12)) for size in (1, 5, 12, None)]
+            runs = [attribute(with_batch_size(splice, size), mutant, h, ig_settings(steps=12))
+                    for size in (1, 5, 12, None)]
             for run in runs[1:]:
                 assert torch.equal(run.attribution, runs[0].attribution)
                 assert (run.error_attribution, run.total_effect) == (runs[0].error_attribution,
