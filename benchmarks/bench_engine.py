@@ -113,8 +113,8 @@ def main() -> None:
 
     # Faithfulness of what was timed: the engine against the naive loop's own logits, the
     # engine against itself at another batch size, and (below fp32) against fp32.
-    effects = splice.effects(code, z, spec, batch_size=args.batch).effects
-    other_size = splice.effects(code, z, spec, batch_size=7).effects
+    effects = splice.resized(args.batch).effects(code, z, spec).effects
+    other_size = splice.resized(7).effects(code, z, spec).effects
     with torch.no_grad():
         h = lm.hidden(splice.tokens, layer)
         naive_effects = []
@@ -131,7 +131,7 @@ def main() -> None:
     if args.precision != "fp32":
         ref = build_splice(args, layers, width, heads, layer, device, torch.float32)
         ref_code = ref.wt_code([14])
-        ref_effects = ref.effects(ref_code, patches(ref_code, features), spec, batch_size=args.batch)
+        ref_effects = ref.resized(args.batch).effects(ref_code, patches(ref_code, features), spec)
         drift = (float((effects.float() - ref_effects.effects).abs().max()),
                  float((splice.effects(code, z[:1], spec).baseline - ref_effects.baseline[:1]).abs().max()))
         del ref
@@ -144,14 +144,14 @@ def main() -> None:
     tflops = flops / t_batch / 1e12
 
     ig_settings = IGSettings(space="latent", steps=args.ig_steps, rule="gausslegendre", error_node=True)
-    splice.batch_size = max(args.ig_steps, 1)
-    t_ig = timed(lambda: attribute(splice, mutant, h_mut, ig_settings), device, 1)
+    ig_view = splice.resized(max(args.ig_steps, 1)).view(mutant, h_mut, "latent")
+    t_ig = timed(lambda: attribute(ig_view, ig_settings), device, 1)
     circ = CircuitSettings(space="latent", recover=0.9, max_k=args.max_k)
-    splice.batch_size = args.max_k + 2
+    circuit_view = splice.resized(args.max_k + 2).view(mutant, h_mut, "latent")
     # Rank like IG does: only features whose latent moved carry attribution.
     mut_code = splice.mutant_code(h_mut, code)
     attribution = (mut_code.z - code.z).abs().sum(0).float() + 1e-6 * torch.rand(args.d_sae, generator=gen).to(device)
-    t_circ = timed(lambda: circuit_curve(splice, mutant, h_mut, attribution, circ), device, 1)
+    t_circ = timed(lambda: circuit_curve(circuit_view, circ, attribution), device, 1)
 
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20

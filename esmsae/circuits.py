@@ -11,16 +11,21 @@ at WT) and score ``S_k``. The recovered fraction is
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
-from esmsae.engine import Splice
+from esmsae.analysis import Analysis, LayerMeta
+from esmsae.engine import MutantView
+from esmsae.errors import InputError
+from esmsae.ig import load_attributions
+from esmsae.io import write_csv
 from esmsae.mutations import Mutant
-from esmsae.patching import values
 from esmsae.settings import CircuitSettings
 
 CURVE_COLUMNS = ["mutant", "k", "patched_score", "recovered_fraction"]
@@ -50,21 +55,37 @@ def top_k_patches(start: Tensor, end: Tensor, attribution: Tensor, max_k: int) -
     return torch.where(chosen.unsqueeze(1), end.unsqueeze(0), start.unsqueeze(0))
 
 
-def circuit_curve(splice: Splice, mutant: Mutant, h_sites: Tensor, attribution: Tensor,
-                  settings: CircuitSettings) -> Curve:
-    """Patch the top-k features for every k (and all features) in one engine batch."""
-    wt = splice.wt_code([s.pos for s in mutant.sites])
-    mut = splice.mutant_code(h_sites, wt)
-    start, end = values(wt, settings.space), values(mut, settings.space)
+def circuit_curve(view: MutantView, settings: CircuitSettings, attribution: Tensor) -> Curve:
+    """Patch the top-k features by ``|attribution|`` for every k (and all features) in one engine batch."""
+    start, end = view.start, view.end
     rows = torch.cat([top_k_patches(start, end, attribution.to(start.device), settings.max_k), end.unsqueeze(0)])
-    out = splice.effects(wt, splice.latents(rows, settings.space), splice.score_spec(mutant))
+    out = view.effects(rows)
     effects = out.effects.double().cpu()
     total = float(effects[-1])
     curve = effects[:-1] / total if total != 0 else torch.full_like(effects[:-1], float("nan"))
     reached = torch.nonzero(curve >= settings.recover).flatten()
-    return Curve(mutant=mutant.name, k=np.arange(len(curve)), patched_score=out.scores[:-1].double().cpu().numpy(),
-                 recovered_fraction=curve.numpy(), total_effect=total,
-                 minimal_k=float(reached[0]) if len(reached) else math.nan)
+    return Curve(mutant=view.mutant.name, k=np.arange(len(curve)),
+                 patched_score=out.scores[:-1].double().cpu().numpy(), recovered_fraction=curve.numpy(),
+                 total_effect=total, minimal_k=float(reached[0]) if len(reached) else math.nan)
+
+
+def ranked_by_ig(view: MutantView, settings: CircuitSettings, attributions: Mapping[str, Tensor]) -> Curve:
+    """The circuit curve of one mutant, features ranked by its IG attribution at this layer."""
+    return circuit_curve(view, settings, attributions[view.mutant.name])
+
+
+def read_ig(inputs: Mapping[str, Path], mutants: list[Mutant]) -> dict[str, Tensor]:
+    """The job's IG attributions by mutant; they must be of exactly the selected mutants."""
+    ig = load_attributions(inputs["npz"])
+    if [m.name for m in mutants] != ig["mutant"].tolist():
+        raise InputError(f"{inputs['npz']}: its mutants do not match the selection in {inputs['scores']}; "
+                         "rerun integrated_gradients")
+    return {name: torch.as_tensor(row, dtype=torch.float32) for name, row in zip(ig["mutant"].tolist(),
+                                                                                 ig["attribution"], strict=True)}
+
+
+def summary(c: Curve) -> str:
+    return f"total effect {c.total_effect:.4g}, minimal circuit {c.minimal_k}"
 
 
 def curves_table(curves: list[Curve]) -> pd.DataFrame:
@@ -81,3 +102,14 @@ def sizes_table(protein: str, layer: int, curves: list[Curve]) -> pd.DataFrame:
     table["minimal_k"] = table["minimal_k"].astype("Int64")
     return table
 
+
+
+def write_curves(curves: list[Curve], outputs: Mapping[str, Path], settings: CircuitSettings,
+                 meta: LayerMeta) -> None:
+    """Rule find_circuits's outputs: the curves and the minimal sizes."""
+    write_csv(curves_table(curves), outputs["curves"])
+    write_csv(sizes_table(meta.protein, meta.layer, curves), outputs["sizes"])
+
+
+CIRCUITS = Analysis(rule="find_circuits", settings=CircuitSettings, run=ranked_by_ig, write=write_curves,
+                    summary=summary, context=read_ig)

@@ -3,8 +3,15 @@
 METHOD.md "Splice and intervention": at the intervened sites the residual vector
 is rebuilt as ``h'_i = dec(z'; μ, σ) + e'`` with the WT statistics ``μ, σ``; all
 other positions keep their WT values, and ``F_ℓ`` (blocks ℓ+1..N, final norm, LM
-head) turns it into logits. Patching, integrated gradients and circuits all go
-through :meth:`Splice.run`.
+head) turns it into logits.
+
+Every analysis sees a mutant through one :class:`MutantView`, built once by the
+engine: its sites, the WT and mutant codes there, the values in the intervention
+space, the score. An analysis asks the view for the effects of a batch of
+interventions (:meth:`MutantView.effects`) or for a differentiable score
+(:meth:`MutantView.differentiate`); the engine owns the only batching policy:
+de-duplication, chunks with a baseline row, checkpointed passes, and halving the
+rows per pass when a pass runs out of memory.
 
 Two choices keep the numbers faithful:
 
@@ -24,8 +31,11 @@ few matmuls that could see too few rows), so the batch size is a speed knob only
 
 from __future__ import annotations
 
+import copy
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -38,6 +48,7 @@ from esmsae.sae import TopKSAE
 from esmsae.settings import SPACES
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Interventions per pass on CPU (fixed: free memory is no constraint there), and the most per
 # pass anywhere.
@@ -94,10 +105,13 @@ class Splice:
     runtime knob: it changes how fast the engine runs, never a number it returns.
     """
 
-    def __init__(self, lm: EsmLM, sae: TopKSAE, wt_seq: str, layer: int, batch_size: int | None = None):
+    def __init__(self, lm: EsmLM, sae: TopKSAE, wt_seq: str, layer: int, batch_size: int | None = None, *,
+                 protein: str = ""):
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.batch_size = batch_size
+        self.protein = protein
+        self._rows: dict[bool, int] = {}  # rows per pass, without and with gradients, once sized
         self.lm = lm
         self.layer = lm.check_layer(layer)
         if sae.info.d_in != lm.embed_dim:
@@ -149,14 +163,56 @@ class Splice:
         rows = int(MEMORY_SHARE * free_memory(self.lm.device) // per_row)
         return max(1, min(MAX_ROWS, rows))
 
-    def hidden(self, seqs: list[str], batch_size: int | None = None) -> Tensor:
+    def resized(self, batch_size: int | None) -> Splice:
+        """This splice (sharing its model and cached WT run) with another batch size."""
+        other = copy.copy(self)
+        other.batch_size, other._rows = batch_size, {}
+        return other
+
+    def _pass_rows(self, grad: bool) -> int:
+        if grad not in self._rows:
+            self._rows[grad] = self.batch_size or self.rows_per_pass(grad=grad)
+        return self._rows[grad]
+
+    def _halving(self, attempt: Callable[[int], T], grad: bool) -> T:
+        """``attempt(rows)`` with the current rows per pass; on running out of memory, halve and try again.
+
+        The engine's one out-of-memory policy. The smaller size is kept for the rest of the
+        job. Results do not depend on it (a row's numbers do not depend on its pass).
+        """
+        while True:
+            rows = self._pass_rows(grad)
+            try:
+                return attempt(rows)
+            except torch.OutOfMemoryError:
+                if rows <= 1:
+                    raise
+                self._rows[grad] = max(1, rows // 2)
+                log.warning("out of memory%s: retrying with %d rows per pass", " (gradients)" if grad else "",
+                            self._rows[grad])
+                if self.lm.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    def hidden(self, seqs: list[str]) -> Tensor:
         """``h_ℓ`` of other sequences of the WT's length (e.g. mutants), (M, T, d)."""
-        batch_size = batch_size or self.batch_size or self.rows_per_pass()
-        out = []
+        out, start = [], 0
         with torch.no_grad():
-            for start in range(0, len(seqs), batch_size):
-                out.append(self.lm.hidden(self.lm.tokenize(seqs[start:start + batch_size]), self.layer))
+            while start < len(seqs):
+                def forward(rows: int, start: int = start) -> Tensor:
+                    return self.lm.hidden(self.lm.tokenize(seqs[start:start + rows]), self.layer)
+
+                part = self._halving(forward, grad=False)
+                out.append(part)
+                start += part.shape[0]
         return torch.cat(out)
+
+    def view(self, mutant: Mutant, h_sites: Tensor, space: str) -> MutantView:
+        """The one view of `mutant` every analysis gets; `h_sites` is its own (S, d) states at its sites."""
+        if space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+        wt = self.wt_code([s.pos for s in mutant.sites])
+        return MutantView(engine=self, mutant=mutant, space=space, wt=wt, mut=self.mutant_code(h_sites, wt),
+                          spec=self.score_spec(mutant))
 
     def latents(self, values: Tensor, space: str) -> Tensor:
         """Latent vectors from intervened values: as they are in `latent` space, re-TopK'd in `pre`."""
@@ -215,8 +271,7 @@ class Splice:
             return torch.cat([checkpoint(self.run, positions, part, spec, use_reentrant=False) for part in passes])
         return torch.cat([self.run(positions, part, spec) for part in passes])
 
-    def effects(self, wt: SiteCode, z: Tensor, spec: ScoreSpec, error_delta: Tensor | None = None,
-                batch_size: int | None = None) -> Effects:
+    def effects(self, wt: SiteCode, z: Tensor, spec: ScoreSpec, error_delta: Tensor | None = None) -> Effects:
         """Run B interventions (latents `z` (B, S, d_sae), optional error change) in chunks.
 
         Identical interventions are run once and share one score, and a row whose
@@ -225,12 +280,9 @@ class Splice:
         unmodified row first and effects are measured against it. So a no-op's
         effect is exactly 0.0 and equal interventions give equal numbers on any
         hardware, where re-running them at other rows of a batched matmul could
-        differ in the last bit on a GPU. `batch_size` None sizes chunks from free memory; a
-        chunk that runs out of GPU memory is split in half and retried.
+        differ in the last bit on a GPU. Chunks are as large as a pass may be
+        (:meth:`_halving`).
         """
-        batch_size = batch_size or self.batch_size or self.rows_per_pass()
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
         deltas = self.delta(wt, z, error_delta)
         if deltas.shape[0] == 0:
             empty = deltas.new_zeros(0)
@@ -245,24 +297,87 @@ class Splice:
         with torch.no_grad():
             start = 0
             while start < max(len(todo), 1):
-                rows = todo[start:start + batch_size]
-                batch = torch.cat([torch.zeros_like(unique[:1]), unique[rows]]).reshape(-1, *deltas.shape[1:])
-                try:
-                    s = self.run(wt.positions, batch, spec)
-                except torch.OutOfMemoryError:
-                    if len(rows) <= 1:
-                        raise
-                    batch_size = max(1, len(rows) // 2)
-                    log.warning("out of memory: retrying with %d interventions per pass", batch_size)
-                    if self.lm.device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    continue
-                u_scores[rows], u_base[rows] = s[1:], s[0]
+                def chunk(rows: int, start: int = start) -> tuple[Tensor, Tensor]:
+                    part = todo[start:start + rows]
+                    batch = torch.cat([torch.zeros_like(unique[:1]), unique[part]]).reshape(-1, *deltas.shape[1:])
+                    return part, self.run(wt.positions, batch, spec)
+
+                part, s = self._halving(chunk, grad=False)
+                u_scores[part], u_base[part] = s[1:], s[0]
                 first_base = s[0] if first_base is None else first_base
-                start += batch_size
+                start += max(len(part), 1)
         idle = torch.ones(len(unique), dtype=torch.bool, device=deltas.device)
         idle[todo] = False
         u_scores[idle] = first_base
         u_base[idle] = first_base
         scores, base = u_scores[inverse], u_base[inverse]
         return Effects(scores=scores, baseline=base, effects=scores - base)
+
+    def differentiate(self, wt: SiteCode, spec: ScoreSpec, space: str, use: Callable[[ScoreFn], T]) -> T:
+        """``use(score)``, where ``score(values, error_delta=None)`` gives differentiable scores (B,).
+
+        `values` (B, S, d_sae) are in `space`; ``score`` runs its B rows in checkpointed
+        passes (:meth:`run_in_passes`). If a pass runs out of memory, the rows per pass
+        halve and ``use`` runs again from the start, so it must not keep state between calls.
+        """
+        def attempt(rows: int) -> T:
+            def score(values: Tensor, error_delta: Tensor | None = None) -> Tensor:
+                delta = self.delta(wt, self.latents(values, space), error_delta)
+                return self.run_in_passes(wt.positions, delta, spec, rows)
+
+            return use(score)
+
+        return self._halving(attempt, grad=True)
+
+
+ScoreFn = Callable[..., Tensor]
+
+
+@dataclass(frozen=True)
+class MutantView:
+    """One mutant at the splice's layer, as every analysis sees it (built by :meth:`Splice.view`).
+
+    ``start`` and ``end`` are the WT and mutant values in the intervention ``space``
+    (``z`` in ``latent``, ``pre`` in ``pre``), each (S, d_sae) over the mutant's sites;
+    ``error_change`` is ``ẽ_mut − e_wt`` (S, d). Interventions are values in that space.
+    """
+
+    engine: Splice = field(repr=False)
+    mutant: Mutant
+    space: str
+    wt: SiteCode
+    mut: SiteCode
+    spec: ScoreSpec
+
+    @property
+    def protein(self) -> str:
+        return self.engine.protein
+
+    @property
+    def layer(self) -> int:
+        return self.engine.layer
+
+    @property
+    def start(self) -> Tensor:
+        return self.wt.z if self.space == "latent" else self.wt.pre
+
+    @property
+    def end(self) -> Tensor:
+        return self.mut.z if self.space == "latent" else self.mut.pre
+
+    @property
+    def error_change(self) -> Tensor:
+        return self.mut.error - self.wt.error
+
+    def latents(self, values: Tensor) -> Tensor:
+        """The latent vectors that `values` in this view's space stand for."""
+        return self.engine.latents(values, self.space)
+
+    def effects(self, values: Tensor, error_delta: Tensor | None = None) -> Effects:
+        """Scores of B interventions, `values` (B, S, d_sae) in the view's space (the error at WT
+        unless `error_delta`, (B, S, d), changes it), against the unmodified run."""
+        return self.engine.effects(self.wt, self.latents(values), self.spec, error_delta)
+
+    def differentiate(self, use: Callable[[ScoreFn], T]) -> T:
+        """``use(score)`` with a differentiable score of values in this view's space (:meth:`Splice.differentiate`)."""
+        return self.engine.differentiate(self.wt, self.spec, self.space, use)

@@ -14,9 +14,9 @@ at ``(z_mut, e_wt)``.
 
 The quadrature is captum's ``IntegratedGradients`` (Gauss–Legendre or Riemann
 rules). Captum is handed all steps of a mutant as one batch and sums their
-gradients in one reduction; its forward function is the engine's
-:meth:`Splice.run_in_passes`, which runs the steps through the model's upper
-layers in passes that fit in memory. So the attributions do not depend on the
+gradients in one reduction; its forward function is the engine's differentiable
+score (:meth:`MutantView.differentiate`), which runs the steps through the model's
+upper layers in checkpointed passes that fit in memory. So the attributions do not depend on the
 batch size, and gradients flow only to the intervened latents and error, never
 to the model's weights.
 """
@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,11 +35,11 @@ import torch
 from captum.attr import IntegratedGradients
 from torch import Tensor
 
-from esmsae.engine import Splice
-from esmsae.io import atomic_path
+from esmsae.analysis import Analysis, LayerMeta, analyse
+from esmsae.engine import MutantView, Splice
+from esmsae.io import atomic_path, write_csv
 from esmsae.mutations import Mutant
-from esmsae.patching import values
-from esmsae.resume import WorkFolder, run_items
+from esmsae.resume import WorkFolder
 from esmsae.settings import IGSettings
 
 log = logging.getLogger(__name__)
@@ -57,66 +59,52 @@ class Attribution:
     quadrature_delta: float   # captum's own Σ attributions − (F(end) − F(start))
 
 
-def attribute(splice: Splice, mutant: Mutant, h_sites: Tensor, settings: IGSettings) -> Attribution:
-    """Integrated gradients for one mutant at the splice's layer; `h_sites` is its (S, d) states."""
-    wt = splice.wt_code([s.pos for s in mutant.sites])
-    mut = splice.mutant_code(h_sites, wt)
-    spec = splice.score_spec(mutant)
-    space = settings.space
-    start, end = values(wt, space).unsqueeze(0), values(mut, space).unsqueeze(0)
-    error_change = (mut.error - wt.error).unsqueeze(0)
-
-    rows = splice.batch_size or splice.rows_per_pass(grad=True)
-
-    def score(v: Tensor, e: Tensor | None = None) -> Tensor:
-        return splice.run_in_passes(wt.positions, splice.delta(wt, splice.latents(v, space), e), spec, rows)
-
-    ig = IntegratedGradients(score)
+def attribute(view: MutantView, settings: IGSettings, context: None = None) -> Attribution:
+    """Integrated gradients for one mutant at the view's layer."""
+    start, end = view.start.unsqueeze(0), view.end.unsqueeze(0)
+    error_change = view.error_change.unsqueeze(0)
     if settings.error_node:
         inputs, baselines = (end, error_change), (start, torch.zeros_like(error_change))
     else:
         inputs, baselines = (end,), (start,)
-    while True:  # halve the steps per pass on running out of memory
-        try:
-            attrs, delta = ig.attribute(inputs, baselines=baselines, n_steps=settings.steps, method=settings.rule,
-                                        return_convergence_delta=True)
-            break
-        except torch.OutOfMemoryError:
-            if rows == 1:
-                raise
-            rows = max(1, rows // 2)
-            log.warning("out of memory in IG: retrying with %d steps per pass", rows)
-            if splice.lm.device.type == "cuda":
-                torch.cuda.empty_cache()
+
+    def integrate(score):
+        return IntegratedGradients(score).attribute(inputs, baselines=baselines, n_steps=settings.steps,
+                                                    method=settings.rule, return_convergence_delta=True)
+
+    attrs, delta = view.differentiate(integrate)
     features = attrs[0][0].sum(0).detach()
     error = float(attrs[1].sum()) if settings.error_node else 0.0
-    endpoint = splice.delta(wt, splice.latents(end, space), error_change if settings.error_node else None)
-    with torch.no_grad():
-        both = splice.run(wt.positions, torch.cat([torch.zeros_like(endpoint), endpoint]), spec)
-    total = float(both[1] - both[0])
+    total = float(view.effects(end, error_change if settings.error_node else None).effects[0])
     gap = abs(float(features.sum()) + error - total) / max(abs(total), 1e-6)
-    return Attribution(mutant=mutant.name, attribution=features, error_attribution=error, total_effect=total,
-                       completeness_error=gap, quadrature_delta=float(delta.sum()))
+    return Attribution(mutant=view.mutant.name, attribution=features.cpu(), error_attribution=error,
+                       total_effect=total, completeness_error=gap, quadrature_delta=float(delta.sum()))
+
+
+def summary(r: Attribution) -> str:
+    return (f"T={r.total_effect:.4g}, ΣA={float(r.attribution.sum()):.4g}, A_err={r.error_attribution:.4g}, "
+            f"completeness error {r.completeness_error:.2e}")
+
+
+def write_attributions(results: list[Attribution], outputs: Mapping[str, Path], settings: IGSettings,
+                       meta: LayerMeta) -> None:
+    """Rule integrated_gradients's outputs: the arrays (npz) and the top features (csv)."""
+    errors = np.array([r.completeness_error for r in results])
+    log.info("%s L%d: %d mutants, steps=%d rule=%s space=%s error_node=%s, median completeness error %.3g",
+             meta.protein, meta.layer, len(results), settings.steps, settings.rule, settings.space,
+             settings.error_node, float(np.median(errors)) if len(errors) else float("nan"))
+    save_attributions(results, outputs["npz"], settings=settings, k=meta.k, d_sae=meta.d_sae, layer=meta.layer)
+    write_csv(top_features(results), outputs["top"])
+
+
+IG = Analysis(rule="integrated_gradients", settings=IGSettings, run=attribute, write=write_attributions,
+              summary=summary)
 
 
 def attribute_protein(splice: Splice, mutants: list[Mutant], settings: IGSettings,
                       work: WorkFolder | None = None) -> list[Attribution]:
-    """IG for every mutant of one protein; the mutants' states come from one batched forward,
-    and each mutant's result is kept in `work` as soon as it is done."""
-    if not mutants:
-        return []
-    with torch.no_grad():
-        h = splice.hidden([m.apply(splice.wt_seq) for m in mutants])
-
-    def one(index: int) -> Attribution:
-        mutant = mutants[index]
-        result = attribute(splice, mutant, h[index, [s.pos for s in mutant.sites]], settings)
-        log.info("L%d %s: T=%.4g, ΣA=%.4g, A_err=%.4g, completeness error %.2e", splice.layer, mutant.name,
-                 result.total_effect, float(result.attribution.sum()), result.error_attribution,
-                 result.completeness_error)
-        return Attribution(**{**result.__dict__, "attribution": result.attribution.cpu()})
-
-    return run_items([m.name for m in mutants], one, work, desc=f"IG L{splice.layer}")
+    """IG for every mutant of one protein at the splice's layer."""
+    return analyse(IG, splice, mutants, settings, work=work)
 
 
 def save_attributions(results: list[Attribution], path, *, settings: IGSettings, k: int, d_sae: int,

@@ -20,42 +20,41 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
+from esmsae.analysis import Analysis, LayerMeta, analyse
 from esmsae.columns import CONTROLS, PATCH_COLUMNS
-from esmsae.engine import SiteCode, Splice
+from esmsae.engine import MutantView, SiteCode, Splice
+from esmsae.io import write_csv
 from esmsae.mutations import Mutant
-from esmsae.resume import WorkFolder, run_items
+from esmsae.resume import WorkFolder
 from esmsae.settings import PatchSettings
 
 log = logging.getLogger(__name__)
 
 
-
-
-def values(code: SiteCode, space: str) -> Tensor:
-    """The code's values in the intervention space: ``z`` (latent) or ``pre``."""
-    return code.z if space == "latent" else code.pre
-
-
-def changed_features(splice: Splice, wt: SiteCode, mut: SiteCode, space: str, chunk: int = 256) -> Tensor:
+def changed_features(view: MutantView, chunk: int = 256) -> Tensor:
     """Features whose patch to the mutant value changes the latent vector, ascending.
 
     ``latent``: ``z_mut_j ≠ z_wt_j`` at some site — always inside the union of the
     WT and mutant top-k sets. ``pre``: every feature whose pre-activation moved is
     tried exactly (set it, re-apply TopK, compare with ``z_wt``).
     """
-    if space == "latent":
+    wt, mut = view.wt, view.mut
+    if view.space == "latent":
         return torch.nonzero((mut.z != wt.z).any(0)).flatten()
     candidates = torch.nonzero((mut.pre != wt.pre).any(0)).flatten()
     keep = []
     for start in range(0, len(candidates), chunk):
         cand = candidates[start:start + chunk]
-        z = splice.latents(single_feature_patches(wt.pre, mut.pre, cand), "pre")
+        z = view.latents(single_feature_patches(wt.pre, mut.pre, cand))
         keep.append(cand[(z != wt.z).flatten(1).any(1)])
     return torch.cat(keep) if keep else candidates
 
@@ -100,16 +99,30 @@ def plan_patches(wt: SiteCode, mut: SiteCode, changed: Tensor, settings: PatchSe
     return {"real": real, "noop": real, "stable": stable, "random": random}
 
 
-def patch_mutant(splice: Splice, mutant: Mutant, h_sites: Tensor, settings: PatchSettings, *,
-                 protein: str) -> pd.DataFrame:
-    """All patches of one mutant at the splice's layer, every control, in engine batches."""
-    space = settings.space
-    wt = splice.wt_code([s.pos for s in mutant.sites])
-    mut = splice.mutant_code(h_sites, wt)
-    changed = changed_features(splice, wt, mut, space)
-    plan = plan_patches(wt, mut, changed, settings, mutant_rng(settings.seed, protein, splice.layer, mutant.name))
+@dataclass(frozen=True)
+class Patches:
+    """Every patch of one mutant at one layer, controls included: one entry per (feature, control)."""
 
-    wt_v, mut_v = values(wt, space), values(mut, space)
+    mutant: str
+    position: str                    # the sites' positions, ':'-joined
+    features: np.ndarray             # (F,) int64
+    controls: np.ndarray             # (F,) the control of each row (CONTROLS)
+    per_site: dict[str, np.ndarray]  # wt_pre, mut_pre, wt_latent, mut_latent, patched_value: (F, S) float64
+    baseline: np.ndarray             # (F,) S(m), from the unmodified row run beside each patch
+    patched: np.ndarray              # (F,) S'
+    effect: np.ndarray               # (F,) S' − S(m); exactly 0.0 for a no-op
+
+    def count(self, control: str) -> int:
+        return int((self.controls == control).sum())
+
+
+def patch_mutant(view: MutantView, settings: PatchSettings, context: None = None) -> Patches:
+    """All patches of one mutant at the view's layer, every control, in engine batches."""
+    wt, mut = view.wt, view.mut
+    changed = changed_features(view)
+    plan = plan_patches(wt, mut, changed, settings, mutant_rng(settings.seed, view.protein, view.layer,
+                                                               view.mutant.name))
+    wt_v, mut_v = view.start, view.end
     rows = {
         "real": single_feature_patches(wt_v, mut_v, plan["real"]),
         "noop": single_feature_patches(wt_v, wt_v, plan["noop"]),
@@ -119,7 +132,7 @@ def patch_mutant(splice: Splice, mutant: Mutant, h_sites: Tensor, settings: Patc
     rows["random"] = feature_shifts(wt_v, plan["random"], magnitude)
     features = torch.cat([plan[c] for c in CONTROLS])
     batch = torch.cat([rows[c] for c in CONTROLS])
-    out = splice.effects(wt, splice.latents(batch, space), splice.score_spec(mutant))
+    out = view.effects(batch)
 
     rows_index = torch.arange(len(features))
     per_site = {  # (F, S): the patched feature's values at every site
@@ -127,51 +140,64 @@ def patch_mutant(splice: Splice, mutant: Mutant, h_sites: Tensor, settings: Patc
         "wt_latent": wt.z[:, features].T, "mut_latent": mut.z[:, features].T,
         "patched_value": batch[rows_index, :, features],
     }
-    scores = {"baseline_score": out.baseline, "patched_score": out.scores, "effect": out.effects}
-    frame = pd.DataFrame({
-        "mutant": mutant.name,
-        "position": ":".join(str(s.pos) for s in mutant.sites),
-        "layer": splice.layer,
-        "feature": features.cpu().numpy().astype(np.int64),
-        "control": np.repeat(CONTROLS, [len(plan[c]) for c in CONTROLS]),
-        **{name: _site_column(values) for name, values in per_site.items()},
-        **{name: values.detach().cpu().numpy().astype(np.float64) for name, values in scores.items()},
-        "k": splice.sae.k,
-        "space": space,
-    }, columns=PATCH_COLUMNS)
-    return frame
+    return Patches(
+        mutant=view.mutant.name,
+        position=":".join(str(s.pos) for s in view.mutant.sites),
+        features=features.cpu().numpy().astype(np.int64),
+        controls=np.repeat(CONTROLS, [len(plan[c]) for c in CONTROLS]),
+        per_site={name: values.detach().cpu().double().numpy() for name, values in per_site.items()},
+        baseline=_numbers(out.baseline), patched=_numbers(out.scores), effect=_numbers(out.effects),
+    )
 
 
-def _site_column(values: Tensor) -> np.ndarray | list[str]:
+def _numbers(values: Tensor) -> np.ndarray:
+    return values.detach().cpu().numpy().astype(np.float64)
+
+
+def _site_column(values: np.ndarray) -> np.ndarray | list[str]:
     """(F, S) per-site values as one column: numbers for one site, ':'-joined for several."""
-    values = values.detach().cpu().double().numpy()
     if values.shape[1] == 1:
         return values[:, 0]
     return [":".join(repr(float(v)) for v in row) for row in values]
 
 
-def patch_protein(splice: Splice, mutants: list[Mutant], settings: PatchSettings, *, protein: str,
+def patches_frame(results: list[Patches], *, layer: int, k: int, space: str) -> pd.DataFrame:
+    """The patching table (``PATCH_COLUMNS``): one row per (mutant, feature, control)."""
+    frames = [pd.DataFrame({
+        "mutant": p.mutant,
+        "position": p.position,
+        "layer": layer,
+        "feature": p.features,
+        "control": p.controls,
+        **{name: _site_column(values) for name, values in p.per_site.items()},
+        "baseline_score": p.baseline, "patched_score": p.patched, "effect": p.effect,
+        "k": k,
+        "space": space,
+    }, columns=PATCH_COLUMNS) for p in results]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PATCH_COLUMNS)
+
+
+def write_patches(results: list[Patches], outputs: Mapping[str, Path], settings: PatchSettings,
+                  meta: LayerMeta) -> None:
+    """Rule patch_features's output: the patching table."""
+    table = patches_frame(results, layer=meta.layer, k=meta.k, space=settings.space)
+    log.info("%s L%d: %d mutants, %d rows (space %s, features %s)", meta.protein, meta.layer, len(results),
+             len(table), settings.space, settings.features)
+    write_csv(table, outputs["table"])
+
+
+def summary(p: Patches) -> str:
+    real = p.effect[p.controls == "real"]
+    return (f"{len(real)} real patches ({', '.join(f'{c} {p.count(c)}' for c in CONTROLS[1:])}), "
+            f"max |effect| {float(np.abs(real).max()) if len(real) else 0.0:.4g}")
+
+
+PATCHING = Analysis(rule="patch_features", settings=PatchSettings, run=patch_mutant, write=write_patches,
+                    summary=summary)
+
+
+def patch_protein(splice: Splice, mutants: list[Mutant], settings: PatchSettings,
                   work: WorkFolder | None = None) -> pd.DataFrame:
-    """Patching rows for every mutant of one protein at the splice's layer.
-
-    The mutants' own layer-ℓ states come from one batched forward (always of all
-    mutants, so a resumed job computes exactly what an uninterrupted one would);
-    each mutant's patches and controls then go through the engine together, and
-    its rows are kept in `work` as soon as they are done.
-    """
-    if not mutants:
-        return pd.DataFrame(columns=PATCH_COLUMNS)
-    with torch.no_grad():
-        h = splice.hidden([m.apply(splice.wt_seq) for m in mutants])
-
-    def one(index: int) -> pd.DataFrame:
-        mutant = mutants[index]
-        frame = patch_mutant(splice, mutant, h[index, [s.pos for s in mutant.sites]], settings, protein=protein)
-        counts = frame["control"].value_counts().to_dict()
-        log.info("%s L%d %s: %d real patches (%s), max |effect| %.4g", protein, splice.layer, mutant.name,
-                 counts.get("real", 0), ", ".join(f"{c} {counts.get(c, 0)}" for c in CONTROLS[1:]),
-                 frame.loc[frame["control"] == "real", "effect"].abs().max() if counts.get("real") else 0.0)
-        return frame
-
-    frames = run_items([m.name for m in mutants], one, work, desc=f"patching {protein} L{splice.layer}")
-    return pd.concat(frames, ignore_index=True)
+    """The patching table of every mutant of one protein at the splice's layer."""
+    results = analyse(PATCHING, splice, mutants, settings, work=work)
+    return patches_frame(results, layer=splice.layer, k=splice.sae.k, space=settings.space)

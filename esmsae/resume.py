@@ -6,8 +6,9 @@ done, into a work folder beside the declared output::
 
     results/study/patching/EPHB2_HUMAN_L16.csv.work/<fingerprint>/00003.pkl
 
-The fingerprint hashes everything that decides the numbers (rule, settings,
-mutant list, input files, package version). A restarted job with the same
+The fingerprint hashes everything that decides the numbers (rule, science
+settings, mutant list, input files, package version and the pieces' format),
+never a runtime knob such as the batch size. A restarted job with the same
 fingerprint reuses the pieces; pieces under any other fingerprint are stale and
 removed. The declared output is assembled at the end, written atomically, and
 the work folder deleted. Snakemake removes the declared outputs of a failed job,
@@ -35,6 +36,9 @@ from esmsae.io import atomic_path
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Pieces are pickled typed results: bump this when a result type changes, so that a job never
+# resumes from pieces of an older shape.
+PIECES_FORMAT = 2
 
 
 def file_identity(path: str | os.PathLike, *, hash_below: int = 64 << 20) -> dict:
@@ -51,7 +55,7 @@ def file_identity(path: str | os.PathLike, *, hash_below: int = 64 << 20) -> dic
 
 def fingerprint(**parts) -> str:
     """A short stable hash of JSON-able parts (settings, file identities, mutant names)."""
-    text = json.dumps({"esmsae": __version__, **parts}, sort_keys=True, default=str)
+    text = json.dumps({"esmsae": __version__, "pieces": PIECES_FORMAT, **parts}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,26 +18,22 @@ import pandas as pd
 import torch
 
 from esmsae import aggregate, attribution_figures, attribution_tables, figures
-from esmsae.circuits import circuit_curve, curves_table, sizes_table
+from esmsae.analysis import Analysis, LayerMeta, analyse
 from esmsae.demo import write_tiny_esm2
 from esmsae.engine import Splice
 from esmsae.errors import InputError
 from esmsae.esm import EsmLM, load_esm, resolve_device, set_precision
 from esmsae.host import hold_freed_memory
-from esmsae.ig import attribute_protein, load_attributions, save_attributions, top_features
+from esmsae.ig import load_attributions
 from esmsae.io import write_csv
 from esmsae.mutations import AMINO_ACIDS, Mutant, Site, parse_mutant
-from esmsae.patching import patch_protein
 from esmsae.quality import residue_activations, sae_quality
-from esmsae.resume import WorkFolder, file_identity, fingerprint, run_items
+from esmsae.resume import WorkFolder, file_identity, fingerprint
 from esmsae.sae import TopKSAE, load_sae, save_sae, train_sae
 from esmsae.scoring import dms_correlation, read_scores, scores_table
 from esmsae.settings import (
-    CircuitSettings,
     DemoSettings,
-    IGSettings,
     LayerJob,
-    PatchSettings,
     Protein,
     Runtime,
     TrainSettings,
@@ -171,33 +167,32 @@ def measure_sae_quality(wt_seqs: dict[str, str], saes: dict[int, str | Path], k:
     write_csv(table, out)
 
 
-def patch_layer(settings: PatchSettings, job: LayerJob, runtime: Runtime, checkpoint: str | Path,
-                sae: str | Path, scores: str | Path, out: str | Path) -> None:
-    """Rule patch_features: every feature patch and control for one protein at one layer."""
-    splice, mutants = _splice_for(job, runtime, checkpoint, sae, scores)
-    work = _work_folder("patch_features", out, settings, job, mutants, checkpoint, sae, scores)
-    table = patch_protein(splice, mutants, settings, protein=job.protein, work=work)
-    log.info("%s L%d: %d mutants, %d rows (space %s, features %s)", job.protein, job.layer, len(mutants),
-             len(table), settings.space, settings.features)
-    write_csv(table, out)
+def run_analysis(analysis: Analysis, settings, job: LayerJob, runtime: Runtime, inputs: Mapping[str, Path],
+                 outputs: Mapping[str, Path]) -> None:
+    """One per-(protein, layer) analysis job: every selected mutant, resumable, then its outputs.
+
+    `inputs` has the rule's named inputs: ``checkpoint``, ``sae``, ``scores`` and any
+    the analysis reads itself (its ``context``); `outputs` the rule's named outputs.
+    """
+    lm = open_model(inputs["checkpoint"], job.precision, runtime)
+    sae = open_sae(inputs["sae"], job.k, lm, job.layer)
+    mutants = selected_mutants(job.wt_seq, inputs["scores"])
+    splice = Splice(lm, sae, job.wt_seq, job.layer, runtime.batch_size, protein=job.protein)
+    context = analysis.context(inputs, mutants) if analysis.context else None
+    work = WorkFolder(next(iter(outputs.values())), _fingerprint(analysis, settings, job, mutants, inputs))
+    results = analyse(analysis, splice, mutants, settings, context=context, work=work)
+    analysis.write(results, outputs, settings, LayerMeta(protein=job.protein, layer=job.layer, k=sae.k,
+                                                         d_sae=sae.info.d_sae))
     work.finish()
 
 
-def _work_folder(rule: str, output: str | Path, settings, job: LayerJob, mutants: list[Mutant],
-                 checkpoint: str | Path, sae: str | Path, scores: str | Path) -> WorkFolder:
-    """The resumable work folder of one job, keyed by everything that decides its numbers (science
-    settings, the mutants, the input files), never by runtime knobs such as the batch size."""
-    key = fingerprint(rule=rule, settings=as_params(settings), job=as_params(job),
-                      mutants=[m.name for m in mutants], checkpoint=file_identity(checkpoint),
-                      sae=file_identity(sae), scores=file_identity(scores))
-    return WorkFolder(output, key)
-
-
-def _splice_for(job: LayerJob, runtime: Runtime, checkpoint: str | Path, sae: str | Path, scores: str | Path):
-    lm = open_model(checkpoint, job.precision, runtime)
-    opened = open_sae(sae, job.k, lm, job.layer)
-    mutants = selected_mutants(job.wt_seq, scores)
-    return Splice(lm, opened, job.wt_seq, job.layer, batch_size=runtime.batch_size), mutants
+def _fingerprint(analysis: Analysis, settings, job: LayerJob, mutants: list[Mutant],
+                 inputs: Mapping[str, Path]) -> str:
+    """What keys a job's resume pieces: everything that decides its numbers (science settings, the
+    mutants, every input file), never runtime knobs such as the batch size or the device."""
+    return fingerprint(rule=analysis.rule, settings=as_params(settings), job=as_params(job),
+                       mutants=[m.name for m in mutants],
+                       inputs={name: file_identity(path) for name, path in sorted(inputs.items())})
 
 
 def patching_tables(pairs: list[tuple[str, int]], tables: list[str], scores: dict[str, str], top_n: int,
@@ -222,49 +217,6 @@ def plot_patching(figure: str, inputs: dict, png: str | Path, pdf: str | Path) -
         figures.delta_vs_effect(tables, png, pdf)
     else:
         raise ValueError(f"unknown patching figure {figure!r}")
-
-
-def ig_layer(settings: IGSettings, job: LayerJob, runtime: Runtime, checkpoint: str | Path, sae: str | Path,
-             scores: str | Path, out_npz: str | Path, out_top: str | Path) -> None:
-    """Rule integrated_gradients: IG with an error node for every selected mutant at one layer."""
-    splice, mutants = _splice_for(job, runtime, checkpoint, sae, scores)
-    work = _work_folder("integrated_gradients", out_npz, settings, job, mutants, checkpoint, sae, scores)
-    results = attribute_protein(splice, mutants, settings, work)
-    errors = np.array([r.completeness_error for r in results])
-    log.info("%s L%d: %d mutants, steps=%d rule=%s space=%s error_node=%s, median completeness error %.3g",
-             job.protein, job.layer, len(results), settings.steps, settings.rule, settings.space, settings.error_node,
-             float(np.median(errors)) if len(errors) else float("nan"))
-    save_attributions(results, out_npz, settings=settings, k=splice.sae.k, d_sae=splice.sae.info.d_sae,
-                      layer=job.layer)
-    write_csv(top_features(results), out_top)
-    work.finish()
-
-
-def circuits_layer(settings: CircuitSettings, job: LayerJob, runtime: Runtime, checkpoint: str | Path,
-                   sae: str | Path, scores: str | Path, npz: str | Path, out_curves: str | Path,
-                   out_sizes: str | Path) -> None:
-    """Rule find_circuits: recovered fraction vs k for every mutant, ranked by its IG attribution."""
-    splice, mutants = _splice_for(job, runtime, checkpoint, sae, scores)
-    ig = load_attributions(npz)
-    if [m.name for m in mutants] != ig["mutant"].tolist():
-        raise InputError(f"{npz}: its mutants do not match the selection in {scores}; rerun integrated_gradients")
-    with torch.no_grad():
-        h = splice.hidden([m.apply(splice.wt_seq) for m in mutants]) if mutants else None
-    work = _work_folder("find_circuits", out_curves, settings, job, mutants, checkpoint, sae, scores)
-    protein, layer = job.protein, job.layer
-
-    def one(index: int):
-        mutant = mutants[index]
-        attribution = torch.as_tensor(ig["attribution"][index], dtype=torch.float32, device=splice.lm.device)
-        curve = circuit_curve(splice, mutant, h[index, [s.pos for s in mutant.sites]], attribution, settings)
-        log.info("%s L%d %s: total effect %.4g, minimal circuit %s", protein, layer, mutant.name,
-                 curve.total_effect, curve.minimal_k)
-        return curve
-
-    curves = run_items([m.name for m in mutants], one, work, desc=f"circuits {protein} L{layer}")
-    write_csv(curves_table(curves), out_curves)
-    write_csv(sizes_table(protein, layer, curves), out_sizes)
-    work.finish()
 
 
 def ig_tables(pairs: list[tuple[str, int]], npz: list[str], out: dict) -> None:

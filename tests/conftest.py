@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from pathlib import Path
 
@@ -86,13 +85,6 @@ def circuit_settings(**changes):
     return dataclasses.replace(DEFAULTS.circuits, **changes)
 
 
-def with_batch_size(splice, batch_size):
-    """A copy of `splice` running `batch_size` interventions per pass (None: sized by the engine)."""
-    other = copy.copy(splice)
-    other.batch_size = batch_size
-    return other
-
-
 def watch_passes(monkeypatch, splice, fits: int | None = None) -> list[tuple[int, bool]]:
     """Record each pass `splice.run` makes as (rows, gradients on); with `fits`, a pass of more
     rows raises a simulated out-of-memory error instead of running."""
@@ -116,3 +108,8 @@ def splice_every_layer(lm, saes, seq: str) -> dict:
 def mutant_states(splice, mutant) -> torch.Tensor:
     """The mutant's own layer-ℓ states at its sites, (S, d)."""
     return splice.hidden([mutant.apply(splice.wt_seq)])[0, [s.pos for s in mutant.sites]]
+
+
+def view_of(splice, mutant, h: torch.Tensor | None = None, space: str = "latent"):
+    """The engine's view of `mutant` (its states `h` at the sites, computed when not given)."""
+    return splice.view(mutant, mutant_states(splice, mutant) if h is None else h, space)

@@ -30,8 +30,8 @@ from .conftest import (
     mutant_states,
     patch_settings,
     splice_every_layer,
+    view_of,
     watch_passes,
-    with_batch_size,
 )
 
 SEQ = WT["EPHB2_HUMAN"]
@@ -84,7 +84,7 @@ def test_effects_do_not_depend_on_the_batch_size(splices, layer, n_threads):
         for mutant in (MUTANTS[0], MUTANTS[2]):
             code, z, error = random_interventions(splice, [s.pos for s in mutant.sites], 21, seed=layer)
             spec = splice.score_spec(mutant)
-            runs = [splice.effects(code, z, spec, error_delta=error, batch_size=size) for size in SIZES]
+            runs = [splice.resized(size).effects(code, z, spec, error_delta=error) for size in SIZES]
             for out in runs[1:]:
                 assert torch.equal(out.scores, runs[0].scores)
                 assert torch.equal(out.effects, runs[0].effects)
@@ -96,7 +96,7 @@ def test_mutant_states_do_not_depend_on_the_batch_size(splices, n_threads):
     seqs = [m.apply(SEQ) for m in MUTANTS]
     with threads(n_threads):
         for splice in splices.values():
-            runs = [splice.hidden(seqs, batch_size=size) for size in (1, 3, 128)]
+            runs = [splice.resized(size).hidden(seqs) for size in (1, 3, 128)]
             assert all(torch.equal(run, runs[0]) for run in runs[1:])
 
 
@@ -106,7 +106,7 @@ def test_ig_does_not_depend_on_the_batch_size(splices, layer):
     with threads(2):
         for mutant in (MUTANTS[1], MUTANTS[2]):
             h = mutant_states(splice, mutant)
-            runs = [attribute(with_batch_size(splice, size), mutant, h, ig_settings(steps=12))
+            runs = [attribute(view_of(splice.resized(size), mutant, h), ig_settings(steps=12))
                     for size in (1, 5, 12, None)]
             for run in runs[1:]:
                 assert torch.equal(run.attribution, runs[0].attribution)
@@ -120,9 +120,9 @@ def test_ig_runs_passes_of_at_most_the_batch_size_forward_and_backward(splices, 
     splice = copy.copy(splices[2])
     mutant = MUTANTS[1]
     h = mutant_states(splice, mutant)
-    reference = attribute(splice, mutant, h, ig_settings(steps=12))
+    reference = attribute(view_of(splice, mutant, h), ig_settings(steps=12))
     sizes = watch_passes(monkeypatch, splice)
-    out = attribute(with_batch_size(splice, 5), mutant, h, ig_settings(steps=12))
+    out = attribute(view_of(splice.resized(5), mutant, h), ig_settings(steps=12))
     with_grad = [n for n, grad in sizes if grad]
     assert with_grad[:3] == [5, 5, 2]  # the steps, in three passes
     assert len(with_grad) >= 6  # ... and each pass run again by the backward
@@ -130,14 +130,18 @@ def test_ig_runs_passes_of_at_most_the_batch_size_forward_and_backward(splices, 
     assert torch.equal(out.attribution, reference.attribution)
 
 
-def test_ig_out_of_memory_halves_the_passes_and_gives_the_same_numbers(splices, monkeypatch):
-    splice = copy.copy(splices[3])
+def test_ig_out_of_memory_shrinks_the_passes_and_gives_the_same_numbers(splices, monkeypatch):
+    """A device that fits 4 rows a pass: IG ends with passes that fit, forward and backward, and equal numbers."""
+    splice = splices[3].resized(16)
     mutant = MUTANTS[0]
     h = mutant_states(splice, mutant)
-    reference = attribute(splice, mutant, h, ig_settings(steps=16))
+    reference = attribute(view_of(splices[3], mutant, h), ig_settings(steps=16))
     passes = watch_passes(monkeypatch, splice, fits=4)
-    out = attribute(with_batch_size(splice, 16), mutant, h, ig_settings(steps=16))
-    assert [n for n, _ in passes[:3]] == [16, 8, 4]  # all steps, then halved until a pass fits
+    out = attribute(view_of(splice, mutant, h), ig_settings(steps=16))
+    assert passes[0] == (16, True)  # it tried all steps in one pass first
+    last_failure = max(i for i, (n, _) in enumerate(passes) if n > 4)
+    after = passes[last_failure + 1:]
+    assert after and all(n <= 4 for n, _ in after) and sum(n for n, grad in after if grad) >= 2 * 16
     assert torch.equal(out.attribution, reference.attribution)
     assert out.total_effect == reference.total_effect
 
@@ -147,13 +151,13 @@ def test_circuits_and_patching_tables_do_not_depend_on_the_batch_size(splices):
     with threads(2):
         mutant = MUTANTS[2]
         h = mutant_states(splice, mutant)
-        attribution = attribute(splice, mutant, h, ig_settings(steps=8)).attribution
-        curves = [circuit_curve(with_batch_size(splice, size), mutant, h, attribution, circuit_settings(max_k=20))
+        attribution = attribute(view_of(splice, mutant, h), ig_settings(steps=8)).attribution
+        curves = [circuit_curve(view_of(splice.resized(size), mutant, h), circuit_settings(max_k=20), attribution)
                   for size in (1, 4, None)]
         for curve in curves[1:]:
             assert np.array_equal(curve.patched_score, curves[0].patched_score)
             assert np.array_equal(curve.recovered_fraction, curves[0].recovered_fraction, equal_nan=True)
-        tables = [patch_protein(with_batch_size(splice, size), MUTANTS, patch_settings(), protein="EPHB2_HUMAN")
+        tables = [patch_protein(splice.resized(size), MUTANTS, patch_settings())
                   for size in (2, 7, None)]
         for table in tables[1:]:
             assert table.equals(tables[0])

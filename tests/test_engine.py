@@ -70,7 +70,7 @@ def test_noop_patch_changes_score_by_exactly_zero(lm, splices, layer):
     real[:, 0, :5] += torch.linspace(0.5, 2.5, 5).unsqueeze(1)
     rows = torch.cat([noop[:2], real, noop[2:]])  # no-ops mixed with real patches in one batch
     for batch_size in (1, 3, 128):
-        out = splice.effects(code, rows, spec, batch_size=batch_size)
+        out = splice.resized(batch_size).effects(code, rows, spec)
         assert torch.equal(out.effects[[0, 1, 7, 8, 9]], torch.zeros(5))
         assert bool((out.effects[2:7] != 0).all())
     baseline = float(out.baseline[0])
@@ -128,7 +128,7 @@ def test_batch_equals_single_runs(splices, layer):
     z = code.z.expand(9, -1, -1) + bump * (torch.rand(bump.shape, generator=gen) < 0.05)
     err = 0.1 * torch.randn(9, 1, code.error.shape[-1], generator=gen)
     spec = splice.score_spec(mutant)
-    batched = splice.effects(code, z, spec, error_delta=err, batch_size=128)
+    batched = splice.resized(128).effects(code, z, spec, error_delta=err)
     singles = torch.cat([splice.effects(code, z[i:i + 1], spec, error_delta=err[i:i + 1]).effects for i in range(9)])
     assert torch.equal(batched.effects, singles)  # bit for bit: tests/test_batch_size.py has the rest
     assert bool((batched.effects != 0).any())
@@ -197,7 +197,7 @@ def test_identical_interventions_give_identical_numbers(splices):
     mut = splice.mutant_code(splice.hidden([mutant.apply(SEQ)])[0, [7]], code)
     rows = torch.stack([mut.z, code.z, mut.z, mut.z, code.z, mut.z])
     for batch_size in (1, 2, 128):
-        out = splice.effects(code, rows, splice.score_spec(mutant), batch_size=batch_size)
+        out = splice.resized(batch_size).effects(code, rows, splice.score_spec(mutant))
         assert torch.equal(out.scores[[0, 2, 3, 5]], out.scores[0].expand(4))
         assert torch.equal(out.effects[[1, 4]], torch.zeros(2)) and float(out.effects[0]) != 0.0
     empty = splice.effects(code, rows[:0], splice.score_spec(mutant))
@@ -243,15 +243,21 @@ def test_rows_per_pass_fits_free_memory(splices, monkeypatch):
     assert splice.rows_per_pass(grad=True) == 1  # never zero
 
 
-def test_out_of_memory_halves_the_batch_and_gives_the_same_numbers(splices, monkeypatch):
-    splice = copy.copy(splices[2])
+def test_out_of_memory_shrinks_the_passes_and_gives_the_same_numbers(splices, monkeypatch):
+    """A device that fits 4 rows a pass: the engine settles on passes that fit, and every number is unchanged."""
+    splice = splices[2].resized(64)
     mutant = parse_mutant("N38Y", SEQ)
     code = splice.wt_code([38])
     gen = torch.Generator().manual_seed(5)
     z = code.z.expand(20, -1, -1) + torch.rand(20, 1, code.z.shape[-1], generator=gen)
     spec = splice.score_spec(mutant)
-    reference = splice.effects(code, z, spec, batch_size=3)
+    reference = splices[2].resized(3).effects(code, z, spec)
     passes = watch_passes(monkeypatch, splice, fits=4)
-    out = splice.effects(code, z, spec, batch_size=64)
-    assert [n for n, _ in passes[:4]] == [21, 11, 6, 3]  # the chunk halved until it (plus its baseline row) fits
+    out = splice.effects(code, z, spec)
     assert torch.equal(out.effects, reference.effects)
+    ran = [n for n, _ in passes if n <= 4]
+    assert sum(ran) - len(ran) == 20  # every intervention ran once (each pass adds one baseline row)
+    assert passes[0][0] == 21  # it tried the configured size first ...
+    again = watch_passes(monkeypatch, splice, fits=4)
+    splice.effects(code, z, spec)
+    assert max(n for n, _ in again) <= 4  # ... and keeps the size that fits for the rest of the job

@@ -16,7 +16,16 @@ from esmsae.ig import attribute, attribute_protein, load_attributions, save_attr
 from esmsae.mutations import parse_mutant
 from esmsae.patching import changed_features, patch_protein
 
-from .conftest import LAYERS, WT, circuit_settings, ig_settings, mutant_states, patch_settings, splice_every_layer
+from .conftest import (
+    LAYERS,
+    WT,
+    circuit_settings,
+    ig_settings,
+    mutant_states,
+    patch_settings,
+    splice_every_layer,
+    view_of,
+)
 from .reference import hooked_logits, score_from_logits
 
 SEQ = WT["DNJA1_HUMAN"]
@@ -46,7 +55,7 @@ def test_completeness_error_falls_with_steps(tiny_dir, saes):
     splice = Splice(lm64, copy.deepcopy(saes[2]).double(), SEQ, 2)
     for mutant in MUTANTS[:3]:
         h = mutant_states(splice, mutant)
-        errors = [attribute(splice, mutant, h, ig_settings(steps=s)).completeness_error for s in (1, 2, 4)]
+        errors = [attribute(view_of(splice, mutant, h), ig_settings(steps=s)).completeness_error for s in (1, 2, 4)]
         assert errors[0] > errors[1] > errors[2] or errors[0] > 100 * max(errors[2], 1e-6)
         assert errors[2] <= 1e-4
 
@@ -59,14 +68,14 @@ def test_total_effect_equals_mutant_representation_spliced_in(lm, splices, layer
         pos = mutant.sites[0].pos
         base = score_from_logits(hooked_logits(lm, SEQ, layer, {}), lm, mutant)
         direct = score_from_logits(hooked_logits(lm, SEQ, layer, {pos: h[0]}), lm, mutant) - base
-        with_error = attribute(splice, mutant, h, ig_settings(steps=4))
+        with_error = attribute(view_of(splice, mutant, h), ig_settings(steps=4))
         assert abs(with_error.total_effect - direct) <= 1e-5
         # Without the error node (the seed) the end point is (z_mut, e_wt).
         wt = splice.wt_code([pos])
         mut = splice.mutant_code(h, wt)
         vec = splice.sae.decode(mut.z[0], wt.mu[0], wt.sigma[0]) + wt.error[0]
         seed_total = score_from_logits(hooked_logits(lm, SEQ, layer, {pos: vec}), lm, mutant) - base
-        without = attribute(splice, mutant, h, ig_settings(steps=16, error_node=False))
+        without = attribute(view_of(splice, mutant, h), ig_settings(steps=16, error_node=False))
         assert without.error_attribution == 0.0
         assert abs(without.total_effect - seed_total) <= 1e-5
         assert without.completeness_error <= 0.01 or abs(without.total_effect) < 1e-4
@@ -82,7 +91,7 @@ def test_linear_stand_in_gives_the_analytic_attribution(lm, saes, rule, steps):
         h = mutant_states(splice, mutant)
         wt = splice.wt_code([s.pos for s in mutant.sites])
         mut = splice.mutant_code(h, wt)
-        result = attribute(splice, mutant, h, ig_settings(steps=steps, rule=rule))
+        result = attribute(view_of(splice, mutant, h), ig_settings(steps=steps, rule=rule))
         expected = ((mut.z - wt.z) * wt.sigma * (splice.sae.w_dec @ w)).sum(0)
         assert torch.allclose(result.attribution, expected, atol=1e-5)
         assert result.error_attribution == pytest.approx(float(((mut.error - wt.error) * w).sum()), abs=1e-5)
@@ -137,10 +146,9 @@ def test_circuit_curve_end_points_are_exact(splices, layer):
     splice = splices[layer]
     for mutant in MUTANTS:
         h = mutant_states(splice, mutant)
-        ig = attribute(splice, mutant, h, ig_settings(steps=8))
-        wt = splice.wt_code([mutant.sites[0].pos])
-        n_changed = len(changed_features(splice, wt, splice.mutant_code(h, wt), "latent"))
-        curve = circuit_curve(splice, mutant, h, ig.attribution, circuit_settings(max_k=40))
+        ig = attribute(view_of(splice, mutant, h), ig_settings(steps=8))
+        n_changed = len(changed_features(view_of(splice, mutant, h)))
+        curve = circuit_curve(view_of(splice, mutant, h), circuit_settings(max_k=40), ig.attribution)
         assert curve.k.tolist() == list(range(41))
         if curve.total_effect == 0.0:
             continue
@@ -154,10 +162,10 @@ def test_circuit_k1_equals_the_single_feature_patch(splices):
     splice = splices[2]
     mutant = MUTANTS[1]
     h = mutant_states(splice, mutant)
-    ig = attribute(splice, mutant, h, ig_settings(steps=8))
-    curve = circuit_curve(splice, mutant, h, ig.attribution, circuit_settings(max_k=3))
+    ig = attribute(view_of(splice, mutant, h), ig_settings(steps=8))
+    curve = circuit_curve(view_of(splice, mutant, h), circuit_settings(max_k=3), ig.attribution)
     top = int(torch.argmax(ig.attribution.abs()))
-    table = patch_protein(splice, [mutant], patch_settings(), protein="DNJA1_HUMAN")
+    table = patch_protein(splice, [mutant], patch_settings())
     row = table[(table["control"] == "real") & (table["feature"] == top)]
     assert len(row) == 1
     assert abs(curve.patched_score[1] - float(row["patched_score"].iloc[0])) <= 1e-5

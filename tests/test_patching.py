@@ -17,7 +17,7 @@ from esmsae.patching import (
 )
 from esmsae.scoring import wt_log_probs, wt_marginal
 
-from .conftest import LAYERS, WT, patch_settings, splice_every_layer
+from .conftest import LAYERS, WT, patch_settings, splice_every_layer, view_of
 from .reference import hooked_logits, score_from_logits
 
 SEQ = WT["EPHB2_HUMAN"]
@@ -29,16 +29,15 @@ def splices(lm, saes):
     return splice_every_layer(lm, saes, SEQ)
 
 
-def codes(splice, mutant):
-    positions = [s.pos for s in mutant.sites]
-    wt = splice.wt_code(positions)
-    return wt, splice.mutant_code(splice.hidden([mutant.apply(SEQ)])[0, positions], wt)
+def codes(splice, mutant, space="latent"):
+    view = view_of(splice, mutant, space=space)
+    return view.wt, view.mut
 
 
 @pytest.mark.parametrize("space", ["latent", "pre"])
 @pytest.mark.parametrize("layer", LAYERS)
 def test_rows_noop_and_baseline(lm, splices, layer, space):
-    table = patch_protein(splices[layer], MUTANTS, patch_settings(space=space), protein="EPHB2_HUMAN")
+    table = patch_protein(splices[layer], MUTANTS, patch_settings(space=space))
     assert list(table.columns) == PATCH_COLUMNS
     assert set(table["control"]) <= set(CONTROLS) and (table["control"] == "real").any()
     assert (table.loc[table["control"] == "noop", "effect"] == 0.0).all()
@@ -54,7 +53,7 @@ def test_rows_noop_and_baseline(lm, splices, layer, space):
 def test_batched_effects_equal_fair_esm_forward(lm, splices, layer):
     """A few patches per mutant, re-done from scratch with a hook on fair-esm's module."""
     splice = splices[layer]
-    table = patch_protein(splice, MUTANTS[:2], patch_settings(), protein="EPHB2_HUMAN")
+    table = patch_protein(splice, MUTANTS[:2], patch_settings())
     for mutant in MUTANTS[:2]:
         wt, mut = codes(splice, mutant)
         pos = mutant.sites[0].pos
@@ -77,13 +76,13 @@ def test_latent_features_outside_topk_union_have_zero_effect(splices, layer):
         every = torch.arange(wt.z.shape[-1])
         full = splice.effects(wt, single_feature_patches(wt.z, mut.z, every), splice.score_spec(mutant))
         union = ((wt.z != 0) | (mut.z != 0)).any(0)
-        changed = changed_features(splice, wt, mut, "latent")
+        changed = changed_features(view_of(splice, mutant))
         assert bool(union[changed].all())
         assert torch.equal(full.effects[~union], torch.zeros(int((~union).sum())))
         unchanged = torch.ones_like(union)
         unchanged[changed] = False
         assert torch.equal(full.effects[unchanged], torch.zeros(int(unchanged.sum())))
-        table = patch_protein(splice, [mutant], patch_settings(), protein="EPHB2_HUMAN")
+        table = patch_protein(splice, [mutant], patch_settings())
         real = table[table["control"] == "real"]
         assert real["feature"].tolist() == changed.tolist()
         assert (torch.tensor(real["effect"].to_numpy()) - full.effects[changed].double()).abs().max() <= 1e-6
@@ -101,21 +100,21 @@ def test_pre_space_changed_set_is_exact(splices, layer):
             pre[:, j] = mut.pre[:, j]
             if not torch.equal(splice.sae.topk(pre), wt.z):
                 expected.append(j)
-        assert changed_features(splice, wt, mut, "pre").tolist() == expected
+        assert changed_features(view_of(splice, mutant, space="pre")).tolist() == expected
 
 
 def test_controls_are_seeded_and_random_avoids_changed(splices):
     splice = splices[2]
-    one = patch_protein(splice, MUTANTS, patch_settings(seed=7), protein="EPHB2_HUMAN")
-    two = patch_protein(splice, MUTANTS, patch_settings(seed=7), protein="EPHB2_HUMAN")
-    other = patch_protein(splice, MUTANTS, patch_settings(seed=8), protein="EPHB2_HUMAN")
+    one = patch_protein(splice, MUTANTS, patch_settings(seed=7))
+    two = patch_protein(splice, MUTANTS, patch_settings(seed=7))
+    other = patch_protein(splice, MUTANTS, patch_settings(seed=8))
     pd.testing.assert_frame_equal(one, two)
     assert not one[one["control"] == "random"]["feature"].equals(other[other["control"] == "random"]["feature"])
     for mutant in MUTANTS:
         rows = one[one["mutant"] == mutant.name]
         real = set(rows.loc[rows["control"] == "real", "feature"])
         wt, mut = codes(splice, mutant)
-        changed = set(changed_features(splice, wt, mut, "latent").tolist())
+        changed = set(changed_features(view_of(splice, mutant)).tolist())
         assert real == changed
         assert not set(rows.loc[rows["control"] == "random", "feature"]) & changed
         stable = rows[rows["control"] == "stable"]
@@ -135,7 +134,7 @@ def test_controls_are_seeded_and_random_avoids_changed(splices):
 def test_top_delta_patches_the_n_largest_pre_changes(splices):
     splice = splices[3]
     mutant = MUTANTS[2]
-    table = patch_protein(splice, [mutant], patch_settings(features="top_delta", n=5), protein="EPHB2_HUMAN")
+    table = patch_protein(splice, [mutant], patch_settings(features="top_delta", n=5))
     wt, mut = codes(splice, mutant)
     top = torch.argsort((mut.pre - wt.pre).abs()[0], descending=True)[:5]
     real = table[table["control"] == "real"]
@@ -155,7 +154,7 @@ def test_double_mutant_patches_both_sites(lm, splices, layer):
     """A double mutant: rows name both sites, the baseline is the sum-over-sites score, effects match fair-esm."""
     splice = splices[layer]
     double = parse_mutant("F2A:L41P", SEQ)
-    table = patch_protein(splice, [double], patch_settings(), protein="EPHB2_HUMAN")
+    table = patch_protein(splice, [double], patch_settings())
     assert (table["position"] == "2:41").all() and (table["mutant"] == "F2A:L41P").all()
     assert (table.loc[table["control"] == "noop", "effect"] == 0.0).all()
     expected = wt_marginal(lm, wt_log_probs(lm, SEQ), [double])[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -12,10 +13,11 @@ import time
 import pandas as pd
 import pytest
 
+from esmsae.analysis import analyse
 from esmsae.engine import Splice
 from esmsae.io import write_csv
 from esmsae.mutations import parse_mutant
-from esmsae.patching import patch_protein
+from esmsae.patching import PATCHING, patch_protein
 from esmsae.resume import WorkFolder, fingerprint, run_items
 
 from .conftest import WT, patch_settings
@@ -61,31 +63,25 @@ def test_crash_halfway_then_resume_gives_the_same_table(lm, saes, tmp_path):
     splice = Splice(lm, saes[2], SEQ, 2)
     mutants = [parse_mutant(t, SEQ) for t in ("W4A", "K7P", "F14G", "L17R", "N38Y")]
     settings = patch_settings()
-    reference = patch_protein(splice, mutants, settings, protein="PR40A_HUMAN")
+    reference = patch_protein(splice, mutants, settings)
     out = tmp_path / "PR40A_HUMAN_L2.csv"
 
     class Crash(RuntimeError):
         pass
 
-    from esmsae import patching
-
-    original = patching.patch_mutant
     seen = []
 
-    def crashing(*args, **kwargs):
-        seen.append(args[1].name)
+    def crash_on_the_third(view, settings, context):
+        seen.append(view.mutant.name)
         if len(seen) == 3:
             raise Crash
-        return original(*args, **kwargs)
+        return PATCHING.run(view, settings, context)
 
-    patching.patch_mutant = crashing
-    try:
-        with pytest.raises(Crash):
-            patch_protein(splice, mutants, settings, protein="PR40A_HUMAN", work=WorkFolder(out, "k"))
-    finally:
-        patching.patch_mutant = original
+    with pytest.raises(Crash):
+        analyse(dataclasses.replace(PATCHING, run=crash_on_the_third), splice, mutants, settings,
+                work=WorkFolder(out, "k"))
     assert len(list((tmp_path / "PR40A_HUMAN_L2.csv.work" / "k").iterdir())) == 2
-    resumed = patch_protein(splice, mutants, settings, protein="PR40A_HUMAN", work=WorkFolder(out, "k"))
+    resumed = patch_protein(splice, mutants, settings, work=WorkFolder(out, "k"))
     pd.testing.assert_frame_equal(resumed, reference)
     write_csv(resumed, out)
     write_csv(reference, tmp_path / "reference.csv")

@@ -1,14 +1,15 @@
 """Rule patch_features: patch every feature that matters, with controls, for one protein and layer."""
 from esmsae import config, workflow
-from esmsae.settings import LayerJob, PatchSettings, from_params
+from esmsae.patching import PATCHING
+from esmsae.settings import LayerJob, from_params
 
 
 def main(smk):
     with workflow.log_to(smk.log[0]):
         workflow.set_up_host(smk.threads)
-        workflow.patch_layer(from_params(PatchSettings, smk.params.settings), from_params(LayerJob, smk.params.job),
-                             config.runtime(smk.config), smk.input.checkpoint, smk.input.sae, smk.input.scores,
-                             smk.output.table)
+        workflow.run_analysis(PATCHING, from_params(PATCHING.settings, smk.params.settings),
+                              from_params(LayerJob, smk.params.job), config.runtime(smk.config),
+                              dict(smk.input.items()), dict(smk.output.items()))
 
 
 if __name__ == "__main__":
