@@ -20,24 +20,21 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from esmsae.columns import CONTROLS, PATCH_COLUMNS
-
-VALIDATION_COLUMNS = ["protein", "layer", "control", "n", "mean_abs_effect", "std_abs_effect",
-                      "median_abs_effect", "mwu_u", "mwu_p"]
-PROGRESSION_COLUMNS = ["protein", "layer", "n_mutants", "n_patches", "mean_abs_effect", "median_abs_effect",
-                       "spearman_rho", "spearman_p"]
-TOP_COLUMNS = ["protein", "mutant", "layer", "feature", "effect", "abs_effect", "wt_marginal", "dms_score"]
+from esmsae.columns import (
+    CONTROLS,
+    PATCH_COLUMNS,
+    PROGRESSION_COLUMNS,
+    VALIDATION_COLUMNS,
+    read_table,
+)
+from esmsae.columns import TOP_MUTATIONS_COLUMNS as TOP_COLUMNS
 
 Tables = Mapping[tuple[str, int], pd.DataFrame]
 
 
 def read_patching(path) -> pd.DataFrame:
     """Read a patching table written by the patch_features rule."""
-    table = pd.read_csv(path, dtype={"position": str, "control": str, "mutant": str, "space": str})
-    missing = [c for c in PATCH_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: not a patching table (missing column(s) {', '.join(missing)})")
-    return table
+    return read_table(path, "patching")
 
 
 def ordered(tables: Tables) -> list[tuple[str, int, pd.DataFrame]]:

@@ -20,11 +20,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from esmsae.attribution_tables import SIZE_COLUMNS, TOP_N, Results, feature_consistency, ordered_results
+from esmsae.attribution_tables import TOP_N, Results, feature_consistency, ordered_results
+from esmsae.columns import SIZE_COLUMNS
 from esmsae.figures import save
 
 PathLike = str | os.PathLike
-CURVE_KEYS = ("mutant", "k", "recovered_fraction")
 MAX_FEATURES = 100
 MAX_ROWS = 30
 
@@ -44,7 +44,7 @@ def ig_concentration(results: Results, png: PathLike, pdf: PathLike) -> Figure:
     ax = fig.add_subplot()
     drawn = 0
     for i, layer in enumerate(sorted({layer for _, layer, _ in entries})):
-        blocks = [result["attribution"] for _, result_layer, result in entries if result_layer == layer]
+        blocks = [result.attribution for _, result_layer, result in entries if result_layer == layer]
         width = min(MAX_FEATURES, *(block.shape[1] for block in blocks))
         curves = []
         for block in blocks:
@@ -80,7 +80,7 @@ def circuit_faithfulness(curves: Mapping[tuple[str, int], pd.DataFrame], png: Pa
     """
     by_layer: dict[int, list[pd.DataFrame]] = {}
     for (protein, layer), table in curves.items():
-        missing = [c for c in CURVE_KEYS if c not in table.columns]
+        missing = [c for c in ("mutant", "k", "recovered_fraction") if c not in table.columns]
         if missing:
             raise ValueError(f"circuit curves ({protein!r}, layer {layer}): missing columns {missing}")
         if len(table):
@@ -116,7 +116,7 @@ def universal_features(results: Results, png: PathLike, pdf: PathLike, n: int = 
     entries = ordered_results(results)
     sums: dict[int, list[np.ndarray]] = {}
     for _, layer, result in entries:
-        sums.setdefault(layer, []).append(np.abs(result["attribution"]).sum(axis=1))
+        sums.setdefault(layer, []).append(np.abs(result.attribution).sum(axis=1))
     means = {layer: np.concatenate(parts).mean() for layer, parts in sums.items() if sum(p.size for p in parts)}
     fig = Figure(figsize=(6.4, 6.4), layout="constrained")
     ax = fig.add_subplot()
@@ -129,7 +129,7 @@ def universal_features(results: Results, png: PathLike, pdf: PathLike, n: int = 
         wide = table.pivot(index="feature", columns="protein", values="fraction").reindex(columns=proteins)
         wide = wide.fillna(0.0)
         for protein, result in at_peak.items():
-            if result["attribution"].shape[0] == 0:
+            if result.n == 0:
                 wide[protein] = np.nan
         if len(wide):
             score = wide.mean(axis=1, skipna=True).to_numpy()

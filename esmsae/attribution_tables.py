@@ -1,9 +1,9 @@
 """Concentration, consistency and universality of IG attributions, and minimal-circuit sizes.
 
 METHOD.md "Concentration and universality" and "Minimal circuit". The inputs are the IG results
-per (protein, layer), each a dict of arrays as ``esmsae.ig.load_attributions`` returns them
-(``mutant``, ``attribution`` of shape ``(n, d_sae)``, ``error_attribution``, ``total_effect``,
-``completeness_error`` and 0-d settings; ``n`` may be 0), and the circuit-size tables of
+per (protein, layer), each an :class:`esmsae.arrays.Attributions` (or a dict of the same arrays,
+checked into one: ``mutant``, ``attribution`` of shape ``(n, d_sae)``, ``error_attribution``,
+``total_effect``, ``completeness_error``; ``n`` may be 0), and the circuit-size tables of
 ``esmsae.circuits.sizes_table``.
 
 Proteins keep the order of their first appearance among the keys; layers are ascending. A
@@ -21,14 +21,13 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-RESULT_KEYS = ("mutant", "attribution", "error_attribution", "total_effect", "completeness_error")
-CONCENTRATION_COLUMNS = ["protein", "layer", "n_mutants", "mean_gini", "std_gini", "mean_top20_share",
-                         "median_completeness_error", "mean_error_share"]
-CONSISTENCY_COLUMNS = ["protein", "feature", "n_top", "n_mutants", "fraction"]
-SIZE_COLUMNS = ["protein", "layer", "mutant", "total_effect", "minimal_k"]
+from esmsae.arrays import Attributions
+from esmsae.columns import CONCENTRATION_COLUMNS, CONSISTENCY_COLUMNS, SIZE_COLUMNS
+
 TOP_N = 20
 
-Results = Mapping[tuple[str, int], Mapping[str, np.ndarray]]
+Result = Attributions | Mapping[str, np.ndarray]
+Results = Mapping[tuple[str, int], Result]
 
 
 def gini(values: np.ndarray) -> float:
@@ -80,8 +79,8 @@ def ig_concentration(results: Results) -> pd.DataFrame:
     """
     rows = []
     for protein, layer, result in ordered_results(results):
-        a = np.abs(result["attribution"])
-        err = np.abs(result["error_attribution"])
+        a = np.abs(result.attribution)
+        err = np.abs(result.error_attribution)
         n = a.shape[0]
         ginis = np.array([gini(row) for row in a], dtype=np.float64)
         shares = np.array([top_share(row, TOP_N) for row in a], dtype=np.float64)
@@ -89,7 +88,7 @@ def ig_concentration(results: Results) -> pd.DataFrame:
         with np.errstate(divide="ignore", invalid="ignore"):
             error_share = np.where(denominator > 0, err / denominator, np.nan)
         rows.append((protein, layer, n, _nanmean(ginis), float(ginis.std(ddof=1)) if n >= 2 else float("nan"),
-                     _nanmean(shares), _nanmedian(result["completeness_error"]), _nanmean(error_share)))
+                     _nanmean(shares), _nanmedian(result.completeness_error), _nanmean(error_share)))
     return _frame(rows, CONCENTRATION_COLUMNS, layer="int64", n_mutants="int64")
 
 
@@ -104,8 +103,8 @@ def feature_consistency(results_at_layer: Mapping[str, Mapping[str, np.ndarray]]
     parts = []
     for protein, result in results_at_layer.items():
         result = checked(protein, None, result)
-        n_mutants = result["attribution"].shape[0]
-        tops = top_n_features(result["attribution"], n)
+        n_mutants = result.n
+        tops = top_n_features(result.attribution, n)
         if not n_mutants or not any(t.size for t in tops):
             continue
         features, counts = np.unique(np.concatenate(tops), return_counts=True)
@@ -140,7 +139,7 @@ def universal_features(results: Results, n: int = TOP_N) -> pd.DataFrame:
     for layer in sorted({layer for _, layer, _ in entries}):
         at_layer = {protein: result for protein, result_layer, result in entries if result_layer == layer}
         table = feature_consistency(at_layer, n)
-        n_mutants = {protein: result["attribution"].shape[0] for protein, result in at_layer.items()}
+        n_mutants = {protein: checked(protein, layer, result).n for protein, result in at_layer.items()}
         met = table.loc[2 * table["n_top"] >= table["n_mutants"]]
         for feature, group in met.groupby("feature", sort=True):
             if len(group) < 2:
@@ -192,7 +191,7 @@ def circuit_sizes(sizes: Iterable[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def ordered_results(results: Results) -> list[tuple[str, int, dict[str, np.ndarray]]]:
+def ordered_results(results: Results) -> list[tuple[str, int, Attributions]]:
     """``(protein, layer, result)`` in output order (proteins by first appearance, layers ascending), each checked."""
     proteins = list(dict.fromkeys(protein for protein, _ in results))
     rank = {protein: i for i, protein in enumerate(proteins)}
@@ -200,34 +199,23 @@ def ordered_results(results: Results) -> list[tuple[str, int, dict[str, np.ndarr
             for protein, layer in sorted(results, key=lambda key: (rank[key[0]], int(key[1])))]
 
 
-def checked(protein: str, layer: int | None, result: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The result's arrays as float64 (``mutant`` as str), after checking keys, shapes and finiteness.
+def checked(protein: str, layer: int | None, result: Result) -> Attributions:
+    """The result as :class:`~esmsae.arrays.Attributions` (arrays checked: shapes, finiteness).
 
-    With `layer` given, a 0-d ``layer`` array in the result must agree with it; with None the
-    result's own ``layer`` (if any) names it in errors.
+    With `layer` given, the result's own ``layer`` (if any) must agree with it; with None
+    the result's own ``layer`` names it in errors.
     """
-    if layer is None and "layer" in result:
-        layer = int(np.asarray(result["layer"]))
-    where = f"IG results ({protein!r}, layer {'?' if layer is None else layer})"
-    missing = [key for key in RESULT_KEYS if key not in result]
-    if missing:
-        raise ValueError(f"{where}: missing arrays {missing}")
-    if "layer" in result and layer is not None and int(np.asarray(result["layer"])) != int(layer):
-        raise ValueError(f"{where}: file says layer {int(np.asarray(result['layer']))}")
-    attribution = np.asarray(result["attribution"], dtype=np.float64)
-    if attribution.ndim != 2:
-        raise ValueError(f"{where}: attribution must be 2-D (n, d_sae), got shape {attribution.shape}")
-    n = attribution.shape[0]
-    out = {"mutant": np.asarray(result["mutant"]).astype(str), "attribution": attribution}
-    for key in RESULT_KEYS[2:]:
-        out[key] = np.asarray(result[key], dtype=np.float64)
-    for key in ("mutant", *RESULT_KEYS[2:]):
-        if out[key].shape != (n,):
-            raise ValueError(f"{where}: {key} has shape {out[key].shape}, expected ({n},)")
-    for key in ("attribution", "error_attribution"):
-        if not np.isfinite(out[key]).all():
-            raise ValueError(f"{where}: {key} has NaN or infinite values")
-    return out
+    if isinstance(result, Attributions):
+        own = result.layer
+    else:
+        own = int(np.asarray(result["layer"])) if "layer" in result else None
+    named = layer if layer is not None else own
+    where = f"IG results ({protein!r}, layer {'?' if named is None else named})"
+    if not isinstance(result, Attributions):
+        result = Attributions.of(result, where)
+    if own is not None and layer is not None and own != int(layer):
+        raise ValueError(f"{where}: file says layer {own}")
+    return result
 
 
 def _size_where(i: int, table: pd.DataFrame) -> str:

@@ -21,15 +21,13 @@ import torch
 from torch import Tensor
 
 from esmsae.analysis import Analysis, LayerMeta
+from esmsae.arrays import Attributions
+from esmsae.columns import CURVE_COLUMNS, SIZE_COLUMNS
 from esmsae.engine import MutantView
 from esmsae.errors import InputError
-from esmsae.ig import load_attributions
 from esmsae.io import write_csv
 from esmsae.mutations import Mutant
 from esmsae.settings import CircuitSettings
-
-CURVE_COLUMNS = ["mutant", "k", "patched_score", "recovered_fraction"]
-SIZE_COLUMNS = ["protein", "layer", "mutant", "total_effect", "minimal_k"]
 
 
 @dataclass(frozen=True)
@@ -76,12 +74,12 @@ def ranked_by_ig(view: MutantView, settings: CircuitSettings, attributions: Mapp
 
 def read_ig(inputs: Mapping[str, Path], mutants: list[Mutant]) -> dict[str, Tensor]:
     """The job's IG attributions by mutant; they must be of exactly the selected mutants."""
-    ig = load_attributions(inputs["npz"])
-    if [m.name for m in mutants] != ig["mutant"].tolist():
+    ig = Attributions.read(inputs["npz"])
+    if [m.name for m in mutants] != ig.mutant.tolist():
         raise InputError(f"{inputs['npz']}: its mutants do not match the selection in {inputs['scores']}; "
                          "rerun integrated_gradients")
-    return {name: torch.as_tensor(row, dtype=torch.float32) for name, row in zip(ig["mutant"].tolist(),
-                                                                                 ig["attribution"], strict=True)}
+    return {name: torch.as_tensor(row, dtype=torch.float32) for name, row in zip(ig.mutant.tolist(),
+                                                                                 ig.attribution, strict=True)}
 
 
 def summary(c: Curve) -> str:

@@ -23,7 +23,6 @@ to the model's weights.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,16 +35,15 @@ from captum.attr import IntegratedGradients
 from torch import Tensor
 
 from esmsae.analysis import Analysis, LayerMeta, analyse
+from esmsae.arrays import Attributions
+from esmsae.columns import IG_TOP_COLUMNS
 from esmsae.engine import MutantView, Splice
-from esmsae.io import atomic_path, write_csv
+from esmsae.io import write_csv
 from esmsae.mutations import Mutant
 from esmsae.resume import WorkFolder
 from esmsae.settings import IGSettings
 
 log = logging.getLogger(__name__)
-
-TOP_COLUMNS = ["mutant", "rank", "feature", "attribution"]
-
 
 @dataclass(frozen=True)
 class Attribution:
@@ -93,7 +91,7 @@ def write_attributions(results: list[Attribution], outputs: Mapping[str, Path], 
     log.info("%s L%d: %d mutants, steps=%d rule=%s space=%s error_node=%s, median completeness error %.3g",
              meta.protein, meta.layer, len(results), settings.steps, settings.rule, settings.space,
              settings.error_node, float(np.median(errors)) if len(errors) else float("nan"))
-    save_attributions(results, outputs["npz"], settings=settings, k=meta.k, d_sae=meta.d_sae, layer=meta.layer)
+    attributions_file(results, settings=settings, k=meta.k, d_sae=meta.d_sae, layer=meta.layer).write(outputs["npz"])
     write_csv(top_features(results), outputs["top"])
 
 
@@ -107,29 +105,20 @@ def attribute_protein(splice: Splice, mutants: list[Mutant], settings: IGSetting
     return analyse(IG, splice, mutants, settings, work=work)
 
 
-def save_attributions(results: list[Attribution], path, *, settings: IGSettings, k: int, d_sae: int,
-                      layer: int) -> None:
-    """One ``.npz`` per (protein, layer): the arrays and the settings that made them."""
-    arrays = {
-        "mutant": np.array([r.mutant for r in results], dtype=str),
-        "attribution": (torch.stack([r.attribution for r in results]).cpu().numpy().astype(np.float64)
-                        if results else np.zeros((0, d_sae))),
-        "error_attribution": np.array([r.error_attribution for r in results], dtype=np.float64),
-        "total_effect": np.array([r.total_effect for r in results], dtype=np.float64),
-        "completeness_error": np.array([r.completeness_error for r in results], dtype=np.float64),
-        "quadrature_delta": np.array([r.quadrature_delta for r in results], dtype=np.float64),
-        "steps": np.array(settings.steps), "rule": np.array(settings.rule), "space": np.array(settings.space),
-        "k": np.array(k), "error_node": np.array(settings.error_node), "layer": np.array(layer),
-    }
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)  # savez would append .npz to a temporary name; write the bytes instead
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-
-
-def load_attributions(path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+def attributions_file(results: list[Attribution], *, settings: IGSettings, k: int, d_sae: int,
+                      layer: int) -> Attributions:
+    """One protein's results at one layer as its file type, with the settings that made them."""
+    return Attributions(
+        mutant=np.array([r.mutant for r in results], dtype=str),
+        attribution=(torch.stack([r.attribution for r in results]).cpu().numpy().astype(np.float64)
+                     if results else np.zeros((0, d_sae))),
+        error_attribution=np.array([r.error_attribution for r in results], dtype=np.float64),
+        total_effect=np.array([r.total_effect for r in results], dtype=np.float64),
+        completeness_error=np.array([r.completeness_error for r in results], dtype=np.float64),
+        quadrature_delta=np.array([r.quadrature_delta for r in results], dtype=np.float64),
+        steps=settings.steps, rule=settings.rule, space=settings.space, k=k, error_node=settings.error_node,
+        layer=layer,
+    )
 
 
 def top_features(results: list[Attribution], n: int = 20) -> pd.DataFrame:
@@ -139,4 +128,4 @@ def top_features(results: list[Attribution], n: int = 20) -> pd.DataFrame:
         order = torch.argsort(r.attribution.abs(), descending=True, stable=True)[:n]
         rows += [{"mutant": r.mutant, "rank": rank, "feature": int(j), "attribution": float(r.attribution[j])}
                  for rank, j in enumerate(order.tolist(), start=1)]
-    return pd.DataFrame(rows, columns=TOP_COLUMNS)
+    return pd.DataFrame(rows, columns=IG_TOP_COLUMNS)

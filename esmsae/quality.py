@@ -15,10 +15,9 @@ from collections import defaultdict
 import pandas as pd
 import torch
 
+from esmsae.columns import QUALITY_COLUMNS
 from esmsae.esm import EsmLM
 from esmsae.sae import TopKSAE
-
-QUALITY_COLUMNS = ["layer", "d_sae", "k", "fve", "mean_l0", "dead_fraction", "n_positions"]
 
 
 def residue_activations(lm: EsmLM, seqs: list[str], layers: list[int], batch_size: int = 32) -> dict[int, torch.Tensor]:

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from esmsae.columns import SCORE_COLUMNS
+from esmsae.columns import DMS_CORRELATION_COLUMNS, SCORE_COLUMNS, read_table
 from esmsae.errors import InputError
 from esmsae.esm import EsmLM
 from esmsae.mutations import Mutant, all_single_mutants, read_assay, select_from_assay, select_lowest
@@ -95,13 +95,9 @@ def dms_correlation(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
             raise InputError(f"{protein}: fewer than 3 mutants with DMS scores; cannot correlate")
         rho, p = stats.spearmanr(x, y)
         rows.append({"protein": protein, "n": int(have.sum()), "spearman": float(rho), "p_value": float(p)})
-    return pd.DataFrame(rows, columns=["protein", "n", "spearman", "p_value"])
+    return pd.DataFrame(rows, columns=DMS_CORRELATION_COLUMNS)
 
 
 def read_scores(path: str | Path) -> pd.DataFrame:
     """Read a scores table written by :func:`scores_table`."""
-    table = pd.read_csv(path, dtype={"position": str, "wt": str, "mut": str})
-    missing = [c for c in SCORE_COLUMNS if c not in table.columns]
-    if missing:
-        raise InputError(f"{path}: not a scores table (missing column(s) {', '.join(missing)})")
-    return table
+    return read_table(path, "scores")

@@ -14,17 +14,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from esmsae import aggregate, attribution_figures, attribution_tables, figures
 from esmsae.analysis import Analysis, LayerMeta, analyse
+from esmsae.arrays import Attributions
+from esmsae.columns import read_table
 from esmsae.demo import write_tiny_esm2
 from esmsae.engine import Splice
 from esmsae.errors import InputError
 from esmsae.esm import EsmLM, load_esm, resolve_device, set_precision
 from esmsae.host import hold_freed_memory
-from esmsae.ig import load_attributions
 from esmsae.io import write_csv
 from esmsae.mutations import AMINO_ACIDS, Mutant, Site, parse_mutant
 from esmsae.quality import residue_activations, sae_quality
@@ -209,7 +209,7 @@ def patching_tables(pairs: list[tuple[str, int]], tables: list[str], scores: dic
 def plot_patching(figure: str, inputs: dict, png: str | Path, pdf: str | Path) -> None:
     """Rules plot_layer_effects, plot_controls, plot_delta_vs_effect."""
     if figure in ("layer_effects", "controls"):
-        validation = pd.read_csv(inputs["validation"])
+        validation = read_table(inputs["validation"], "control_validation")
         getattr(figures, figure)(validation, png, pdf)
     elif figure == "delta_vs_effect":
         tables = {(p, int(layer)): aggregate.read_patching(path)
@@ -221,7 +221,7 @@ def plot_patching(figure: str, inputs: dict, png: str | Path, pdf: str | Path) -
 
 def ig_tables(pairs: list[tuple[str, int]], npz: list[str], out: dict) -> None:
     """Rule ig_tables: concentration, per-layer feature consistency and universal features."""
-    results = {(p, int(layer)): load_attributions(path) for (p, layer), path in zip(pairs, npz, strict=True)}
+    results = {(p, int(layer)): Attributions.read(path) for (p, layer), path in zip(pairs, npz, strict=True)}
     write_csv(attribution_tables.ig_concentration(results), out["concentration"])
     write_csv(attribution_tables.universal_features(results), out["universal"])
     for layer, path in out["consistency"].items():
@@ -231,7 +231,7 @@ def ig_tables(pairs: list[tuple[str, int]], npz: list[str], out: dict) -> None:
 
 def circuit_sizes(sizes: list[str], out: str | Path) -> None:
     """Rule circuit_sizes: minimal circuit size of every mutant, all proteins and layers."""
-    write_csv(attribution_tables.circuit_sizes(pd.read_csv(path) for path in sizes), out)
+    write_csv(attribution_tables.circuit_sizes(read_table(path, "circuit_sizes") for path in sizes), out)
 
 
 def plot_attribution(figure: str, inputs: dict, png: str | Path, pdf: str | Path, *, recover: float = 0.9,
@@ -239,12 +239,12 @@ def plot_attribution(figure: str, inputs: dict, png: str | Path, pdf: str | Path
     """Rules plot_ig_concentration, plot_circuit_faithfulness, plot_universal_features, plot_minimal_circuit_sizes."""
     pairs = [(p, int(layer)) for p, layer in inputs["pairs"]]
     if figure in ("ig_concentration", "universal_features"):
-        results = {pair: load_attributions(path) for pair, path in zip(pairs, inputs["npz"], strict=True)}
+        results = {pair: Attributions.read(path) for pair, path in zip(pairs, inputs["npz"], strict=True)}
         getattr(attribution_figures, figure)(results, png, pdf)
     elif figure == "circuit_faithfulness":
-        curves = {pair: pd.read_csv(path) for pair, path in zip(pairs, inputs["curves"], strict=True)}
+        curves = {pair: read_table(path, "circuit_curves") for pair, path in zip(pairs, inputs["curves"], strict=True)}
         attribution_figures.circuit_faithfulness(curves, png, pdf, recover=recover)
     elif figure == "minimal_circuit_sizes":
-        attribution_figures.minimal_circuit_sizes(pd.read_csv(inputs["sizes"]), png, pdf, max_k=max_k)
+        attribution_figures.minimal_circuit_sizes(read_table(inputs["sizes"], "circuit_sizes"), png, pdf, max_k=max_k)
     else:
         raise ValueError(f"unknown attribution figure {figure!r}")

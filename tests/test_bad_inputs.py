@@ -113,3 +113,16 @@ def test_killed_writer_leaves_no_partial_output(tmp_path):
     write_csv(pd.DataFrame({"a": [1]}), target)  # the next write cleans it up
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.csv"]
     assert os.path.getsize(target) > 0
+
+
+def test_tables_are_read_back_with_their_columns_checked(tmp_path):
+    from esmsae.columns import TABLES, read_table
+
+    path = tmp_path / "EPHB2_HUMAN_L2.csv"
+    pd.DataFrame({"mutant": ["A1C"], "effect": [0.5]}).to_csv(path, index=False)
+    with pytest.raises(InputError, match=r"EPHB2_HUMAN_L2\.csv: not a patching table \(missing column\(s\) position"):
+        read_table(path, "patching")
+    pd.DataFrame({c: [] for c in TABLES["patching"]}).to_csv(path, index=False)
+    assert list(read_table(path, "patching").columns) == TABLES["patching"]
+    with pytest.raises(InputError, match="nowhere.csv: scores table not found"):
+        read_table(tmp_path / "nowhere.csv", "scores")

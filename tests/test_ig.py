@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from esmsae.arrays import Attributions
 from esmsae.circuits import circuit_curve, sizes_table, top_k_patches
 from esmsae.engine import Splice
 from esmsae.errors import InputError
 from esmsae.esm import EsmLM
-from esmsae.ig import attribute, attribute_protein, load_attributions, save_attributions, top_features
+from esmsae.ig import attribute, attribute_protein, attributions_file, top_features
 from esmsae.mutations import parse_mutant
 from esmsae.patching import changed_features, patch_protein
 
@@ -127,13 +128,21 @@ def test_settings_refused():
 def test_npz_and_top_table_round_trip(splices, tmp_path):
     results = attribute_protein(splices[1], MUTANTS[:2], ig_settings(steps=4))
     path = tmp_path / "P_L1.npz"
-    save_attributions(results, path, settings=ig_settings(steps=4), k=8, d_sae=96, layer=1)
-    data = load_attributions(path)
-    assert data["mutant"].tolist() == [m.name for m in MUTANTS[:2]]
-    assert data["attribution"].shape == (2, 96)
-    assert np.allclose(data["attribution"][1], results[1].attribution.numpy())
-    assert int(data["steps"]) == 4 and str(data["rule"]) == "gausslegendre" and bool(data["error_node"])
-    assert str(data["space"]) == "latent" and int(data["k"]) == 8
+    attributions_file(results, settings=ig_settings(steps=4), k=8, d_sae=96, layer=1).write(path)
+    data = Attributions.read(path)
+    assert data.mutant.tolist() == [m.name for m in MUTANTS[:2]]
+    assert data.attribution.shape == (2, 96)
+    assert np.array_equal(data.attribution[1], results[1].attribution.numpy())
+    assert (data.steps, data.rule, data.error_node, data.space, data.k, data.layer) == (
+        4, "gausslegendre", True, "latent", 8, 1)
+    # Read back through the same type: a file that is not one is refused by name.
+    (tmp_path / "bad.npz").write_bytes(b"not an npz")
+    with pytest.raises(InputError, match="bad.npz: not a readable IG results file"):
+        Attributions.read(tmp_path / "bad.npz")
+    np.savez(tmp_path / "short.npz", mutant=np.array(["A1C"]), attribution=np.zeros((2, 3)),
+             error_attribution=np.zeros(2), total_effect=np.zeros(2), completeness_error=np.zeros(2))
+    with pytest.raises(InputError, match="short.npz: mutant has shape"):
+        Attributions.read(tmp_path / "short.npz")
     top = top_features(results, n=5)
     first = top[top["mutant"] == MUTANTS[0].name]
     assert first["rank"].tolist() == [1, 2, 3, 4, 5]

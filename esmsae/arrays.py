@@ -1,0 +1,104 @@
+"""The pipeline's array files, each a typed object written and read back through the same type.
+
+``ig/{protein}_L{layer}.npz`` is :class:`Attributions`: one row per mutant, plus the
+settings that made it. Reading checks every array's shape and that the attributions
+are finite, with one error that names the file. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from esmsae.errors import InputError
+from esmsae.io import atomic_path
+
+PER_MUTANT = ("error_attribution", "total_effect", "completeness_error", "quadrature_delta")
+SETTINGS = ("steps", "rule", "space", "k", "error_node", "layer")
+
+
+@dataclass(frozen=True)
+class Attributions:
+    """Integrated gradients of one protein's mutants at one layer (METHOD.md "Integrated gradients").
+
+    ``attribution`` is (n, d_sae) ``A_j`` summed over sites; the per-mutant arrays are (n,).
+    The settings (quadrature ``steps`` and ``rule``, ``space``, the SAE's ``k``,
+    ``error_node``, ``layer``) are None only for results built by hand.
+    """
+
+    mutant: np.ndarray
+    attribution: np.ndarray
+    error_attribution: np.ndarray
+    total_effect: np.ndarray
+    completeness_error: np.ndarray
+    quadrature_delta: np.ndarray
+    steps: int | None = None
+    rule: str | None = None
+    space: str | None = None
+    k: int | None = None
+    error_node: bool | None = None
+    layer: int | None = None
+
+    @property
+    def n(self) -> int:
+        return self.attribution.shape[0]
+
+    @classmethod
+    def of(cls, data: Mapping, where: str) -> Attributions:
+        """Check arrays (as an npz holds them) and build the type; ValueError naming `where`.
+
+        ``quadrature_delta`` may be left out (NaN), and so may the settings.
+        """
+        missing = [key for key in ("mutant", "attribution", *PER_MUTANT[:3]) if key not in data]
+        if missing:
+            raise ValueError(f"{where}: missing arrays {missing}")
+        attribution = np.asarray(data["attribution"], dtype=np.float64)
+        if attribution.ndim != 2:
+            raise ValueError(f"{where}: attribution must be 2-D (n, d_sae), got shape {attribution.shape}")
+        n = attribution.shape[0]
+        values = {"mutant": np.asarray(data["mutant"]).astype(str), "attribution": attribution}
+        for key in PER_MUTANT:
+            values[key] = np.asarray(data[key], dtype=np.float64) if key in data else np.full(n, np.nan)
+        for key in ("mutant", *PER_MUTANT):
+            if values[key].shape != (n,):
+                raise ValueError(f"{where}: {key} has shape {values[key].shape}, expected ({n},)")
+        for key in ("attribution", "error_attribution"):
+            if not np.isfinite(values[key]).all():
+                raise ValueError(f"{where}: {key} has NaN or infinite values")
+        kinds = {"steps": int, "rule": str, "space": str, "k": int, "error_node": bool, "layer": int}
+        for key, kind in kinds.items():
+            values[key] = kind(np.asarray(data[key])) if key in data else None
+        return cls(**values)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> Attributions:
+        """An npz written by :meth:`write`; InputError naming the file if it is not one."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        except FileNotFoundError:
+            raise InputError(f"{path}: IG results not found") from None
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise InputError(f"{path}: not a readable IG results file (truncated or corrupt?): {err}") from None
+        try:
+            return cls.of(arrays, str(path))
+        except ValueError as err:
+            raise InputError(str(err)) from None
+
+    def write(self, path: str | os.PathLike) -> None:
+        """One ``.npz`` with the arrays and the settings that made them, written atomically."""
+        arrays = {f.name: getattr(self, f.name) for f in fields(self)}
+        arrays["mutant"] = np.asarray(self.mutant, dtype=str)
+        for key in SETTINGS:
+            if arrays[key] is None:
+                raise ValueError(f"Attributions.write: setting {key} is not set")
+            arrays[key] = np.array(arrays[key])
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # savez would append .npz to a temporary name; write the bytes instead
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buffer.getvalue())
