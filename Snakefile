@@ -3,6 +3,9 @@
 #   snakemake --profile profiles/demo          # offline demo on a tiny model
 #   snakemake --profile profiles/local         # the study in config.yaml, one machine
 #   snakemake --profile profiles/demo -n       # what would run
+#
+# Light rules (tables, figures) are `localrule: True`: they run where Snakemake runs, never as
+# cluster jobs.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -12,22 +15,6 @@ configfile: "config.yaml"
 
 
 include: "rules/common.smk"
-
-
-# Light rules (tables, figures) run where Snakemake runs, never as cluster jobs.
-localrules:
-    all,
-    dms_correlation,
-    patching_tables,
-    ig_tables,
-    circuit_sizes,
-    plot_layer_effects,
-    plot_controls,
-    plot_delta_vs_effect,
-    plot_ig_concentration,
-    plot_universal_features,
-    plot_circuit_faithfulness,
-    plot_minimal_circuit_sizes,
 
 
 rule all:
@@ -41,3 +28,4 @@ include: "rules/sae.smk"
 include: "rules/scoring.smk"
 include: "rules/patching.smk"
 include: "rules/attribution.smk"
+include: "rules/figures.smk"

@@ -77,7 +77,7 @@ def read_ig(inputs: Mapping[str, Path], mutants: list[Mutant]) -> dict[str, Tens
     ig = Attributions.read(inputs["npz"])
     if [m.name for m in mutants] != ig.mutant.tolist():
         raise InputError(f"{inputs['npz']}: its mutants do not match the selection in {inputs['scores']}; "
-                         "rerun integrated_gradients")
+                         "rerun integrate_gradients")
     return {name: torch.as_tensor(row, dtype=torch.float32) for name, row in zip(ig.mutant.tolist(),
                                                                                  ig.attribution, strict=True)}
 

@@ -95,7 +95,7 @@ def write_attributions(results: list[Attribution], outputs: Mapping[str, Path], 
     write_csv(top_features(results), outputs["top"])
 
 
-IG = Analysis(rule="integrated_gradients", settings=IGSettings, run=attribute, write=write_attributions,
+IG = Analysis(rule="integrate_gradients", settings=IGSettings, run=attribute, write=write_attributions,
               summary=summary)
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ from esmsae.errors import InputError
 from esmsae.esm import EsmLM, load_esm, resolve_device, set_precision
 from esmsae.host import hold_freed_memory
 from esmsae.io import write_csv
+from esmsae.keys import keyed
 from esmsae.mutations import AMINO_ACIDS, Mutant, Site, parse_mutant
 from esmsae.quality import residue_activations, sae_quality
 from esmsae.resume import WorkFolder, file_identity, fingerprint
@@ -140,8 +143,8 @@ def score_protein(protein: Protein, precision: str, runtime: Runtime, checkpoint
     write_csv(table, out)
 
 
-def correlate(scores: dict[str, str | Path], out: str | Path) -> None:
-    """Rule dms_correlation: Spearman ρ of WT-marginal scores with DMS scores, per protein."""
+def correlate(scores: Mapping[str, Path], out: str | Path) -> None:
+    """Rule correlate_dms: Spearman ρ of WT-marginal scores with DMS scores, per protein."""
     table = dms_correlation({protein: read_scores(path) for protein, path in scores.items()})
     write_csv(table, out)
 
@@ -156,7 +159,7 @@ def selected_mutants(wt_seq: str, scores: str | Path) -> list[Mutant]:
 def measure_sae_quality(wt_seqs: dict[str, str], saes: dict[int, str | Path], k: dict[int, int], precision: str,
                         runtime: Runtime, checkpoint: str | Path, scores: dict[str, str | Path],
                         out: str | Path) -> None:
-    """Rule sae_quality: FVE, L0 and dead latents per layer on WT and selected mutant sequences."""
+    """Rule measure_sae_quality: FVE, L0 and dead latents per layer on WT and selected mutant sequences."""
     lm = open_model(checkpoint, precision, runtime)
     seqs = []
     for protein, wt in wt_seqs.items():
@@ -195,56 +198,76 @@ def _fingerprint(analysis: Analysis, settings, job: LayerJob, mutants: list[Muta
                        inputs={name: file_identity(path) for name, path in sorted(inputs.items())})
 
 
-def patching_tables(pairs: list[tuple[str, int]], tables: list[str], scores: dict[str, str], top_n: int,
-                    out: dict[str, str]) -> None:
-    """Rule patching_tables: control validation, layer progression and top mutations."""
-    patching = {(p, int(layer)): aggregate.read_patching(path) for (p, layer), path in zip(pairs, tables, strict=True)}
+def patching_tables(patching: Mapping[tuple[str, int], Path], scores: Mapping[str, Path], top_n: int,
+                    out: Mapping[str, Path]) -> None:
+    """Rule tabulate_patching: control validation, layer progression and top mutations."""
+    tables = {pair: aggregate.read_patching(path) for pair, path in patching.items()}
     score_tables = {protein: read_scores(path) for protein, path in scores.items()}
     selected = {protein: int(t["selected"].sum()) for protein, t in score_tables.items()}
-    write_csv(aggregate.control_validation(patching), out["validation"])
-    write_csv(aggregate.layer_progression(patching, selected), out["progression"])
-    write_csv(aggregate.top_mutations(patching, score_tables, top_n), out["top"])
+    write_csv(aggregate.control_validation(tables), out["validation"])
+    write_csv(aggregate.layer_progression(tables, selected), out["progression"])
+    write_csv(aggregate.top_mutations(tables, score_tables, top_n), out["top"])
 
 
-def plot_patching(figure: str, inputs: dict, png: str | Path, pdf: str | Path) -> None:
-    """Rules plot_layer_effects, plot_controls, plot_delta_vs_effect."""
-    if figure in ("layer_effects", "controls"):
-        validation = read_table(inputs["validation"], "control_validation")
-        getattr(figures, figure)(validation, png, pdf)
-    elif figure == "delta_vs_effect":
-        tables = {(p, int(layer)): aggregate.read_patching(path)
-                  for (p, layer), path in zip(inputs["pairs"], inputs["tables"], strict=True)}
-        figures.delta_vs_effect(tables, png, pdf)
-    else:
-        raise ValueError(f"unknown patching figure {figure!r}")
-
-
-def ig_tables(pairs: list[tuple[str, int]], npz: list[str], out: dict) -> None:
-    """Rule ig_tables: concentration, per-layer feature consistency and universal features."""
-    results = {(p, int(layer)): Attributions.read(path) for (p, layer), path in zip(pairs, npz, strict=True)}
+def ig_tables(ig: Mapping[tuple[str, int], Path], out: Mapping[str, Path],
+              consistency: Mapping[int, Path]) -> None:
+    """Rule tabulate_attributions: concentration, feature consistency per layer and universal features."""
+    results = {pair: Attributions.read(path) for pair, path in ig.items()}
     write_csv(attribution_tables.ig_concentration(results), out["concentration"])
     write_csv(attribution_tables.universal_features(results), out["universal"])
-    for layer, path in out["consistency"].items():
-        at_layer = {p: r for (p, lay), r in results.items() if lay == int(layer)}
+    for layer, path in consistency.items():
+        at_layer = {p: r for (p, lay), r in results.items() if lay == layer}
         write_csv(attribution_tables.feature_consistency(at_layer), path)
 
 
-def circuit_sizes(sizes: list[str], out: str | Path) -> None:
-    """Rule circuit_sizes: minimal circuit size of every mutant, all proteins and layers."""
-    write_csv(attribution_tables.circuit_sizes(read_table(path, "circuit_sizes") for path in sizes), out)
+def circuit_sizes(sizes: Mapping[tuple[str, int], Path], out: str | Path) -> None:
+    """Rule tabulate_circuit_sizes: minimal circuit size of every mutant, all proteins and layers."""
+    write_csv(attribution_tables.circuit_sizes(read_table(path, "circuit_sizes") for path in sizes.values()), out)
 
 
-def plot_attribution(figure: str, inputs: dict, png: str | Path, pdf: str | Path, *, recover: float = 0.9,
-                     max_k: int = 64) -> None:
-    """Rules plot_ig_concentration, plot_circuit_faithfulness, plot_universal_features, plot_minimal_circuit_sizes."""
-    pairs = [(p, int(layer)) for p, layer in inputs["pairs"]]
-    if figure in ("ig_concentration", "universal_features"):
-        results = {pair: Attributions.read(path) for pair, path in zip(pairs, inputs["npz"], strict=True)}
-        getattr(attribution_figures, figure)(results, png, pdf)
-    elif figure == "circuit_faithfulness":
-        curves = {pair: read_table(path, "circuit_curves") for pair, path in zip(pairs, inputs["curves"], strict=True)}
-        attribution_figures.circuit_faithfulness(curves, png, pdf, recover=recover)
-    elif figure == "minimal_circuit_sizes":
-        attribution_figures.minimal_circuit_sizes(read_table(inputs["sizes"], "circuit_sizes"), png, pdf, max_k=max_k)
-    else:
-        raise ValueError(f"unknown attribution figure {figure!r}")
+# -- figures: one mechanism; each figure says how its inputs are read and how it is drawn --------
+def _validation(inputs: Mapping[str, Path]):
+    return read_table(inputs["validation"], "control_validation")
+
+
+def _patching(inputs: Mapping[str, Path]):
+    return {pair: aggregate.read_patching(path) for pair, path in keyed(inputs, "patching", PAIR).items()}
+
+
+def _attributions(inputs: Mapping[str, Path]):
+    return {pair: Attributions.read(path) for pair, path in keyed(inputs, "ig", PAIR).items()}
+
+
+def _curves(inputs: Mapping[str, Path]):
+    return {pair: read_table(path, "circuit_curves") for pair, path in keyed(inputs, "curves", PAIR).items()}
+
+
+def _sizes(inputs: Mapping[str, Path]):
+    return read_table(inputs["sizes"], "circuit_sizes")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure: `read` its named inputs through their types, then ``draw(data, png, pdf, **options)``."""
+
+    read: Callable[[Mapping[str, Path]], Any]
+    draw: Callable[..., Any]
+
+
+PAIR = ("protein", "layer")
+FIGURES = {
+    "layer_effects": Figure(_validation, figures.layer_effects),
+    "controls": Figure(_validation, figures.controls),
+    "delta_vs_effect": Figure(_patching, figures.delta_vs_effect),
+    "ig_concentration": Figure(_attributions, attribution_figures.ig_concentration),
+    "universal_features": Figure(_attributions, attribution_figures.universal_features),
+    "circuit_faithfulness": Figure(_curves, attribution_figures.circuit_faithfulness),
+    "minimal_circuit_sizes": Figure(_sizes, attribution_figures.minimal_circuit_sizes),
+}
+
+
+def draw_figure(name: str, inputs: Mapping[str, Path], options: Mapping[str, Any], png: str | Path,
+                pdf: str | Path) -> None:
+    """Rules plot_<name>: one figure from its named inputs, as PNG and PDF."""
+    figure = FIGURES[name]
+    figure.draw(figure.read(inputs), png, pdf, **options)

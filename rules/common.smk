@@ -1,9 +1,10 @@
-# Shared helpers: config validation, target lists and input/params functions, defined once.
+# Shared helpers: config validation, paths, named inputs and params, defined once.
 import re
 
 from snakemake.utils import validate
 
 from esmsae import config as cfg
+from esmsae.keys import key
 from esmsae.settings import as_params
 
 validate(config, schema=str(cfg.SCHEMA), set_default=True)
@@ -16,8 +17,10 @@ OUTDIR = STUDY.outdir
 PROTEINS = list(STUDY.proteins)
 DMS_PROTEINS = [p for p in PROTEINS if STUDY.proteins[p].dms]
 LAYERS = STUDY.layers
+IG_LAYERS = sorted(STUDY.ig_layers)
+PATCH_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.patching_layers]
+IG_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.ig_layers]
 SAE_FILE = STUDY.sae_file_pattern
-ENV = "../envs/esmsae.yaml"
 
 
 wildcard_constraints:
@@ -25,35 +28,17 @@ wildcard_constraints:
     layer=r"\d+",
 
 
-def layer_job(wildcards):
-    """Params: what a per-(protein, layer) job works on (WT sequence, layer, the SAE's k, precision)."""
-    return as_params(STUDY.layer_job(wildcards.protein, wildcards.layer))
-
-
-def protein_params(wildcards):
-    """Params: one protein's WT sequence, assay and mutation selection."""
-    return as_params(STUDY.proteins[wildcards.protein])
-
-
-def layer_k(wildcards):
-    return STUDY.sae_k[int(wildcards.layer)]
+# -- paths ------------------------------------------------------------------------------------------
+def sae_file(layer):
+    return SAE_FILE.format(layer=layer)
 
 
 def scores_file(protein):
     return f"{OUTDIR}/scores/{protein}.csv"
 
 
-PATCH_PAIRS = [[p, layer] for p in PROTEINS for layer in STUDY.patching_layers]
-IG_PAIRS = [[p, layer] for p in PROTEINS for layer in STUDY.ig_layers]
-IG_LAYERS = sorted(STUDY.ig_layers)
-
-
 def patching_file(protein, layer):
     return f"{OUTDIR}/patching/{protein}_L{layer}.csv"
-
-
-def patching_files():
-    return [patching_file(p, layer) for p, layer in PATCH_PAIRS]
 
 
 def ig_file(protein, layer, suffix=".npz"):
@@ -64,12 +49,33 @@ def circuits_file(protein, layer, suffix=".csv"):
     return f"{OUTDIR}/circuits/{protein}_L{layer}{suffix}"
 
 
-def figure(name, ext="png"):
+def circuit_sizes_file(protein, layer):
+    return circuits_file(protein, layer, "_sizes.csv")
+
+
+def table_file(name):
+    return f"{OUTDIR}/tables/{name}.csv"
+
+
+def consistency_file(layer):
+    return table_file(f"feature_consistency_L{layer}")
+
+
+def figure_file(name, ext="png"):
     return f"{OUTDIR}/figures/{name}.{ext}"
 
 
-PATCHING_FIGURES = ["layer_effects", "controls", "delta_vs_effect"]
-ATTRIBUTION_FIGURES = ["ig_concentration", "circuit_faithfulness", "universal_features", "minimal_circuit_sizes"]
+# -- named inputs keyed by protein and layer (scripts read them back with esmsae.keys.keyed) --------
+def by_protein(kind, path_of, proteins=PROTEINS):
+    return {key(kind, p): path_of(p) for p in proteins}
+
+
+def by_layer(kind, path_of, layers):
+    return {key(kind, layer): path_of(layer) for layer in layers}
+
+
+def by_pair(kind, path_of, pairs):
+    return {key(kind, p, layer): path_of(p, layer) for p, layer in pairs}
 
 
 def dms_assay(wildcards):
@@ -78,18 +84,72 @@ def dms_assay(wildcards):
     return {"assay": path} if path else {}
 
 
+# -- params: the science settings a rule depends on, as plain dicts --------------------------------
+def layer_job(wildcards):
+    """What a per-(protein, layer) job works on: WT sequence, layer, the SAE's k, precision."""
+    return as_params(STUDY.layer_job(wildcards.protein, wildcards.layer))
+
+
+def protein_params(wildcards):
+    """One protein's WT sequence, assay and mutation selection."""
+    return as_params(STUDY.proteins[wildcards.protein])
+
+
+def layer_k(wildcards):
+    return STUDY.sae_k[int(wildcards.layer)]
+
+
+# -- figures: each is its own rule (rules/figures.smk), target and report entry ---------------------
+FIGURES = {
+    "layer_effects": {
+        "category": "Activation patching",
+        "input": {"validation": table_file("control_validation")},
+    },
+    "controls": {
+        "category": "Activation patching",
+        "input": {"validation": table_file("control_validation")},
+    },
+    "delta_vs_effect": {
+        "category": "Activation patching",
+        "input": by_pair("patching", patching_file, PATCH_PAIRS),
+    },
+    "ig_concentration": {
+        "category": "Attribution",
+        "input": by_pair("ig", ig_file, IG_PAIRS),
+    },
+    "universal_features": {
+        "category": "Attribution",
+        "input": by_pair("ig", ig_file, IG_PAIRS),
+    },
+    "circuit_faithfulness": {
+        "category": "Circuits",
+        "input": by_pair("curves", circuits_file, IG_PAIRS),
+        "options": {"recover": STUDY.circuits.recover},
+    },
+    "minimal_circuit_sizes": {
+        "category": "Circuits",
+        "input": {"sizes": table_file("circuit_sizes")},
+        "options": {"max_k": STUDY.circuits.max_k},
+    },
+}
+
+
 def all_targets():
     targets = [scores_file(p) for p in PROTEINS]
-    targets.append(f"{OUTDIR}/tables/sae_quality.csv")
-    targets += patching_files()
-    targets += [f"{OUTDIR}/tables/{name}.csv" for name in ("control_validation", "layer_progression", "top_mutations")]
-    targets += [ig_file(p, layer) for p, layer in IG_PAIRS] + [ig_file(p, layer, "_top.csv") for p, layer in IG_PAIRS]
+    targets.append(table_file("sae_quality"))
+    targets += [patching_file(p, layer) for p, layer in PATCH_PAIRS]
+    targets += [
+        table_file(name)
+        for name in ("control_validation", "layer_progression", "top_mutations")
+    ]
+    targets += [ig_file(p, layer) for p, layer in IG_PAIRS] + [
+        ig_file(p, layer, "_top.csv") for p, layer in IG_PAIRS
+    ]
     targets += [circuits_file(p, layer) for p, layer in IG_PAIRS]
-    targets.append(f"{OUTDIR}/tables/circuit_sizes.csv")
-    targets += [f"{OUTDIR}/tables/{name}.csv" for name in ("ig_concentration", "universal_features")]
-    targets += [f"{OUTDIR}/tables/feature_consistency_L{layer}.csv" for layer in IG_LAYERS]
-    targets += [figure(name, ext) for name in ATTRIBUTION_FIGURES for ext in ("png", "pdf")]
-    targets += [figure(name, ext) for name in PATCHING_FIGURES for ext in ("png", "pdf")]
+    targets.append(table_file("circuit_sizes"))
+    targets += [table_file(name) for name in ("ig_concentration", "universal_features")]
+    targets += [consistency_file(layer) for layer in IG_LAYERS]
+    targets += [figure_file(name, ext) for name in FIGURES for ext in ("png", "pdf")]
     if DMS_PROTEINS:
-        targets.append(f"{OUTDIR}/tables/dms_correlation.csv")
+        targets.append(table_file("dms_correlation"))
     return targets

@@ -4,13 +4,11 @@ if STUDY.demo:
     rule build_demo_model:
         output:
             checkpoint=STUDY.checkpoint,
-        params:
-            demo=as_params(STUDY.demo),
         log:
             f"{OUTDIR}/logs/build_demo_model.log",
         benchmark:
             f"{OUTDIR}/benchmarks/build_demo_model.tsv"
-        conda:
-            ENV
+        params:
+            demo=as_params(STUDY.demo),
         script:
             "../workflow_scripts/build_demo_model.py"

@@ -7,32 +7,27 @@ rule score_mutations:
         checkpoint=STUDY.checkpoint,
     output:
         scores=scores_file("{protein}"),
-    params:
-        protein=protein_params,
-        precision=STUDY.precision,
     log:
         f"{OUTDIR}/logs/score_mutations/{{protein}}.log",
     benchmark:
         f"{OUTDIR}/benchmarks/score_mutations/{{protein}}.tsv"
     threads: 2
-    conda:
-        ENV
+    params:
+        protein=protein_params,
+        precision=STUDY.precision,
     script:
         "../workflow_scripts/score_mutations.py"
 
 
-rule dms_correlation:
+rule correlate_dms:
     input:
-        scores=expand(scores_file("{protein}"), protein=DMS_PROTEINS),
+        **by_protein("scores", scores_file, DMS_PROTEINS),
     output:
-        table=f"{OUTDIR}/tables/dms_correlation.csv",
-    params:
-        proteins=DMS_PROTEINS,
+        table=table_file("dms_correlation"),
     log:
-        f"{OUTDIR}/logs/dms_correlation.log",
+        f"{OUTDIR}/logs/correlate_dms.log",
     benchmark:
-        f"{OUTDIR}/benchmarks/dms_correlation.tsv"
-    conda:
-        ENV
+        f"{OUTDIR}/benchmarks/correlate_dms.tsv"
+    localrule: True
     script:
-        "../workflow_scripts/dms_correlation.py"
+        "../workflow_scripts/correlate_dms.py"

@@ -6,6 +6,8 @@ Snakemake runs in a temporary copy of the workflow (tests/snakemake_run.py). The
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from .conftest import DMS_FILES, SHARED_DMS, WT, needs_dms
 from .snakemake_run import (
     DEMO,
     DEMO_LAYERS,
+    DRY_TIMEOUT,
     PROFILE,
     RUN_TIMEOUT,
     Run,
@@ -72,7 +75,8 @@ PATCH_LAYERS = DEMO["patching"]["layers"]
 IG_LAYERS = DEMO["ig"]["layers"]
 PATCHING_FIGURES = ["layer_effects", "controls", "delta_vs_effect"]
 ATTRIBUTION_FIGURES = ["ig_concentration", "circuit_faithfulness", "universal_features", "minimal_circuit_sizes"]
-SINGLE_JOBS = ["build_demo_model", "sae_quality", "patching_tables", "circuit_sizes", "ig_tables", "all"] + [
+SINGLE_JOBS = ["build_demo_model", "measure_sae_quality", "tabulate_patching", "tabulate_circuit_sizes",
+               "tabulate_attributions", "all"] + [
     f"plot_{name}" for name in PATCHING_FIGURES + ATTRIBUTION_FIGURES]
 
 
@@ -80,7 +84,7 @@ def test_demo_runs_every_job_once(demo):
     expected = {name: 1 for name in SINGLE_JOBS} | {
         "train_sae": len(DEMO_LAYERS), "score_mutations": len(WT),
         "patch_features": len(WT) * len(PATCH_LAYERS),
-        "integrated_gradients": len(WT) * len(IG_LAYERS), "find_circuits": len(WT) * len(IG_LAYERS),
+        "integrate_gradients": len(WT) * len(IG_LAYERS), "find_circuits": len(WT) * len(IG_LAYERS),
     }
     assert planned_jobs(demo.run.output) == expected
     finished = finished_rules(demo.run.output)
@@ -187,7 +191,7 @@ def test_demo_sae_quality_table(demo):
 
 
 def test_demo_logs_and_benchmarks(demo):
-    jobs = (["build_demo_model", "sae_quality"] + [f"train_sae/L{layer}" for layer in DEMO_LAYERS]
+    jobs = (["build_demo_model", "measure_sae_quality"] + [f"train_sae/L{layer}" for layer in DEMO_LAYERS]
             + [f"score_mutations/{protein}" for protein in WT])
     for job in jobs:
         log = demo.outdir / "logs" / f"{job}.log"
@@ -214,6 +218,27 @@ def test_nothing_to_do_after_the_run(demo):
     assert planned_jobs(dry.output) == {}
 
 
+@pytest.mark.parametrize("change", [
+    ("--config", "batch_size=64"),
+    ("--config", "batch_size=1"),
+    ("--config", "device=auto"),
+    ("--config", "esm_trust_pickle=True"),
+    ("--set-threads", "patch_features=2", "integrate_gradients=2", "find_circuits=2"),
+], ids=["batch_size-64", "batch_size-1", "device", "trust_pickle", "threads"])
+def test_runtime_knobs_never_rerun_a_job(demo, change):
+    dry = succeeded(snakemake(demo.workdir, *PROFILE, "-n", *change), f"a dry run with {change}")
+    assert "Nothing to be done" in dry.output, dry.output[-3000:]
+
+
+def test_science_settings_rerun_what_they_change(demo):
+    """The control for the test above: a setting that changes numbers plans the jobs it changes, no others."""
+    dry = succeeded(snakemake(demo.workdir, *PROFILE, "-n", "--config", "space=pre"), "a dry run with space=pre")
+    planned = planned_jobs(dry.output)
+    assert planned["patch_features"] == len(WT) * len(PATCH_LAYERS)
+    assert planned["integrate_gradients"] == planned["find_circuits"] == len(WT) * len(IG_LAYERS)
+    assert not {"build_demo_model", "train_sae", "score_mutations", "measure_sae_quality"} & set(planned)
+
+
 # -- 3. rebuild only what is needed, deterministically -------------------------------------------
 def test_deleted_table_rebuilds_alone_and_identically(demo):
     target = f"{DEMO['outdir']}/scores/PR40A_HUMAN.csv"
@@ -231,20 +256,28 @@ def test_deleted_table_rebuilds_alone_and_identically(demo):
 
 
 # -- 4. lint --------------------------------------------------------------------------------------
-# Lines Snakemake prints on every call that are not findings about the workflow.
-LINT_CHATTER = (
-    "Using profile profiles/demo for setting default command line arguments.",
-    "Config file config.yaml is extended by additional config specified via the command line.",
-    "Congratulations, your workflow is in a good condition!",
-)
+# The one finding left on purpose: rules carry no conda directive, because every rule imports the
+# esmsae package, which an environment built by --sdm conda would lack (README "Software").
+NO_CONDA = "* Specify a conda environment or container for each rule.:"
 
 
 def test_lint_is_clean(fresh):
     run = snakemake(fresh, *PROFILE, "--lint")
-    warnings = [line for line in run.output.splitlines() if line.strip() and line.strip() not in LINT_CHATTER]
-    assert run.returncode == 0, run.output
-    assert not warnings, "snakemake --lint printed:\n" + "\n".join(warnings)
-    assert "Congratulations" in run.output
+    assert "Traceback" not in run.output and "Error" not in run.output, run.output[-5000:]
+    findings = [line.strip() for line in run.output.splitlines() if line.strip().startswith("* ")]
+    assert findings and all(f == NO_CONDA for f in findings), "snakemake --lint found:\n" + run.output[-5000:]
+    headers = [line for line in run.output.splitlines() if line.startswith("Lints for rule")]
+    assert len(headers) == len(findings)  # one finding per rule, and it is that one
+    assert run.returncode == 1  # --lint exits 1 on any finding
+
+
+def test_snakefmt_is_clean():
+    """The Snakemake catalog's formatter (also fixes the order of a rule's directives)."""
+    from .snakemake_run import REPO
+
+    done = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "."], cwd=REPO, capture_output=True,
+                          text=True, timeout=DRY_TIMEOUT, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 # -- 5. config errors name the key ----------------------------------------------------------------
@@ -280,7 +313,7 @@ def test_config_without_demo_or_training_plans(demo, fresh, tmp_path):
                     "a dry run with demo and sae.train null")
     expected = {name: 1 for name in SINGLE_JOBS if name != "build_demo_model"} | {
         "score_mutations": len(WT), "patch_features": len(WT) * len(PATCH_LAYERS),
-        "integrated_gradients": len(WT) * len(IG_LAYERS), "find_circuits": len(WT) * len(IG_LAYERS)}
+        "integrate_gradients": len(WT) * len(IG_LAYERS), "find_circuits": len(WT) * len(IG_LAYERS)}
     assert planned_jobs(run.output) == expected
 
 

@@ -1,4 +1,4 @@
-"""Rule integrated_gradients: IG with an error node for one protein's mutants at one layer."""
+"""Rule integrate_gradients: IG with an error node for one protein's mutants at one layer."""
 from esmsae import config, workflow
 from esmsae.ig import IG
 from esmsae.settings import LayerJob, from_params

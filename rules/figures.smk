@@ -1,0 +1,25 @@
+# Figures: one rule per entry of FIGURES (rules/common.smk), each its own target and report entry.
+for name, spec in FIGURES.items():
+
+    rule:
+        name:
+            f"plot_{name}"
+        input:
+            **spec["input"],
+        output:
+            png=report(
+                figure_file(name),
+                caption=f"report/{name}.rst",
+                category=spec["category"],
+            ),
+            pdf=figure_file(name, "pdf"),
+        log:
+            f"{OUTDIR}/logs/figures/{name}.log",
+        benchmark:
+            f"{OUTDIR}/benchmarks/figures/{name}.tsv"
+        localrule: True
+        params:
+            figure=name,
+            options=spec.get("options", {}),
+        script:
+            "../workflow_scripts/plot_figure.py"

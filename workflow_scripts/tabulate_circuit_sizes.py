@@ -1,0 +1,12 @@
+"""Rule tabulate_circuit_sizes: minimal circuit sizes of all proteins and layers in one table."""
+from esmsae import workflow
+from esmsae.keys import keyed
+
+
+def main(smk):
+    with workflow.log_to(smk.log[0]):
+        workflow.circuit_sizes(keyed(smk.input, "sizes", ("protein", "layer")), smk.output.table)
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821 (injected by Snakemake)
