@@ -20,21 +20,31 @@ TABLES: dict[str, list[str]] = {
     "scores": ["mutant", "position", "wt", "mut", "wt_marginal", "dms_score", "selected"],
     # per protein and layer
     "patching": ["mutant", "position", "layer", "feature", "control", "wt_pre", "mut_pre", "wt_latent",
-                 "mut_latent", "patched_value", "baseline_score", "patched_score", "effect", "k", "space"],
-    "ig_top": ["mutant", "rank", "feature", "attribution"],
-    "circuit_curves": ["mutant", "k", "patched_score", "recovered_fraction"],
-    "circuit_sizes": ["protein", "layer", "mutant", "total_effect", "minimal_k"],
+                 "mut_latent", "patched_value", "baseline_score", "patched_score", "effect", "k", "d_sae", "space"],
+    "ig_top": ["mutant", "rank", "feature", "attribution", "abs_delta", "layer", "k", "d_sae", "space"],
+    "circuit_curves": ["mutant", "n_features", "patched_score", "recovered_fraction", "complement_score",
+                       "complement_fraction", "full_effect", "negligible", "layer", "k", "d_sae", "space"],
+    "circuit_sizes": ["protein", "layer", "mutant", "full_effect", "negligible", "n_features", "recovered_fraction",
+                      "k", "d_sae", "space"],
     # the study's tables
-    "dms_correlation": ["protein", "n", "spearman", "p_value"],
+    "dms_correlation": ["protein", "rows", "n", "spearman", "p_value"],
     "sae_quality": ["layer", "d_sae", "k", "fve", "mean_l0", "dead_fraction", "n_positions"],
-    "control_validation": ["protein", "layer", "control", "n", "mean_abs_effect", "std_abs_effect",
-                           "median_abs_effect", "mwu_u", "mwu_p"],
-    "layer_progression": ["protein", "layer", "n_mutants", "n_patches", "mean_abs_effect", "median_abs_effect",
-                          "spearman_rho", "spearman_p"],
-    "top_mutations": ["protein", "mutant", "layer", "feature", "effect", "abs_effect", "wt_marginal", "dms_score"],
-    "ig_concentration": ["protein", "layer", "n_mutants", "mean_gini", "std_gini", "mean_top20_share",
-                         "median_completeness_error", "mean_error_share"],
-    "feature_consistency": ["protein", "feature", "n_top", "n_mutants", "fraction"],
+    "control_validation": ["protein", "layer", "control", "n_mutants", "n_patches", "mean_abs_effect",
+                           "sem_abs_effect", "median_abs_effect", "frac_nonzero", "frac_mutants_nonzero",
+                           "wilcoxon_p", "k", "d_sae", "space"],
+    "layer_progression": ["protein", "layer", "n_mutants", "n_patches", "mean_abs_effect", "sem_abs_effect",
+                          "median_abs_effect", "spearman_rho", "spearman_sem", "n_rho_mutants", "k", "d_sae",
+                          "space"],
+    "top_mutations": ["protein", "mutant", "layer", "feature", "effect", "abs_effect", "wt_marginal", "dms_score",
+                      "k", "d_sae", "space"],
+    "ig_concentration": ["protein", "layer", "n_mutants",
+                         *(f"{stat}_{m}" for stat in ("n_changed", "top20_share", "top20_share_null", "error_share",
+                                                      "k90", "k90_null", "gini", "gini_null") for m in ("mean", "sem")),
+                         "gini_above_null", "gini_wilcoxon_p", "median_completeness_error", "k", "d_sae", "space"],
+    "ig_concentration_mutants": ["protein", "layer", "mutant", "n_changed", "top20_share", "top20_share_null",
+                                 "error_share", "k90", "k90_null", "gini", "gini_null", "total_effect",
+                                 "completeness_error", "k", "d_sae", "space"],
+    "feature_consistency": ["protein", "feature", "n_top", "n_mutants", "fraction", "layer", "k", "d_sae", "space"],
     # then one freq_<protein> column per protein
     "universal_features": ["feature", "layer", "proteins"],
 }
@@ -55,6 +65,7 @@ VALIDATION_COLUMNS = TABLES["control_validation"]
 PROGRESSION_COLUMNS = TABLES["layer_progression"]
 TOP_MUTATIONS_COLUMNS = TABLES["top_mutations"]
 CONCENTRATION_COLUMNS = TABLES["ig_concentration"]
+CONCENTRATION_MUTANT_COLUMNS = TABLES["ig_concentration_mutants"]
 CONSISTENCY_COLUMNS = TABLES["feature_consistency"]
 
 

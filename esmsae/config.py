@@ -73,9 +73,9 @@ def parse(config: Mapping) -> Study:
         proteins={name: _protein(name, entry, config["mutations"]) for name, entry in config["proteins"].items()},
         patching_layers=patching_layers,
         ig_layers=ig_layers,
-        patching=PatchSettings(space=space, features=p["features"], n=p["n"], seed=p["seed"]),
+        patching=PatchSettings(space=space, features=p["features"], n=p["n"], stable_n=p["stable_n"], seed=p["seed"]),
         ig=IGSettings(space=space, steps=g["steps"], rule=g["rule"], error_node=g["error_node"]),
-        circuits=CircuitSettings(space=space, recover=c["recover"], max_k=c["max_k"]),
+        circuits=CircuitSettings(space=space, recover=c["recover"], max_k=c["max_k"], min_effect=c["min_effect"]),
         top_n=p["top_n"],
         runtime=runtime(config),
     )

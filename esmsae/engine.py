@@ -376,7 +376,11 @@ class MutantView:
     def effects(self, values: Tensor, error_delta: Tensor | None = None) -> Effects:
         """Scores of B interventions, `values` (B, S, d_sae) in the view's space (the error at WT
         unless `error_delta`, (B, S, d), changes it), against the unmodified run."""
-        return self.engine.effects(self.wt, self.latents(values), self.spec, error_delta)
+        return self.latent_effects(self.latents(values), error_delta)
+
+    def latent_effects(self, z: Tensor, error_delta: Tensor | None = None) -> Effects:
+        """As :meth:`effects`, for latent vectors `z` (B, S, d_sae) whatever the view's space."""
+        return self.engine.effects(self.wt, z, self.spec, error_delta)
 
     def differentiate(self, use: Callable[[ScoreFn], T]) -> T:
         """``use(score)`` with a differentiable score of values in this view's space (:meth:`Splice.differentiate`)."""

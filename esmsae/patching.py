@@ -5,15 +5,22 @@ patch changes the latent vector is set to its mutant value (all other features
 and the error at WT values) and ``effect_j = S' − S(m)``. Controls run beside
 the real patches, in the same engine batches:
 
-* ``noop``   — the same features set to their WT values: exactly 0.0;
-* ``stable`` — as many features with the smallest ``|pre_mut − pre_wt|``, set to
-  their mutant values (the seed's control);
-* ``random`` — for each real patch, a feature outside the patched and changed
-  sets (seeded RNG), moved by the same magnitude ``|z_mut_j − z_wt_j|`` (in
-  ``pre`` space its pre-activation moves by ``|pre_mut_j − pre_wt_j|``).
+* ``noop``   — the same features set to their WT values: exactly 0.0 (a check of
+  the engine, not of the model);
+* ``stable`` — among the features active at the site(s) in the WT or the mutant,
+  the ``stable_n`` with the smallest ``|pre_mut − pre_wt|`` (summed over sites),
+  each set alone to its mutant value. It may overlap the real set; expected small,
+  not exactly 0. (Picked outside the changed set, as the seed did, it would be a
+  no-op by construction: those features' latents do not move.)
+* ``random`` — for each real patch, a feature outside the changed set (seeded
+  RNG) whose *latent* is raised by the real feature's ``|z_mut_j − z_wt_j|`` at
+  each site: does any perturbation of that size move the score? A latent-space
+  perturbation in both spaces (in ``pre`` space a shifted pre-activation of an
+  inactive feature almost never survives TopK, so the control would be vacuous).
 
 In ``latent`` space a patch writes ``z`` directly; in ``pre`` space it writes
-``pre`` and TopK is applied again (METHOD.md "Intervention space").
+``pre`` and TopK is applied again (METHOD.md "Intervention space"); ``random``
+rows always write ``z``, so their ``patched_value`` is a latent.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from torch import Tensor
 
 from esmsae.analysis import Analysis, LayerMeta, analyse
 from esmsae.columns import CONTROLS, PATCH_COLUMNS
-from esmsae.engine import MutantView, SiteCode, Splice
+from esmsae.engine import MutantView, Splice
 from esmsae.io import write_csv
 from esmsae.mutations import Mutant
 from esmsae.resume import WorkFolder
@@ -80,20 +87,21 @@ def mutant_rng(seed: int, protein: str, layer: int, mutant: str) -> np.random.Ge
     return np.random.default_rng([seed, layer, zlib.crc32(protein.encode()), zlib.crc32(mutant.encode())])
 
 
-def plan_patches(wt: SiteCode, mut: SiteCode, changed: Tensor, settings: PatchSettings,
+def plan_patches(view: MutantView, changed: Tensor, settings: PatchSettings,
                  rng: np.random.Generator) -> dict[str, Tensor]:
     """The features each control patches: {control: feature indices}."""
+    wt, mut = view.wt, view.mut
     delta_pre = (mut.pre - wt.pre).abs().sum(0)
     if settings.features == "changed":
         real = changed
     else:  # the seed's top-n by |Δpre|
         real = torch.argsort(delta_pre, descending=True, stable=True)[: settings.n].sort().values
+    active = torch.nonzero(((wt.z > 0) | (mut.z > 0)).any(0)).flatten()
+    stable = active[torch.argsort(delta_pre[active], stable=True)][: settings.stable_n].sort().values
     outside = torch.ones(delta_pre.shape[0], dtype=torch.bool, device=delta_pre.device)
     outside[changed] = False
     outside[real] = False
     pool = torch.nonzero(outside).flatten()
-    by_stability = pool[torch.argsort(delta_pre[pool], stable=True)]
-    stable = by_stability[: len(real)].sort().values
     picks = rng.choice(len(pool), size=min(len(real), len(pool)), replace=False) if len(pool) else []
     random = pool[torch.as_tensor(np.asarray(picks, dtype=np.int64), device=pool.device)]
     return {"real": real, "noop": real, "stable": stable, "random": random}
@@ -120,25 +128,26 @@ def patch_mutant(view: MutantView, settings: PatchSettings, context: None = None
     """All patches of one mutant at the view's layer, every control, in engine batches."""
     wt, mut = view.wt, view.mut
     changed = changed_features(view)
-    plan = plan_patches(wt, mut, changed, settings, mutant_rng(settings.seed, view.protein, view.layer,
-                                                               view.mutant.name))
+    plan = plan_patches(view, changed, settings, mutant_rng(settings.seed, view.protein, view.layer,
+                                                            view.mutant.name))
     wt_v, mut_v = view.start, view.end
-    rows = {
+    written = {  # each row's values in the space it writes
         "real": single_feature_patches(wt_v, mut_v, plan["real"]),
         "noop": single_feature_patches(wt_v, wt_v, plan["noop"]),
         "stable": single_feature_patches(wt_v, mut_v, plan["stable"]),
     }
-    magnitude = (mut_v - wt_v).abs()[:, plan["real"][: len(plan["random"])]].T  # (R, S)
-    rows["random"] = feature_shifts(wt_v, plan["random"], magnitude)
+    magnitude = (mut.z - wt.z).abs()[:, plan["real"][: len(plan["random"])]].T  # (R, S): the real patches' sizes
+    written["random"] = feature_shifts(wt.z, plan["random"], magnitude)  # a latent, in both spaces
+    latents = torch.cat([*(view.latents(written[c]) for c in CONTROLS[:3]), written["random"]])
     features = torch.cat([plan[c] for c in CONTROLS])
-    batch = torch.cat([rows[c] for c in CONTROLS])
-    out = view.effects(batch)
+    out = view.latent_effects(latents)
 
     rows_index = torch.arange(len(features))
+    patched = torch.cat([written[c] for c in CONTROLS])[rows_index, :, features]
     per_site = {  # (F, S): the patched feature's values at every site
         "wt_pre": wt.pre[:, features].T, "mut_pre": mut.pre[:, features].T,
         "wt_latent": wt.z[:, features].T, "mut_latent": mut.z[:, features].T,
-        "patched_value": batch[rows_index, :, features],
+        "patched_value": patched,
     }
     return Patches(
         mutant=view.mutant.name,
@@ -161,7 +170,7 @@ def _site_column(values: np.ndarray) -> np.ndarray | list[str]:
     return [":".join(repr(float(v)) for v in row) for row in values]
 
 
-def patches_frame(results: list[Patches], *, layer: int, k: int, space: str) -> pd.DataFrame:
+def patches_frame(results: list[Patches], *, layer: int, k: int, d_sae: int, space: str) -> pd.DataFrame:
     """The patching table (``PATCH_COLUMNS``): one row per (mutant, feature, control)."""
     frames = [pd.DataFrame({
         "mutant": p.mutant,
@@ -172,6 +181,7 @@ def patches_frame(results: list[Patches], *, layer: int, k: int, space: str) -> 
         **{name: _site_column(values) for name, values in p.per_site.items()},
         "baseline_score": p.baseline, "patched_score": p.patched, "effect": p.effect,
         "k": k,
+        "d_sae": d_sae,
         "space": space,
     }, columns=PATCH_COLUMNS) for p in results]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PATCH_COLUMNS)
@@ -180,7 +190,7 @@ def patches_frame(results: list[Patches], *, layer: int, k: int, space: str) -> 
 def write_patches(results: list[Patches], outputs: Mapping[str, Path], settings: PatchSettings,
                   meta: LayerMeta) -> None:
     """Rule patch_features's output: the patching table."""
-    table = patches_frame(results, layer=meta.layer, k=meta.k, space=settings.space)
+    table = patches_frame(results, layer=meta.layer, k=meta.k, d_sae=meta.d_sae, space=settings.space)
     log.info("%s L%d: %d mutants, %d rows (space %s, features %s)", meta.protein, meta.layer, len(results),
              len(table), settings.space, settings.features)
     write_csv(table, outputs["table"])
@@ -200,4 +210,5 @@ def patch_protein(splice: Splice, mutants: list[Mutant], settings: PatchSettings
                   work: WorkFolder | None = None) -> pd.DataFrame:
     """The patching table of every mutant of one protein at the splice's layer."""
     results = analyse(PATCHING, splice, mutants, settings, work=work)
-    return patches_frame(results, layer=splice.layer, k=splice.sae.k, space=settings.space)
+    return patches_frame(results, layer=splice.layer, k=splice.sae.k, d_sae=splice.sae.info.d_sae,
+                         space=settings.space)

@@ -81,6 +81,7 @@ class PatchSettings:
     space: str
     features: str
     n: int
+    stable_n: int
     seed: int
 
     def __post_init__(self):
@@ -117,6 +118,7 @@ class CircuitSettings:
     space: str
     recover: float
     max_k: int
+    min_effect: float
 
     def __post_init__(self):
         _check_space(self.space)
@@ -124,6 +126,8 @@ class CircuitSettings:
             raise InputError(f"config key circuits.recover: {self.recover} must be in (0, 1]")
         if self.max_k < 1:
             raise InputError(f"config key circuits.max_k: {self.max_k} must be >= 1")
+        if self.min_effect < 0:
+            raise InputError(f"config key circuits.min_effect: {self.min_effect} must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -22,6 +23,12 @@ from .reference import hooked_logits, score_from_logits
 
 SEQ = WT["EPHB2_HUMAN"]
 MUTANTS = [parse_mutant(t, SEQ) for t in ("F2A", "W8R", "M14K", "L41P", "M61E")]
+DOUBLE = parse_mutant("F2A:L41P", SEQ)
+
+
+def site_values(cell) -> np.ndarray:
+    """A patching table cell: one number, or ':'-joined numbers for a multi-site mutant."""
+    return np.array([float(v) for v in str(cell).split(":")])
 
 
 @pytest.fixture(scope="module")
@@ -88,58 +95,86 @@ def test_latent_features_outside_topk_union_have_zero_effect(splices, layer):
         assert (torch.tensor(real["effect"].to_numpy()) - full.effects[changed].double()).abs().max() <= 1e-6
 
 
+@pytest.mark.parametrize("space", ["latent", "pre"])
 @pytest.mark.parametrize("layer", LAYERS)
-def test_pre_space_changed_set_is_exact(splices, layer):
-    """Brute force: set each feature's pre-activation alone, re-TopK, compare with z_wt."""
+def test_changed_set_is_exact_and_counts_any_site(splices, layer, space):
+    """Brute force: set each feature alone to its mutant value at every site (re-TopK in pre space)
+    and compare the latents with z_wt. For a double mutant, a feature that changes the latents at
+    one site only is in the set (changed at *any* site)."""
     splice = splices[layer]
-    for mutant in MUTANTS:
-        wt, mut = codes(splice, mutant)
+    one_site_only = 0
+    for mutant in [*MUTANTS, DOUBLE]:
+        view = view_of(splice, mutant, space=space)
         expected = []
-        for j in range(wt.pre.shape[-1]):
-            pre = wt.pre.clone()
-            pre[:, j] = mut.pre[:, j]
-            if not torch.equal(splice.sae.topk(pre), wt.z):
+        for j in range(view.start.shape[-1]):
+            values = view.start.clone()
+            values[:, j] = view.end[:, j]
+            moved = (view.latents(values) != view.wt.z).any(-1)  # per site
+            if bool(moved.any()):
                 expected.append(j)
-        assert changed_features(view_of(splice, mutant, space="pre")).tolist() == expected
+                one_site_only += int(mutant is DOUBLE and not bool(moved.all()))
+        assert changed_features(view).tolist() == expected
+    if space == "latent":
+        assert one_site_only > 0  # the double mutant has features that move at one of its sites only
 
 
-def test_controls_are_seeded_and_random_avoids_changed(splices):
+def test_controls_by_definition(splices):
+    """real = the changed set; noop exactly 0; stable = the stable_n active features (WT or mutant) with the
+    smallest |Δpre|, each at its mutant value; random = a feature outside the changed set per real patch,
+    its latent raised by that real patch's |Δz| (not lowered: a sign error would fail here)."""
     splice = splices[2]
-    one = patch_protein(splice, MUTANTS, patch_settings(seed=7))
-    two = patch_protein(splice, MUTANTS, patch_settings(seed=7))
-    other = patch_protein(splice, MUTANTS, patch_settings(seed=8))
+    one = patch_protein(splice, [*MUTANTS, DOUBLE], patch_settings(seed=7))
+    two = patch_protein(splice, [*MUTANTS, DOUBLE], patch_settings(seed=7))
+    other = patch_protein(splice, [*MUTANTS, DOUBLE], patch_settings(seed=8))
     pd.testing.assert_frame_equal(one, two)
     assert not one[one["control"] == "random"]["feature"].equals(other[other["control"] == "random"]["feature"])
-    for mutant in MUTANTS:
+    for mutant in [*MUTANTS, DOUBLE]:
         rows = one[one["mutant"] == mutant.name]
-        real = set(rows.loc[rows["control"] == "real", "feature"])
-        wt, mut = codes(splice, mutant)
-        changed = set(changed_features(view_of(splice, mutant)).tolist())
-        assert real == changed
-        assert not set(rows.loc[rows["control"] == "random", "feature"]) & changed
+        view = view_of(splice, mutant)
+        wt, mut = view.wt, view.mut
+        changed = set(changed_features(view).tolist())
+        real = rows[rows["control"] == "real"]
+        assert set(real["feature"]) == changed
+        active = ((wt.z > 0) | (mut.z > 0)).any(0)
+        delta = (mut.pre - wt.pre).abs().sum(0)
+        by_stability = sorted(torch.nonzero(active).flatten().tolist(), key=lambda j: (float(delta[j]), j))
         stable = rows[rows["control"] == "stable"]
-        assert len(stable) == len(real) and not set(stable["feature"]) & changed
-        # stable = the smallest |Δpre| outside the changed set
-        delta = (mut.pre - wt.pre).abs()[0]
-        outside = sorted(set(range(delta.shape[0])) - changed, key=lambda j: (float(delta[j]), j))
-        assert sorted(stable["feature"]) == sorted(outside[: len(real)])
-        # random moves by the real patches' magnitudes
+        assert stable["feature"].tolist() == sorted(by_stability[:5])
+        assert (stable["patched_value"] == stable["mut_latent"]).all()
         rnd = rows[rows["control"] == "random"]
-        moved = (rnd["patched_value"] - rnd["wt_latent"]).abs().to_numpy()
-        real_rows = rows[rows["control"] == "real"]
-        sizes = (real_rows["mut_latent"] - real_rows["wt_latent"]).abs().to_numpy()
-        assert moved == pytest.approx(sizes[: len(moved)], abs=1e-6)
+        assert len(rnd) == len(real) and not set(rnd["feature"]) & changed
+        for (_, r), (_, q) in zip(rnd.iterrows(), real.iterrows(), strict=True):
+            raised = site_values(r["patched_value"]) - site_values(r["wt_latent"])
+            size = np.abs(site_values(q["mut_latent"]) - site_values(q["wt_latent"]))
+            assert raised == pytest.approx(size, abs=1e-6)  # raised by exactly that much, at every site
 
 
-def test_top_delta_patches_the_n_largest_pre_changes(splices):
+def test_informative_controls_move_the_score(splices):
+    """Unlike the seed's stable control (0 of 282 demo rows nonzero), these can fail: they are not
+    no-ops by construction. The random control moves the score in pre space too."""
+    for space in ("latent", "pre"):
+        table = patch_protein(splices[2], MUTANTS, patch_settings(space=space))
+        for control in ("stable", "random"):
+            moved = table[table["control"] == control].groupby("mutant")["effect"].apply(lambda e: (e != 0).any())
+            assert moved.mean() >= 0.8, (space, control, moved)
+        rnd = table[table["control"] == "random"]
+        assert ((rnd["patched_value"] - rnd["wt_latent"]) > 0).all()  # a latent, raised, in both spaces
+
+
+@pytest.mark.parametrize("space", ["latent", "pre"])
+def test_top_delta_patches_the_n_largest_pre_changes(splices, space):
     splice = splices[3]
-    mutant = MUTANTS[2]
-    table = patch_protein(splice, [mutant], patch_settings(features="top_delta", n=5))
-    wt, mut = codes(splice, mutant)
-    top = torch.argsort((mut.pre - wt.pre).abs()[0], descending=True)[:5]
-    real = table[table["control"] == "real"]
-    assert sorted(real["feature"]) == sorted(top.tolist())
-    assert (table.loc[table["control"] == "noop", "effect"] == 0.0).all()
+    for mutant in (MUTANTS[2], DOUBLE):
+        table = patch_protein(splice, [mutant], patch_settings(features="top_delta", n=5, space=space))
+        view = view_of(splice, mutant, space=space)
+        top = torch.argsort((view.mut.pre - view.wt.pre).abs().sum(0), descending=True, stable=True)[:5]
+        real = table[table["control"] == "real"]
+        assert sorted(real["feature"]) == sorted(top.tolist())
+        assert (real["patched_value"] == (real["mut_latent"] if space == "latent" else real["mut_pre"])).all()
+        assert (table.loc[table["control"] == "noop", "effect"] == 0.0).all()
+        rnd = table[table["control"] == "random"]
+        assert len(rnd) == 5 and not set(rnd["feature"]) & (set(changed_features(view).tolist()) | set(top.tolist()))
+        assert len(table[table["control"] == "stable"]) == 5
 
 
 def test_settings_refused():
