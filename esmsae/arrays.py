@@ -19,20 +19,24 @@ from esmsae.errors import InputError
 from esmsae.io import atomic_path
 
 PER_MUTANT = ("error_attribution", "total_effect", "completeness_error", "quadrature_delta")
-SETTINGS = ("steps", "rule", "space", "k", "error_node", "layer")
+SETTINGS = ("steps", "rule", "space", "k", "d_sae", "error_node", "layer")
 
 
 @dataclass(frozen=True)
 class Attributions:
     """Integrated gradients of one protein's mutants at one layer (METHOD.md "Integrated gradients").
 
-    ``attribution`` is (n, d_sae) ``A_j`` summed over sites; the per-mutant arrays are (n,).
-    The settings (quadrature ``steps`` and ``rule``, ``space``, the SAE's ``k``,
+    ``attribution`` is (n, d_sae) ``A_j`` summed over sites; ``abs_delta`` (n, d_sae) is how
+    far each feature moves along the path, ``Σ_sites |end − start|`` in the run's space
+    (``|z_mut − z_wt|`` in ``latent``): the changed set is where it is nonzero, and it is
+    the concentration statistics' null. The per-mutant arrays are (n,). The settings
+    (quadrature ``steps`` and ``rule``, ``space``, the SAE's ``k`` and ``d_sae``,
     ``error_node``, ``layer``) are None only for results built by hand.
     """
 
     mutant: np.ndarray
     attribution: np.ndarray
+    abs_delta: np.ndarray
     error_attribution: np.ndarray
     total_effect: np.ndarray
     completeness_error: np.ndarray
@@ -41,6 +45,7 @@ class Attributions:
     rule: str | None = None
     space: str | None = None
     k: int | None = None
+    d_sae: int | None = None
     error_node: bool | None = None
     layer: int | None = None
 
@@ -54,23 +59,27 @@ class Attributions:
 
         ``quadrature_delta`` may be left out (NaN), and so may the settings.
         """
-        missing = [key for key in ("mutant", "attribution", *PER_MUTANT[:3]) if key not in data]
+        missing = [key for key in ("mutant", "attribution", "abs_delta", *PER_MUTANT[:3]) if key not in data]
         if missing:
             raise ValueError(f"{where}: missing arrays {missing}")
         attribution = np.asarray(data["attribution"], dtype=np.float64)
         if attribution.ndim != 2:
             raise ValueError(f"{where}: attribution must be 2-D (n, d_sae), got shape {attribution.shape}")
         n = attribution.shape[0]
-        values = {"mutant": np.asarray(data["mutant"]).astype(str), "attribution": attribution}
+        values = {"mutant": np.asarray(data["mutant"]).astype(str), "attribution": attribution,
+                  "abs_delta": np.asarray(data["abs_delta"], dtype=np.float64)}
+        if values["abs_delta"].shape != attribution.shape:
+            raise ValueError(f"{where}: abs_delta has shape {values['abs_delta'].shape}, "
+                             f"expected {attribution.shape} like attribution")
         for key in PER_MUTANT:
             values[key] = np.asarray(data[key], dtype=np.float64) if key in data else np.full(n, np.nan)
         for key in ("mutant", *PER_MUTANT):
             if values[key].shape != (n,):
                 raise ValueError(f"{where}: {key} has shape {values[key].shape}, expected ({n},)")
-        for key in ("attribution", "error_attribution"):
+        for key in ("attribution", "abs_delta", "error_attribution"):
             if not np.isfinite(values[key]).all():
                 raise ValueError(f"{where}: {key} has NaN or infinite values")
-        kinds = {"steps": int, "rule": str, "space": str, "k": int, "error_node": bool, "layer": int}
+        kinds = {"steps": int, "rule": str, "space": str, "k": int, "d_sae": int, "error_node": bool, "layer": int}
         for key, kind in kinds.items():
             values[key] = kind(np.asarray(data[key])) if key in data else None
         return cls(**values)

@@ -1,11 +1,19 @@
-"""Minimal circuits: how much of a mutation's effect the top-k attributed features carry.
+"""Minimal circuits: how much of a mutation's effect the top-ranked features carry, and need.
 
-METHOD.md "Minimal circuit": rank features by ``|A_j|``; for k = 0, 1, …, ``max_k``
-patch the top-k features to their mutant values together (the rest and the error
-at WT) and score ``S_k``. The recovered fraction is
-``r_k = (S_k − S(m)) / (S_all − S(m))`` where ``S_all`` patches every feature
-(``z' = z_mut``, error at WT); the minimal circuit is the smallest k with
-``r_k ≥ recover``. All k of a mutant go through the engine as one batch.
+METHOD.md "Minimal circuit": rank features by ``|A_j|`` (IG). The full effect is
+``F = S_all − S(m)``, where ``S_all`` patches every feature (``z' = z_mut``, error at
+WT). For n = 0, 1, …, ``max_k`` features:
+
+* sufficiency: the top-n patched to their mutant values together (the rest and the
+  error at WT) score ``S_n``; ``r_n = (S_n − S(m)) / F``;
+* necessity: every feature *but* the top-n patched, ``S_−n``; ``c_n = (S_−n − S(m)) / F``
+  (what is left without the circuit).
+
+The minimal circuit is the smallest n with ``|r_n − 1| ≤ 1 − recover`` (within ±10 %
+of the full effect by default; an overshoot is not a recovery), none if no n up to
+``max_k`` gets there. A mutant with ``|F| < min_effect`` is negligible: its ratios
+divide by almost nothing, so it gets no size. All n of a mutant, both curves, go
+through the engine as one batch.
 """
 
 from __future__ import annotations
@@ -32,14 +40,29 @@ from esmsae.settings import CircuitSettings
 
 @dataclass(frozen=True)
 class Curve:
-    """One mutant's circuit curve."""
+    """One mutant's circuit curves and minimal circuit."""
 
     mutant: str
-    k: np.ndarray                  # 0..max_k
-    patched_score: np.ndarray      # S_k
-    recovered_fraction: np.ndarray  # r_k (NaN when S_all = S(m))
-    total_effect: float            # S_all − S(m)
-    minimal_k: float               # smallest k with r_k ≥ recover, NaN if none
+    n_features: np.ndarray           # 0..max_k (capped at d_sae)
+    patched_score: np.ndarray        # S_n: the top-n features patched
+    recovered_fraction: np.ndarray   # r_n (NaN when F = 0)
+    complement_score: np.ndarray     # S_−n: every feature but the top-n patched
+    complement_fraction: np.ndarray  # c_n (NaN when F = 0)
+    baseline_score: float            # S(m)
+    full_effect: float               # F = S_all − S(m)
+    negligible: bool                 # |F| < min_effect
+    minimal_size: float              # the smallest n with |r_n − 1| ≤ 1 − recover; NaN if none or negligible
+
+
+def minimal_size(recovered: np.ndarray, recover: float) -> float:
+    """The smallest n whose ``r_n`` is within ``1 − recover`` of 1 (both ways), NaN if none.
+
+    With recover 0.9: ``[0, 0.5, 1.3, 0.95]`` gives 3 (1.3 overshoots by 30 %), ``[0, 0.89]`` none.
+    """
+    r = np.asarray(recovered, dtype=np.float64)
+    within = np.abs(r - 1) <= (1 - recover) + 1e-12  # a fraction exactly on the bound is within it
+    hits = np.flatnonzero(within & np.isfinite(r))
+    return float(hits[0]) if len(hits) else math.nan
 
 
 def top_k_patches(start: Tensor, end: Tensor, attribution: Tensor, max_k: int) -> Tensor:
@@ -54,17 +77,25 @@ def top_k_patches(start: Tensor, end: Tensor, attribution: Tensor, max_k: int) -
 
 
 def circuit_curve(view: MutantView, settings: CircuitSettings, attribution: Tensor) -> Curve:
-    """Patch the top-k features by ``|attribution|`` for every k (and all features) in one engine batch."""
+    """Both curves for every n, and the full patch, in one engine batch."""
     start, end = view.start, view.end
-    rows = torch.cat([top_k_patches(start, end, attribution.to(start.device), settings.max_k), end.unsqueeze(0)])
-    out = view.effects(rows)
+    ranked = attribution.to(start.device)
+    top = top_k_patches(start, end, ranked, settings.max_k)          # top-n at mutant values
+    rest = top_k_patches(end, start, ranked, settings.max_k)         # top-n at WT, the rest at mutant values
+    out = view.effects(torch.cat([top, rest, end.unsqueeze(0)]))
     effects = out.effects.double().cpu()
-    total = float(effects[-1])
-    curve = effects[:-1] / total if total != 0 else torch.full_like(effects[:-1], float("nan"))
-    reached = torch.nonzero(curve >= settings.recover).flatten()
-    return Curve(mutant=view.mutant.name, k=np.arange(len(curve)),
-                 patched_score=out.scores[:-1].double().cpu().numpy(), recovered_fraction=curve.numpy(),
-                 total_effect=total, minimal_k=float(reached[0]) if len(reached) else math.nan)
+    scores = out.scores.double().cpu().numpy()
+    n = top.shape[0]
+    full = float(effects[-1])
+    if full != 0:
+        recovered, complement = (effects[:n] / full).numpy(), (effects[n:2 * n] / full).numpy()
+    else:
+        recovered = complement = np.full(n, np.nan)
+    negligible = abs(full) < settings.min_effect
+    return Curve(mutant=view.mutant.name, n_features=np.arange(n), patched_score=scores[:n],
+                 recovered_fraction=recovered, complement_score=scores[n:2 * n], complement_fraction=complement,
+                 baseline_score=float(out.baseline[-1]), full_effect=full, negligible=negligible,
+                 minimal_size=math.nan if negligible else minimal_size(recovered, settings.recover))
 
 
 def ranked_by_ig(view: MutantView, settings: CircuitSettings, attributions: Mapping[str, Tensor]) -> Curve:
@@ -83,30 +114,41 @@ def read_ig(inputs: Mapping[str, Path], mutants: list[Mutant]) -> dict[str, Tens
 
 
 def summary(c: Curve) -> str:
-    return f"total effect {c.total_effect:.4g}, minimal circuit {c.minimal_k}"
+    size = "negligible" if c.negligible else ("none" if math.isnan(c.minimal_size) else int(c.minimal_size))
+    return f"full effect {c.full_effect:.4g}, minimal circuit {size}"
 
 
-def curves_table(curves: list[Curve]) -> pd.DataFrame:
-    frames = [pd.DataFrame({"mutant": c.mutant, "k": c.k, "patched_score": c.patched_score,
-                            "recovered_fraction": c.recovered_fraction}) for c in curves]
+def curves_table(curves: list[Curve], meta: LayerMeta, space: str) -> pd.DataFrame:
+    """Both curves of every mutant, one row per (mutant, n_features), with the settings."""
+    frames = [pd.DataFrame({
+        "mutant": c.mutant, "n_features": c.n_features, "patched_score": c.patched_score,
+        "recovered_fraction": c.recovered_fraction, "complement_score": c.complement_score,
+        "complement_fraction": c.complement_fraction, "full_effect": c.full_effect, "negligible": c.negligible,
+        "layer": meta.layer, "k": meta.k, "d_sae": meta.d_sae, "space": space,
+    }, columns=CURVE_COLUMNS) for c in curves]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CURVE_COLUMNS)
 
 
-def sizes_table(protein: str, layer: int, curves: list[Curve]) -> pd.DataFrame:
-    """Minimal circuit size per mutant; empty where none within max_k. ``total_effect`` is ``S_all − S(m)``."""
-    rows = [{"protein": protein, "layer": layer, "mutant": c.mutant, "total_effect": c.total_effect,
-             "minimal_k": c.minimal_k} for c in curves]
+def sizes_table(curves: list[Curve], meta: LayerMeta, space: str) -> pd.DataFrame:
+    """One row per mutant: its full effect, whether it is negligible, and the minimal circuit's size
+    (``n_features``, empty if none within max_k or negligible) with the fraction it recovers."""
+    rows = []
+    for c in curves:
+        size = c.minimal_size
+        rows.append({"protein": meta.protein, "layer": meta.layer, "mutant": c.mutant, "full_effect": c.full_effect,
+                     "negligible": c.negligible, "n_features": size,
+                     "recovered_fraction": math.nan if math.isnan(size) else float(c.recovered_fraction[int(size)]),
+                     "k": meta.k, "d_sae": meta.d_sae, "space": space})
     table = pd.DataFrame(rows, columns=SIZE_COLUMNS)
-    table["minimal_k"] = table["minimal_k"].astype("Int64")
+    table["n_features"] = table["n_features"].astype("Int64")
     return table
-
 
 
 def write_curves(curves: list[Curve], outputs: Mapping[str, Path], settings: CircuitSettings,
                  meta: LayerMeta) -> None:
     """Rule find_circuits's outputs: the curves and the minimal sizes."""
-    write_csv(curves_table(curves), outputs["curves"])
-    write_csv(sizes_table(meta.protein, meta.layer, curves), outputs["sizes"])
+    write_csv(curves_table(curves, meta, settings.space), outputs["curves"])
+    write_csv(sizes_table(curves, meta, settings.space), outputs["sizes"])
 
 
 CIRCUITS = Analysis(rule="find_circuits", settings=CircuitSettings, run=ranked_by_ig, write=write_curves,

@@ -51,6 +51,7 @@ class Attribution:
 
     mutant: str
     attribution: Tensor       # (d_sae,) A_j, summed over sites
+    abs_delta: Tensor         # (d_sae,) Σ_sites |end − start|: how far each feature moves along the path
     error_attribution: float  # A_err (0.0 without an error node)
     total_effect: float       # T
     completeness_error: float
@@ -74,9 +75,15 @@ def attribute(view: MutantView, settings: IGSettings, context: None = None) -> A
     features = attrs[0][0].sum(0).detach()
     error = float(attrs[1].sum()) if settings.error_node else 0.0
     total = float(view.effects(end, error_change if settings.error_node else None).effects[0])
-    gap = abs(float(features.sum()) + error - total) / max(abs(total), 1e-6)
-    return Attribution(mutant=view.mutant.name, attribution=features.cpu(), error_attribution=error,
-                       total_effect=total, completeness_error=gap, quadrature_delta=float(delta.sum()))
+    return Attribution(mutant=view.mutant.name, attribution=features.cpu(),
+                       abs_delta=(view.end - view.start).abs().sum(0).cpu(), error_attribution=error,
+                       total_effect=total, completeness_error=completeness_error(float(features.sum()), error, total),
+                       quadrature_delta=float(delta.sum()))
+
+
+def completeness_error(features: float, error: float, total: float) -> float:
+    """``|Σ_j A_j + A_err − T| / max(|T|, 1e-6)``: e.g. 0.49 + 0.01 against T = 0.4 is 0.1 / 0.4 = 0.25."""
+    return abs(features + error - total) / max(abs(total), 1e-6)
 
 
 def summary(r: Attribution) -> str:
@@ -92,7 +99,7 @@ def write_attributions(results: list[Attribution], outputs: Mapping[str, Path], 
              meta.protein, meta.layer, len(results), settings.steps, settings.rule, settings.space,
              settings.error_node, float(np.median(errors)) if len(errors) else float("nan"))
     attributions_file(results, settings=settings, k=meta.k, d_sae=meta.d_sae, layer=meta.layer).write(outputs["npz"])
-    write_csv(top_features(results), outputs["top"])
+    write_csv(top_features(results, meta, settings.space), outputs["top"])
 
 
 IG = Analysis(rule="integrate_gradients", settings=IGSettings, run=attribute, write=write_attributions,
@@ -112,20 +119,24 @@ def attributions_file(results: list[Attribution], *, settings: IGSettings, k: in
         mutant=np.array([r.mutant for r in results], dtype=str),
         attribution=(torch.stack([r.attribution for r in results]).cpu().numpy().astype(np.float64)
                      if results else np.zeros((0, d_sae))),
+        abs_delta=(torch.stack([r.abs_delta for r in results]).cpu().numpy().astype(np.float64)
+                   if results else np.zeros((0, d_sae))),
         error_attribution=np.array([r.error_attribution for r in results], dtype=np.float64),
         total_effect=np.array([r.total_effect for r in results], dtype=np.float64),
         completeness_error=np.array([r.completeness_error for r in results], dtype=np.float64),
         quadrature_delta=np.array([r.quadrature_delta for r in results], dtype=np.float64),
-        steps=settings.steps, rule=settings.rule, space=settings.space, k=k, error_node=settings.error_node,
-        layer=layer,
+        steps=settings.steps, rule=settings.rule, space=settings.space, k=k, d_sae=d_sae,
+        error_node=settings.error_node, layer=layer,
     )
 
 
-def top_features(results: list[Attribution], n: int = 20) -> pd.DataFrame:
-    """The n features with the largest |A_j| per mutant, for people to read."""
+def top_features(results: list[Attribution], meta: LayerMeta, space: str, n: int = 20) -> pd.DataFrame:
+    """The n features with the largest |A_j| per mutant (A_j = 0 never), for people to read."""
     rows = []
     for r in results:
         order = torch.argsort(r.attribution.abs(), descending=True, stable=True)[:n]
-        rows += [{"mutant": r.mutant, "rank": rank, "feature": int(j), "attribution": float(r.attribution[j])}
-                 for rank, j in enumerate(order.tolist(), start=1)]
+        rows += [{"mutant": r.mutant, "rank": rank, "feature": int(j), "attribution": float(r.attribution[j]),
+                  "abs_delta": float(r.abs_delta[j]), "layer": meta.layer, "k": meta.k, "d_sae": meta.d_sae,
+                  "space": space}
+                 for rank, j in enumerate(order.tolist(), start=1) if r.attribution[j] != 0]
     return pd.DataFrame(rows, columns=IG_TOP_COLUMNS)

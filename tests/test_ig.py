@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from esmsae.analysis import LayerMeta
 from esmsae.arrays import Attributions
-from esmsae.circuits import circuit_curve, sizes_table, top_k_patches
 from esmsae.engine import Splice
 from esmsae.errors import InputError
 from esmsae.esm import EsmLM
-from esmsae.ig import attribute, attribute_protein, attributions_file, top_features
+from esmsae.ig import attribute, attribute_protein, attributions_file, completeness_error, top_features
 from esmsae.mutations import parse_mutant
-from esmsae.patching import changed_features, patch_protein
 
 from .conftest import (
     LAYERS,
@@ -23,7 +22,6 @@ from .conftest import (
     circuit_settings,
     ig_settings,
     mutant_states,
-    patch_settings,
     splice_every_layer,
     view_of,
 )
@@ -82,9 +80,11 @@ def test_total_effect_equals_mutant_representation_spliced_in(lm, splices, layer
         assert without.completeness_error <= 0.01 or abs(without.total_effect) < 1e-4
 
 
+@pytest.mark.parametrize("error_node", [True, False])
 @pytest.mark.parametrize("rule,steps", [("gausslegendre", 3), ("riemann_right", 5), ("riemann_middle", 7)])
-def test_linear_stand_in_gives_the_analytic_attribution(lm, saes, rule, steps):
-    """Replace the rest of the network by S = ⟨Δh, w⟩: A_j = Δz_j σ (w_dec_j · w), A_err = ⟨ẽ − e, w⟩."""
+def test_linear_stand_in_gives_the_analytic_attribution(lm, saes, rule, steps, error_node):
+    """Replace the rest of the network by S = ⟨Δh, w⟩: A_j = Δz_j σ (w_dec_j · w), A_err = ⟨ẽ − e, w⟩;
+    without the error node (the seed), A_j is the same, A_err = 0 and T = Σ_j A_j (the error stays at WT)."""
     splice = Splice(lm, saes[3], SEQ, 3)
     w = torch.linspace(-1.0, 1.0, lm.embed_dim)
     splice.run = lambda positions, delta, spec: (delta * w).sum((1, 2))
@@ -92,11 +92,59 @@ def test_linear_stand_in_gives_the_analytic_attribution(lm, saes, rule, steps):
         h = mutant_states(splice, mutant)
         wt = splice.wt_code([s.pos for s in mutant.sites])
         mut = splice.mutant_code(h, wt)
-        result = attribute(view_of(splice, mutant, h), ig_settings(steps=steps, rule=rule))
+        result = attribute(view_of(splice, mutant, h), ig_settings(steps=steps, rule=rule, error_node=error_node))
         expected = ((mut.z - wt.z) * wt.sigma * (splice.sae.w_dec @ w)).sum(0)
         assert torch.allclose(result.attribution, expected, atol=1e-5)
-        assert result.error_attribution == pytest.approx(float(((mut.error - wt.error) * w).sum()), abs=1e-5)
+        error = float(((mut.error - wt.error) * w).sum())
+        if error_node:
+            assert result.error_attribution == pytest.approx(error, abs=1e-5)
+            assert result.total_effect == pytest.approx(float(expected.sum()) + error, abs=1e-5)
+        else:
+            assert result.error_attribution == 0.0 and abs(error) > 1e-3
+            assert result.total_effect == pytest.approx(float(expected.sum()), abs=1e-5)
         assert result.completeness_error <= 1e-4
+
+
+def test_pre_space_ig_is_a_quadrature_of_autograd_gradients(splices):
+    """In pre space the path runs over pre-activations with TopK inside: captum's midpoint rule equals
+    the same sum written out by hand, node by node, with autograd gradients."""
+    splice, steps = splices[2], 6
+    for mutant in (MUTANTS[1], parse_mutant("Y3A:F41S", SEQ)):
+        view = view_of(splice, mutant, space="pre")
+        result = attribute(view, ig_settings(space="pre", steps=steps, rule="riemann_middle"))
+        start, end, de = view.start, view.end, view.error_change
+        grad_v, grad_e = torch.zeros_like(start), torch.zeros_like(de)
+        for i in range(steps):
+            alpha = (i + 0.5) / steps
+            v = (start + alpha * (end - start)).unsqueeze(0).requires_grad_(True)
+            e = (alpha * de).unsqueeze(0).requires_grad_(True)
+            score = splice.run(view.wt.positions, splice.delta(view.wt, splice.sae.topk(v), e), view.spec)
+            gv, ge = torch.autograd.grad(score.sum(), (v, e))
+            grad_v, grad_e = grad_v + gv[0] / steps, grad_e + ge[0] / steps
+        expected = ((end - start) * grad_v).sum(0)
+        assert bool((expected != 0).any())
+        assert torch.allclose(result.attribution, expected, atol=1e-5, rtol=1e-4)
+        assert result.error_attribution == pytest.approx(float((de * grad_e).sum()), abs=1e-5)
+        assert bool((result.attribution[(end == start).all(0)] == 0).all())  # a feature that does not move
+
+
+def test_completeness_error_definition():
+    """|ΣA + A_err − T| / max(|T|, 1e-6), by hand."""
+    assert completeness_error(0.49, 0.01, 0.4) == pytest.approx(0.25)  # 0.1 / 0.4, not 0.1 / 1
+    assert completeness_error(1.5, 0.5, 2.0) == 0.0
+    assert completeness_error(0.5, 0.0, 1e-9) == pytest.approx(0.5 / 1e-6)
+    assert completeness_error(-1.0, 0.0, -2.0) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_reported_completeness_error_is_relative_to_the_total_effect(splices, layer):
+    results = attribute_protein(splices[layer], MUTANTS, ig_settings(steps=4))
+    small = 0
+    for r in results:
+        gap = abs(float(r.attribution.sum()) + r.error_attribution - r.total_effect)
+        assert r.completeness_error == pytest.approx(gap / max(abs(r.total_effect), 1e-6), rel=1e-9)
+        small += abs(r.total_effect) < 0.5
+    assert small > 0  # effects below 1 are where a wrong denominator would show
 
 
 def test_captum_trapezoid_is_still_biased():
@@ -133,56 +181,22 @@ def test_npz_and_top_table_round_trip(splices, tmp_path):
     assert data.mutant.tolist() == [m.name for m in MUTANTS[:2]]
     assert data.attribution.shape == (2, 96)
     assert np.array_equal(data.attribution[1], results[1].attribution.numpy())
-    assert (data.steps, data.rule, data.error_node, data.space, data.k, data.layer) == (
-        4, "gausslegendre", True, "latent", 8, 1)
+    assert (data.steps, data.rule, data.error_node, data.space, data.k, data.d_sae, data.layer) == (
+        4, "gausslegendre", True, "latent", 8, 96, 1)
+    assert np.array_equal(data.abs_delta[0], results[0].abs_delta.numpy())
     # Read back through the same type: a file that is not one is refused by name.
     (tmp_path / "bad.npz").write_bytes(b"not an npz")
     with pytest.raises(InputError, match="bad.npz: not a readable IG results file"):
         Attributions.read(tmp_path / "bad.npz")
     np.savez(tmp_path / "short.npz", mutant=np.array(["A1C"]), attribution=np.zeros((2, 3)),
-             error_attribution=np.zeros(2), total_effect=np.zeros(2), completeness_error=np.zeros(2))
+             abs_delta=np.zeros((2, 3)), error_attribution=np.zeros(2), total_effect=np.zeros(2),
+             completeness_error=np.zeros(2))
     with pytest.raises(InputError, match="short.npz: mutant has shape"):
         Attributions.read(tmp_path / "short.npz")
-    top = top_features(results, n=5)
+    meta = LayerMeta(protein="DNJA1_HUMAN", layer=1, k=8, d_sae=96)
+    top = top_features(results, meta, "latent", n=5)
+    assert (top[["layer", "k", "d_sae", "space"]].drop_duplicates().values.tolist() == [[1, 8, 96, "latent"]])
     first = top[top["mutant"] == MUTANTS[0].name]
     assert first["rank"].tolist() == [1, 2, 3, 4, 5]
     assert first["attribution"].abs().is_monotonic_decreasing
     assert first["attribution"].abs().iloc[0] == pytest.approx(float(results[0].attribution.abs().max()))
-
-
-@pytest.mark.parametrize("layer", LAYERS)
-def test_circuit_curve_end_points_are_exact(splices, layer):
-    splice = splices[layer]
-    for mutant in MUTANTS:
-        h = mutant_states(splice, mutant)
-        ig = attribute(view_of(splice, mutant, h), ig_settings(steps=8))
-        n_changed = len(changed_features(view_of(splice, mutant, h)))
-        curve = circuit_curve(view_of(splice, mutant, h), circuit_settings(max_k=40), ig.attribution)
-        assert curve.k.tolist() == list(range(41))
-        if curve.total_effect == 0.0:
-            continue
-        assert curve.recovered_fraction[0] == 0.0
-        assert curve.recovered_fraction[n_changed] == 1.0  # every changed feature in: z' = z_mut exactly
-        reached = np.nonzero(curve.recovered_fraction >= 0.9)[0]
-        assert curve.minimal_k == reached[0]
-
-
-def test_circuit_k1_equals_the_single_feature_patch(splices):
-    splice = splices[2]
-    mutant = MUTANTS[1]
-    h = mutant_states(splice, mutant)
-    ig = attribute(view_of(splice, mutant, h), ig_settings(steps=8))
-    curve = circuit_curve(view_of(splice, mutant, h), circuit_settings(max_k=3), ig.attribution)
-    top = int(torch.argmax(ig.attribution.abs()))
-    table = patch_protein(splice, [mutant], patch_settings())
-    row = table[(table["control"] == "real") & (table["feature"] == top)]
-    assert len(row) == 1
-    assert abs(curve.patched_score[1] - float(row["patched_score"].iloc[0])) <= 1e-5
-    sizes = sizes_table("DNJA1_HUMAN", 2, [curve])
-    assert list(sizes.columns) == ["protein", "layer", "mutant", "total_effect", "minimal_k"]
-
-
-def test_top_k_patches_orders_by_absolute_attribution():
-    start, end = torch.zeros(1, 4), torch.ones(1, 4)
-    rows = top_k_patches(start, end, torch.tensor([0.1, -3.0, 2.0, 0.0]), max_k=3)
-    assert rows[:, 0].tolist() == [[0, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0], [1, 1, 1, 0]]
