@@ -13,12 +13,10 @@ Pure pandas/scipy: nothing here imports torch.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from esmsae.columns import (
     CONTROLS,
@@ -28,6 +26,7 @@ from esmsae.columns import (
     read_table,
 )
 from esmsae.columns import TOP_MUTATIONS_COLUMNS as TOP_COLUMNS
+from esmsae.statistics import mean_sem, spearman, wilcoxon_p
 
 Tables = Mapping[tuple[str, int], pd.DataFrame]
 
@@ -72,67 +71,71 @@ def real_patches(table: pd.DataFrame) -> pd.DataFrame:
     return real
 
 
-def abs_effects(table: pd.DataFrame, control: str) -> np.ndarray:
-    """|effect| of one control's rows, as float64."""
-    return np.abs(table.loc[table["control"] == control, "effect"].to_numpy(dtype=np.float64))
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Spearman ρ and its p-value; ``(nan, nan)`` for fewer than 3 points or a constant input."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if x.size < 3 or np.all(x == x[0]) or np.all(y == y[0]):
-        return float("nan"), float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        result = stats.spearmanr(x, y)
-    return float(result.statistic), float(result.pvalue)
-
-
-def _summary(values: np.ndarray) -> tuple[float, float, float]:
-    """Mean, sample std (ddof=1) and median; NaN where undefined."""
-    n = values.size
-    mean = float(values.mean()) if n else float("nan")
-    std = float(values.std(ddof=1)) if n >= 2 else float("nan")
-    median = float(np.median(values)) if n else float("nan")
-    return mean, std, median
+def per_mutant_abs_effect(table: pd.DataFrame, control: str) -> pd.Series:
+    """Each mutant's mean |effect| over its patches of one control (the mutant is the unit), by mutant."""
+    rows = table.loc[table["control"] == control]
+    return rows["effect"].abs().groupby(rows["mutant"], sort=True).mean()
 
 
 def control_validation(tables: Tables) -> pd.DataFrame:
-    """|effect| of each control against the real patches, per protein, layer and control.
+    """|effect| of each control beside the real patches, per protein, layer and control, the mutant as the unit.
 
     One row per (protein, layer, control), controls in the order real, noop, stable, random.
-    ``mwu_u``/``mwu_p``: two-sided Mann–Whitney U of |real effects| against |control effects|;
-    NaN on the real row and where either side is empty.
+    Each mutant contributes one value, its mean |effect| over that control's patches:
+    ``mean_abs_effect``, ``sem_abs_effect`` (``std(ddof=1)/√n``) and ``median_abs_effect`` are
+    over mutants. ``frac_nonzero`` is the share of the control's patches with a nonzero effect,
+    ``frac_mutants_nonzero`` the share of mutants with any. ``wilcoxon_p``: two-sided Wilcoxon
+    signed-rank test of the paired per-mutant differences real − control (NaN on the real row,
+    below 2 mutants, or when every difference is 0).
     """
     rows = []
     for protein, layer, table in ordered(tables):
-        real = abs_effects(table, "real")
+        real = per_mutant_abs_effect(table, "real")
         for control in CONTROLS:
-            values = abs_effects(table, control)
-            u = p = float("nan")
-            if control != "real" and real.size and values.size:
-                result = stats.mannwhitneyu(real, values, alternative="two-sided")
-                u, p = float(result.statistic), float(result.pvalue)
-            rows.append((protein, layer, control, int(values.size), *_summary(values), u, p))
-    return _frame(rows, VALIDATION_COLUMNS, n="int64")
+            values = per_mutant_abs_effect(table, control)
+            effects = table.loc[table["control"] == control, "effect"].to_numpy(dtype=np.float64)
+            nonzero = table.loc[table["control"] == control].assign(nz=effects != 0).groupby("mutant")["nz"].any()
+            p = float("nan")
+            if control != "real":
+                paired = real.index.intersection(values.index)
+                p = wilcoxon_p((real[paired] - values[paired]).to_numpy(dtype=np.float64))
+            mean, sem = mean_sem(values.to_numpy(dtype=np.float64))
+            rows.append((protein, layer, control, len(values), len(effects), mean, sem,
+                         float(values.median()) if len(values) else float("nan"),
+                         float((effects != 0).mean()) if len(effects) else float("nan"),
+                         float(nonzero.mean()) if len(nonzero) else float("nan"), p, *_settings(table)))
+    return _frame(rows, VALIDATION_COLUMNS, n_mutants="int64", n_patches="int64")
 
 
 def layer_progression(tables: Tables, selected: Mapping[str, int] | None = None) -> pd.DataFrame:
-    """Real-patch |effect| per protein and layer, and its Spearman correlation with |Δ latent|.
+    """Real-patch |effect| per protein and layer, and how it follows |Δ latent|, the mutant as the unit.
 
-    ``n_mutants`` is the protein's number of selected mutants when `selected` gives it,
-    else the distinct mutants among the table's rows; ``n_patches`` counts real rows.
-    ``spearman_*`` is NaN for fewer than 3 real rows or a constant input.
+    ``n_mutants`` is the protein's number of selected mutants when `selected` gives it, else the
+    distinct mutants among the table's rows; ``n_patches`` counts real rows. ``mean_abs_effect``,
+    ``sem_abs_effect`` and ``median_abs_effect`` are over mutants (each its mean |effect|).
+    ``spearman_rho`` is the mean over mutants of each mutant's Spearman ρ between |Δ latent| and
+    |effect| of its real patches (mutants with at least 3 and a non-constant input:
+    ``n_rho_mutants``), ``spearman_sem`` its standard error.
     """
     rows = []
     for protein, layer, table in ordered(tables):
         real = real_patches(table)
-        mean, _, median = _summary(real["abs_effect"].to_numpy())
-        rho, p = spearman(real["abs_delta"].to_numpy(), real["abs_effect"].to_numpy())
+        by_mutant = real.groupby("mutant", sort=True)
+        mean, sem = mean_sem(by_mutant["abs_effect"].mean().to_numpy(dtype=np.float64))
+        median = float(by_mutant["abs_effect"].mean().median()) if len(real) else float("nan")
+        rhos = np.array([spearman(g["abs_delta"].to_numpy(), g["abs_effect"].to_numpy())[0] for _, g in by_mutant],
+                        dtype=np.float64)
+        rhos = rhos[np.isfinite(rhos)]
+        rho, rho_sem = mean_sem(rhos)
         n_mutants = selected[protein] if selected and protein in selected else table["mutant"].nunique()
-        rows.append((protein, layer, int(n_mutants), len(real), mean, median, rho, p))
-    return _frame(rows, PROGRESSION_COLUMNS, n_mutants="int64", n_patches="int64")
+        rows.append((protein, layer, int(n_mutants), len(real), mean, sem, median, rho, rho_sem, len(rhos),
+                     *_settings(table)))
+    return _frame(rows, PROGRESSION_COLUMNS, n_mutants="int64", n_patches="int64", n_rho_mutants="int64")
+
+
+def _settings(table: pd.DataFrame) -> tuple:
+    """The table's SAE k, d_sae and space (one value each in a patching table), or NA when empty."""
+    return tuple(table[c].iloc[0] if len(table) else pd.NA for c in ("k", "d_sae", "space"))
 
 
 def top_mutations(tables: Tables, scores: Mapping[str, pd.DataFrame], top_n: int) -> pd.DataFrame:
@@ -154,6 +157,7 @@ def top_mutations(tables: Tables, scores: Mapping[str, pd.DataFrame], top_n: int
             "feature": real["feature"].to_numpy(dtype=np.int64),
             "effect": real["effect"].to_numpy(dtype=np.float64),
             "abs_effect": real["abs_effect"].to_numpy(dtype=np.float64),
+            **dict(zip(("k", "d_sae", "space"), _settings(table), strict=True)),
         })
         by_protein.setdefault(protein, []).append(frame)
 

@@ -5,7 +5,7 @@ with ``esmsae.figures.save`` (atomic, no timestamps, so reruns write the same by
 function returns its ``Figure``; empty inputs give a panel with a note instead of an error.
 
 Inputs: IG results per (protein, layer) as in ``esmsae.attribution_tables``, circuit curves per
-(protein, layer) (``esmsae.circuits.CURVE_COLUMNS``) and the circuit-size table of
+(protein, layer) (``esmsae.columns.CURVE_COLUMNS``) and the circuit-size table of
 ``esmsae.attribution_tables.circuit_sizes``. Nothing here imports torch.
 """
 
@@ -20,12 +20,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from esmsae.attribution_tables import TOP_N, Results, feature_consistency, ordered_results
+from esmsae.attribution_tables import TOP_N, Results, concentration_by_mutant, feature_consistency, ordered_results
 from esmsae.columns import SIZE_COLUMNS
 from esmsae.figures import save
+from esmsae.statistics import mean_sem
 
 PathLike = str | os.PathLike
-MAX_FEATURES = 100
 MAX_ROWS = 30
 
 
@@ -34,72 +34,102 @@ def _note(ax: Axes, text: str) -> None:
 
 
 def ig_concentration(results: Results, png: PathLike, pdf: PathLike) -> Figure:
-    """Cumulative share of Σ|A| carried by the top-x features, median over all mutants of all proteins, per layer.
+    """Concentration of IG attribution beside its null, by layer: is IG more concentrated than sparsity alone?
 
-    x runs from 1 to min(100, d_sae) on a log axis. One ``Line2D`` per layer that has at least
-    one mutant with Σ|A| > 0, labelled ``layer <ℓ>``; mutants with Σ|A| = 0 are left out.
+    Three panels over layers, every mutant of every protein pooled (mean ± s.e.m. over mutants,
+    see ``esmsae.attribution_tables.mutant_concentration``): the Gini of ``|A_j|`` over the changed
+    set against the Gini of ``|Δ|`` (the null); ``k90`` against the null's, with ``|C|`` for
+    scale; the top-20 share (error node in the denominator) against the null's, and the error
+    node's share. Solid lines are the attribution, dashed the null; each panel holds one
+    ``Line2D`` per curve, labelled.
     """
-    entries = ordered_results(results)
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
-    ax = fig.add_subplot()
-    drawn = 0
-    for i, layer in enumerate(sorted({layer for _, layer, _ in entries})):
-        blocks = [result.attribution for _, result_layer, result in entries if result_layer == layer]
-        width = min(MAX_FEATURES, *(block.shape[1] for block in blocks))
-        curves = []
-        for block in blocks:
-            a = -np.sort(-np.abs(block), axis=1)
-            total = a.sum(axis=1)
-            keep = total > 0
-            if width and keep.any():
-                curves.append(np.cumsum(a[keep], axis=1)[:, :width] / total[keep, None])
-        if not curves:
+    table = concentration_by_mutant(results)
+    layers = sorted(set(table["layer"].tolist()))
+    fig = Figure(figsize=(13.5, 4.2), layout="constrained")
+    axes = [fig.add_subplot(1, 3, i + 1) for i in range(3)]
+    panels = [
+        ("Gini over the changed set\n(% of mutants above their own null)",
+         [("gini", "IG |A|", "C0", "-"), ("gini_null", "null |Δ|", "C0", "--")]),
+        ("k90: features for 90 % of Σ|A|", [("k90", "IG |A|", "C1", "-"), ("k90_null", "null |Δ|", "C1", "--"),
+                                             ("n_changed", "|C| changed", "0.5", ":")]),
+        ("share of D = Σ|A| + |A_err|", [("top20_share", "top-20 share", "C2", "-"),
+                                          ("top20_share_null", "top-20 share, null", "C2", "--"),
+                                          ("error_share", "error node", "C3", "-")]),
+    ]
+    means: dict[str, np.ndarray] = {}
+    for ax, (title, curves) in zip(axes, panels, strict=True):
+        for column, label, color, style in curves:
+            stats = [mean_sem(table.loc[table["layer"] == layer, column].to_numpy(dtype=np.float64))
+                     for layer in layers]
+            means[column] = mean = np.array([m for m, _ in stats])
+            sem = np.nan_to_num(np.array([e for _, e in stats]), nan=0.0)
+            ax.plot(layers, mean, color=color, linestyle=style, marker="o", label=label)
+            ax.errorbar(layers, mean, yerr=sem, fmt="none", ecolor=color, capsize=0)
+        if not layers:
+            _note(ax, "no IG attributions")
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize="small", loc="lower left")
+    axes[0].set_ylim(0, 1.05)
+    axes[2].set_ylim(0, 1.05)
+    for i, layer in enumerate(layers):
+        at = table.loc[table["layer"] == layer]
+        diff = (at["gini"] - at["gini_null"]).to_numpy(dtype=np.float64)
+        diff = diff[np.isfinite(diff)]  # as the table's gini_above_null: mutants with both Ginis
+        if not diff.size:
             continue
-        median = np.median(np.concatenate(curves), axis=0)
-        ax.plot(np.arange(1, width + 1), median, color=f"C{i}", label=f"layer {layer}")
-        drawn += 1
-    if drawn:
-        ax.set_xscale("log")
-        ax.legend(title="median over mutants", fontsize="small")
-    else:
-        _note(ax, "no IG attributions")
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("number of top features (by |A|)")
-    ax.set_ylabel("share of Σ|A|")
-    ax.set_title("Concentration of IG attributions")
+        share = float((diff > 0).mean())
+        axes[0].annotate(f"{share:.0%}", (layer, means["gini"][i]), textcoords="offset points", xytext=(0, 8),
+                         ha="center", fontsize="small", color="C0")
+    n_mutants = table.groupby("layer").size()
+    fig.suptitle("IG attribution against the SAE's sparsity alone (mean ± s.e.m. over mutants; "
+                 f"{', '.join(f'{n} at layer {layer}' for layer, n in n_mutants.items())})")
     save(fig, png, pdf)
     return fig
 
 
 def circuit_faithfulness(curves: Mapping[tuple[str, int], pd.DataFrame], png: PathLike, pdf: PathLike,
                          recover: float = 0.9) -> Figure:
-    """Median recovered fraction against k, pooled over proteins, one line per layer; dashed line at `recover`.
+    """Median sufficiency r_n (solid) and necessity c_n (dashed) against n, one colour per layer.
 
-    NaN fractions (mutants with zero total effect) are ignored. One ``Line2D`` per layer with
-    curve rows (labelled ``layer <ℓ>``), plus the horizontal dashed ``recover`` line.
+    Proteins are pooled; negligible mutants (``negligible``) are left out, and the legend says
+    how many. The shaded band is ``1 ± (1 − recover)``: a circuit is minimal at the first n whose
+    r_n falls inside it. Two ``Line2D`` per layer with curve rows (``layer <ℓ>`` and
+    ``layer <ℓ> without``).
     """
     by_layer: dict[int, list[pd.DataFrame]] = {}
     for (protein, layer), table in curves.items():
-        missing = [c for c in ("mutant", "k", "recovered_fraction") if c not in table.columns]
+        missing = [c for c in ("mutant", "n_features", "recovered_fraction", "complement_fraction", "negligible")
+                   if c not in table.columns]
         if missing:
             raise ValueError(f"circuit curves ({protein!r}, layer {layer}): missing columns {missing}")
         if len(table):
-            by_layer.setdefault(int(layer), []).append(table[["k", "recovered_fraction"]])
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+            by_layer.setdefault(int(layer), []).append(table)
+    fig = Figure(figsize=(7.2, 4.6), layout="constrained")
     ax = fig.add_subplot()
+    ax.axhspan(recover, 2 - recover, color="0.9", label=f"within ±{1 - recover:.0%} of the full effect")
     for i, layer in enumerate(sorted(by_layer)):
-        pooled = pd.concat(by_layer[layer], ignore_index=True).astype({"k": "int64", "recovered_fraction": "float64"})
-        median = pooled.dropna().groupby("k", sort=True)["recovered_fraction"].median()
-        median = median.reindex(np.unique(pooled["k"].to_numpy()))
-        ax.plot(median.index.to_numpy(), median.to_numpy(), color=f"C{i}", marker=".", label=f"layer {layer}")
-    ax.axhline(recover, color="0.3", linestyle="--", linewidth=1, label=f"recover = {recover:g}")
+        tables = [t.assign(negligible=t["negligible"].astype(str).str.lower() == "true") for t in by_layer[layer]]
+        n_mutants = sum(t["mutant"].nunique() for t in tables)  # per protein: names repeat across proteins
+        n_negligible = sum(t.loc[t["negligible"], "mutant"].nunique() for t in tables)
+        pooled = pd.concat(tables, ignore_index=True)
+        kept = pooled.loc[~pooled["negligible"]]
+        for column, style, suffix in (("recovered_fraction", "-", f" ({n_mutants - n_negligible} of {n_mutants}; "
+                                                                    f"{n_negligible} negligible)"),
+                                      ("complement_fraction", "--", " without")):
+            median = kept.groupby("n_features", sort=True)[column].median()
+            ax.plot(median.index.to_numpy(), median.to_numpy(), color=f"C{i}", linestyle=style,
+                    marker="." if style == "-" else None, label=f"layer {layer}{suffix}")
     if not by_layer:
         _note(ax, "no circuit curves")
+    ax.axhline(0, color="0.6", linewidth=0.8)
     ax.legend(fontsize="small")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("k (top-|A| features patched)")
-    ax.set_ylabel("median recovered fraction")
-    ax.set_title("Faithfulness of top-k circuits")
+    ax.set_xlabel("n features (top by |A_j|)")
+    ax.set_ylabel("median fraction of the full effect")
+    ax.set_title("Top-n circuits: what they recover (solid), what is left without them (dashed)")
     save(fig, png, pdf)
     return fig
 
@@ -154,22 +184,23 @@ def universal_features(results: Results, png: PathLike, pdf: PathLike, n: int = 
 def minimal_circuit_sizes(sizes: pd.DataFrame, png: PathLike, pdf: PathLike, max_k: int) -> Figure:
     """Box plot of the minimal circuit size per layer (proteins pooled), with points overlaid.
 
-    Above each box: ``none: c/n``, the mutants without a circuit within `max_k` out of all
-    mutants at that layer. Sizes above `max_k` or below 0 raise ``ValueError`` naming the
-    (protein, layer).
+    Above each box: ``none: c/n`` (no circuit within `max_k`) and ``negligible: g/n`` (full
+    effect below ``min_effect``, so no size) out of all mutants at that layer. Sizes above
+    `max_k` or below 0 raise ``ValueError`` naming the (protein, layer).
     """
     if isinstance(max_k, bool) or not isinstance(max_k, (int, np.integer)) or max_k < 0:
         raise ValueError(f"max_k must be a non-negative integer, got {max_k!r}")
     missing = [c for c in SIZE_COLUMNS if c not in sizes.columns]
     if missing:
         raise ValueError(f"circuit sizes: missing columns {missing}")
-    k = pd.array(sizes["minimal_k"], dtype="Int64")
+    k = pd.array(sizes["n_features"], dtype="Int64")
     bad = ((k > max_k) | (k < 0)).fillna(False).to_numpy(dtype=bool)
     if bad.any():
         row = sizes.loc[bad].iloc[0]
-        raise ValueError(f"circuit sizes ({row['protein']!r}, layer {row['layer']}): minimal_k "
-                         f"{row['minimal_k']} outside 0..{max_k}")
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+        raise ValueError(f"circuit sizes ({row['protein']!r}, layer {row['layer']}): n_features "
+                         f"{row['n_features']} outside 0..{max_k}")
+    negligible = sizes["negligible"].astype(str).str.lower().eq("true").to_numpy()
+    fig = Figure(figsize=(6.4, 4.6), layout="constrained")
     ax = fig.add_subplot()
     layer_values = sizes["layer"].to_numpy(dtype=np.int64)
     layers = sorted(set(layer_values.tolist()))
@@ -183,15 +214,16 @@ def minimal_circuit_sizes(sizes: pd.DataFrame, png: PathLike, pdf: PathLike, max
             ax.scatter(x + rng.uniform(-0.15, 0.15, values.size), values, s=10, alpha=0.5, color="C0",
                        linewidths=0)
         for x, layer, values in zip(positions, layers, found, strict=True):
-            total = int((layer_values == layer).sum())
-            ax.text(x, max_k + 0.5, f"none: {total - values.size}/{total}", ha="center", va="bottom",
-                    fontsize="small")
+            at = layer_values == layer
+            total, small = int(at.sum()), int(negligible[at].sum())
+            ax.text(x, max_k + 0.5, f"none: {total - small - values.size}/{total}\nnegligible: {small}/{total}",
+                    ha="center", va="bottom", fontsize="small")
         ax.set_xticks(positions, labels=[str(layer) for layer in layers])
-        ax.set_ylim(-0.5, max_k + 2)
+        ax.set_ylim(-0.5, max_k * 1.15 + 3)
     else:
         _note(ax, "no circuit sizes")
     ax.set_xlabel("layer")
-    ax.set_ylabel(f"minimal circuit size k (≤ {max_k})")
+    ax.set_ylabel(f"minimal circuit size, n features (≤ {max_k})")
     ax.set_title("Minimal circuit sizes")
     save(fig, png, pdf)
     return fig

@@ -22,44 +22,13 @@ import numpy as np
 import pandas as pd
 
 from esmsae.arrays import Attributions
-from esmsae.columns import CONCENTRATION_COLUMNS, CONSISTENCY_COLUMNS, SIZE_COLUMNS
+from esmsae.columns import CONCENTRATION_COLUMNS, CONCENTRATION_MUTANT_COLUMNS, CONSISTENCY_COLUMNS, SIZE_COLUMNS
+from esmsae.statistics import gini, k90, mean_sem, top_share, wilcoxon_p
 
 TOP_N = 20
 
 Result = Attributions | Mapping[str, np.ndarray]
 Results = Mapping[tuple[str, int], Result]
-
-
-def gini(values: np.ndarray) -> float:
-    """Gini coefficient of non-negative values, ``Σ_i (2i − n − 1) x_(i) / (n Σ x)`` over ascending x, i = 1..n.
-
-    This is the standard (sample) form, bounded by ``(n − 1)/n``: 0 when all values are equal,
-    ``(n − 1)/n`` when a single value is nonzero (0.75 for ``[0, 0, 0, 1]``). All zeros give 0.0;
-    an empty input gives NaN. Negative or non-finite values raise ``ValueError``.
-    """
-    x = np.sort(np.asarray(values, dtype=np.float64).ravel())
-    if not np.isfinite(x).all():
-        raise ValueError("gini: values must be finite")
-    if x.size and x[0] < 0:
-        raise ValueError("gini: values must be non-negative")
-    n = x.size
-    if n == 0:
-        return float("nan")
-    total = x.sum()
-    if total == 0:
-        return 0.0
-    i = np.arange(1, n + 1, dtype=np.float64)
-    return float(np.sum((2 * i - n - 1) * x) / (n * total))
-
-
-def top_share(abs_attr: np.ndarray, n: int = TOP_N) -> float:
-    """``Σ top-n |A| / Σ |A|`` (absolute values are taken here too); NaN when ``Σ |A| = 0``."""
-    _check_n(n)
-    a = np.abs(np.asarray(abs_attr, dtype=np.float64).ravel())
-    total = a.sum()
-    if total == 0:
-        return float("nan")
-    return float(np.sort(a)[::-1][:n].sum() / total)
 
 
 def top_n_features(attribution: np.ndarray, n: int = TOP_N) -> list[np.ndarray]:
@@ -70,26 +39,81 @@ def top_n_features(attribution: np.ndarray, n: int = TOP_N) -> list[np.ndarray]:
     return [row[a[m, row] > 0] for m, row in enumerate(order)]
 
 
-def ig_concentration(results: Results) -> pd.DataFrame:
-    """Concentration of |A| per (protein, layer): Gini, top-20 share, completeness and error-node share.
+def mutant_concentration(attribution: np.ndarray, error: float, abs_delta: np.ndarray, n: int = TOP_N) -> dict:
+    """One mutant's concentration statistics beside their null (METHOD.md "Concentration and universality").
 
-    Per mutant: Gini and top-20 share of ``|A_j|`` over all features, and the error share
-    ``|A_err| / (Σ_j |A_j| + |A_err|)`` (NaN when that is 0). Means and the median skip NaN
-    (NaN when nothing is left); ``std_gini`` has ddof=1 (NaN for fewer than 2 mutants).
+    Over the changed set ``C`` (``abs_delta > 0``: the features the path moves), with the error
+    node in the denominator ``D = Σ_C |A_j| + |A_err|``: ``top20_share = Σ top-n |A_j| / D``,
+    ``error_share = |A_err| / D``, ``k90`` (fewest features reaching 0.9 · ``Σ_C |A_j|``) and
+    ``gini`` of ``|A_j|`` over ``C``. The null puts ``|Δ|`` (``abs_delta``) in place of
+    ``|A_j|``, without an error node: what the SAE's sparsity alone gives. Worked example:
+    ``|A| = [4, 3, 2, 1]``, ``A_err = 10``, ``|Δ| = [1, 1, 1, 1]``: ``D = 20``, top-20 share
+    0.5, error share 0.5, k90 3, Gini 0.25; null: share 1, k90 4, Gini 0.
     """
+    _check_n(n)
+    a = np.abs(np.asarray(attribution, dtype=np.float64))
+    w = np.abs(np.asarray(abs_delta, dtype=np.float64))
+    changed = w > 0
+    a_c, w_c = a[changed], w[changed]
+    err = abs(float(error))
+    denominator = a_c.sum() + err
+    nan = float("nan")
+    return {
+        "n_changed": int(changed.sum()),
+        "top20_share": float(np.sort(a_c)[::-1][:n].sum() / denominator) if denominator > 0 else nan,
+        "top20_share_null": top_share(w_c, n) if w_c.size else nan,
+        "error_share": err / denominator if denominator > 0 else nan,
+        "k90": k90(a_c) if a_c.size else nan,
+        "k90_null": k90(w_c) if w_c.size else nan,
+        "gini": gini(a_c),
+        "gini_null": gini(w_c),
+    }
+
+
+MUTANT_STATS = ("n_changed", "top20_share", "top20_share_null", "error_share", "k90", "k90_null", "gini",
+                "gini_null")
+
+
+def concentration_by_mutant(results: Results, n: int = TOP_N) -> pd.DataFrame:
+    """:func:`mutant_concentration` of every mutant, with its completeness error and the settings."""
     rows = []
     for protein, layer, result in ordered_results(results):
-        a = np.abs(result.attribution)
-        err = np.abs(result.error_attribution)
-        n = a.shape[0]
-        ginis = np.array([gini(row) for row in a], dtype=np.float64)
-        shares = np.array([top_share(row, TOP_N) for row in a], dtype=np.float64)
-        denominator = a.sum(axis=1) + err
-        with np.errstate(divide="ignore", invalid="ignore"):
-            error_share = np.where(denominator > 0, err / denominator, np.nan)
-        rows.append((protein, layer, n, _nanmean(ginis), float(ginis.std(ddof=1)) if n >= 2 else float("nan"),
-                     _nanmean(shares), _nanmedian(result.completeness_error), _nanmean(error_share)))
-    return _frame(rows, CONCENTRATION_COLUMNS, layer="int64", n_mutants="int64")
+        for m in range(result.n):
+            stats = mutant_concentration(result.attribution[m], result.error_attribution[m], result.abs_delta[m], n)
+            rows.append({"protein": protein, "layer": layer, "mutant": str(result.mutant[m]), **stats,
+                         "total_effect": float(result.total_effect[m]),
+                         "completeness_error": float(result.completeness_error[m]), **_settings(result)})
+    frame = pd.DataFrame(rows, columns=CONCENTRATION_MUTANT_COLUMNS)
+    return frame.astype({"layer": "int64", "n_changed": "int64"})
+
+
+def ig_concentration(results: Results, n: int = TOP_N) -> pd.DataFrame:
+    """Concentration per (protein, layer), each statistic beside its null, the mutant as the unit.
+
+    For each statistic of :func:`mutant_concentration`: the mean over mutants and its standard
+    error (``std(ddof=1)/√n``, NaN below 2 mutants; NaN values skipped). ``gini_above_null`` is the
+    fraction of mutants whose attribution is more concentrated than their own ``|Δ|``
+    (``gini > gini_null``), and ``gini_wilcoxon_p`` the two-sided Wilcoxon signed-rank p of the
+    paired differences (NaN below 2 mutants or when all differences are 0).
+    """
+    by_mutant = concentration_by_mutant(results, n)
+    rows = []
+    for protein, layer, result in ordered_results(results):
+        part = by_mutant[(by_mutant["protein"] == protein) & (by_mutant["layer"] == layer)]
+        row = {"protein": protein, "layer": layer, "n_mutants": result.n}
+        for stat in MUTANT_STATS:
+            row[f"{stat}_mean"], row[f"{stat}_sem"] = mean_sem(part[stat].to_numpy(dtype=np.float64))
+        diff = (part["gini"] - part["gini_null"]).to_numpy(dtype=np.float64)
+        diff = diff[np.isfinite(diff)]
+        row["gini_above_null"] = float((diff > 0).mean()) if diff.size else float("nan")
+        row["gini_wilcoxon_p"] = wilcoxon_p(diff)
+        row["median_completeness_error"] = _nanmedian(result.completeness_error)
+        rows.append({**row, **_settings(result)})
+    return pd.DataFrame(rows, columns=CONCENTRATION_COLUMNS).astype({"layer": "int64", "n_mutants": "int64"})
+
+
+def _settings(result: Attributions) -> dict:
+    return {"k": result.k, "d_sae": result.d_sae, "space": result.space}
 
 
 def feature_consistency(results_at_layer: Mapping[str, Mapping[str, np.ndarray]], n: int = TOP_N) -> pd.DataFrame:
@@ -115,7 +139,9 @@ def feature_consistency(results_at_layer: Mapping[str, Mapping[str, np.ndarray]]
             "n_top": counts[order].astype(np.int64),
             "n_mutants": np.full(features.size, n_mutants, dtype=np.int64),
             "fraction": counts[order] / n_mutants,
-        }))
+            "layer": result.layer,
+            **_settings(result),
+        }, columns=CONSISTENCY_COLUMNS))
     if not parts:
         return _frame([], CONSISTENCY_COLUMNS, feature="int64", n_top="int64", n_mutants="int64")
     return pd.concat(parts, ignore_index=True)
@@ -134,10 +160,11 @@ def universal_features(results: Results, n: int = TOP_N) -> pd.DataFrame:
     entries = ordered_results(results)
     proteins = list(dict.fromkeys(protein for protein, _, _ in entries))
     freq = [f"freq_{protein}" for protein in proteins]
-    columns = ["feature", "layer", "proteins", *freq]
+    columns = ["feature", "layer", "proteins", *freq, "k", "d_sae", "space"]
     rows = []
     for layer in sorted({layer for _, layer, _ in entries}):
         at_layer = {protein: result for protein, result_layer, result in entries if result_layer == layer}
+        settings = _settings(next(iter(at_layer.values())))
         table = feature_consistency(at_layer, n)
         n_mutants = {protein: checked(protein, layer, result).n for protein, result in at_layer.items()}
         met = table.loc[2 * table["n_top"] >= table["n_mutants"]]
@@ -152,8 +179,10 @@ def universal_features(results: Results, n: int = TOP_N) -> pd.DataFrame:
                     continue
                 match = table.loc[(table["protein"] == protein) & (table["feature"] == feature), "fraction"]
                 values.append(float(match.iloc[0]) if len(match) else 0.0)
-            rows.append((int(feature), layer, ";".join(p for p in proteins if p in hits), len(hits), *values))
-    frame = pd.DataFrame.from_records(rows, columns=["feature", "layer", "proteins", "_n", *freq])
+            rows.append((int(feature), layer, ";".join(p for p in proteins if p in hits), len(hits), *values,
+                         *settings.values()))
+    frame = pd.DataFrame.from_records(rows, columns=["feature", "layer", "proteins", "_n", *freq, "k", "d_sae",
+                                                     "space"])
     frame = frame.sort_values(["layer", "_n", "feature"], ascending=[True, False, True], kind="mergesort")
     frame = frame.drop(columns="_n").reset_index(drop=True)
     frame[["feature", "layer"]] = frame[["feature", "layer"]].astype("int64")
@@ -164,7 +193,8 @@ def universal_features(results: Results, n: int = TOP_N) -> pd.DataFrame:
 
 
 def circuit_sizes(sizes: Iterable[pd.DataFrame]) -> pd.DataFrame:
-    """The circuit-size tables one after another, typed: ``minimal_k`` is ``Int64`` (<NA>: none within max_k)."""
+    """The circuit-size tables one after another, typed: ``n_features`` is ``Int64`` (<NA>: no minimal
+    circuit within max_k, or a negligible mutant) and ``negligible`` is bool."""
     parts = []
     for i, table in enumerate(sizes):
         where = _size_where(i, table)
@@ -172,23 +202,24 @@ def circuit_sizes(sizes: Iterable[pd.DataFrame]) -> pd.DataFrame:
         if missing:
             raise ValueError(f"circuit sizes {where}: missing columns {missing}")
         try:
-            minimal_k = pd.array(table["minimal_k"], dtype="Int64")
+            size = pd.array(table["n_features"], dtype="Int64")
         except (TypeError, ValueError) as error:
-            raise ValueError(f"circuit sizes {where}: minimal_k is not integer or empty ({error})") from None
-        if (minimal_k < 0).any():
-            raise ValueError(f"circuit sizes {where}: negative minimal_k")
-        parts.append(pd.DataFrame({
-            "protein": table["protein"].astype(str).to_numpy(dtype=object),
-            "layer": table["layer"].to_numpy(dtype=np.int64),
-            "mutant": table["mutant"].astype(str).to_numpy(dtype=object),
-            "total_effect": table["total_effect"].to_numpy(dtype=np.float64),
-            "minimal_k": minimal_k,
-        }))
+            raise ValueError(f"circuit sizes {where}: n_features is not integer or empty ({error})") from None
+        if (size < 0).any():
+            raise ValueError(f"circuit sizes {where}: negative n_features")
+        negligible = table["negligible"].astype(str).str.lower().map({"true": True, "false": False})
+        if negligible.isna().any():
+            raise ValueError(f"circuit sizes {where}: negligible is not True/False")
+        if (negligible.to_numpy(dtype=bool) & ~pd.isna(size)).any():
+            raise ValueError(f"circuit sizes {where}: a negligible mutant has a circuit size")
+        part = table[SIZE_COLUMNS].copy()
+        part["n_features"], part["negligible"] = size, negligible.to_numpy(dtype=bool)
+        parts.append(part)
     if not parts:
-        frame = _frame([], SIZE_COLUMNS, layer="int64", total_effect="float64")
-        frame["minimal_k"] = frame["minimal_k"].astype("Int64")
+        frame = _frame([], SIZE_COLUMNS, layer="int64", full_effect="float64")
+        frame["n_features"] = frame["n_features"].astype("Int64")
         return frame
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True).astype({"layer": "int64", "full_effect": "float64"})
 
 
 def ordered_results(results: Results) -> list[tuple[str, int, Attributions]]:
@@ -227,12 +258,6 @@ def _size_where(i: int, table: pd.DataFrame) -> str:
 def _check_n(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-
-
-def _nanmean(values: np.ndarray) -> float:
-    values = np.asarray(values, dtype=np.float64)
-    values = values[~np.isnan(values)]
-    return float(values.mean()) if values.size else float("nan")
 
 
 def _nanmedian(values: np.ndarray) -> float:

@@ -56,12 +56,12 @@ def _proteins(frame: pd.DataFrame) -> list[str]:
 
 
 def layer_effects(validation: pd.DataFrame, png: PathLike, pdf: PathLike) -> Figure:
-    """Mean |effect| of real patches against layer: one line per protein, error bars ± s.e.m.
+    """Mean |effect| of real patches against layer: one line per protein, error bars ± s.e.m. over mutants.
 
     `validation` is ``esmsae.aggregate.control_validation``'s frame; its ``real`` rows give the
-    mean, and ``std_abs_effect / sqrt(n)`` the error bar (none where n < 2). One axes holding
-    exactly one ``Line2D`` per protein, labelled with its name; the error bars are line
-    collections (``fmt="none"``), not lines.
+    mean over mutants of each mutant's mean |effect| and its standard error (the mutant is the
+    unit; none where fewer than 2 mutants). One axes holding exactly one ``Line2D`` per protein,
+    labelled with its name; the error bars are line collections (``fmt="none"``), not lines.
     """
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.add_subplot()
@@ -69,9 +69,7 @@ def layer_effects(validation: pd.DataFrame, png: PathLike, pdf: PathLike) -> Fig
     proteins = _proteins(real)
     for i, protein in enumerate(proteins):
         rows = real.loc[real["protein"] == protein].sort_values("layer", kind="mergesort")
-        n = rows["n"].to_numpy(dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sem = rows["std_abs_effect"].to_numpy(dtype=np.float64) / np.sqrt(n)
+        sem = rows["sem_abs_effect"].to_numpy(dtype=np.float64)
         layers = rows["layer"].to_numpy(dtype=np.int64)
         mean = rows["mean_abs_effect"].to_numpy(dtype=np.float64)
         ax.plot(layers, mean, color=f"C{i}", marker="o", label=protein)
@@ -81,7 +79,7 @@ def layer_effects(validation: pd.DataFrame, png: PathLike, pdf: PathLike) -> Fig
     if not proteins or not np.isfinite(real["mean_abs_effect"].to_numpy(dtype=np.float64)).any():
         _note(ax, "no real patches")
     _layer_axis(ax)
-    ax.set_ylabel("mean |effect| of real patches (± s.e.m.)")
+    ax.set_ylabel("mean |effect| of real patches (± s.e.m. over mutants)")
     ax.set_title("Patch effect by layer")
     save(fig, png, pdf)
     return fig
@@ -107,8 +105,10 @@ def controls(validation: pd.DataFrame, png: PathLike, pdf: PathLike) -> Figure:
         for control in CONTROLS:
             part = rows.loc[rows["control"] == control].sort_values("layer", kind="mergesort")
             color, marker, style = CONTROL_STYLE[control]
-            ax.plot(part["layer"].to_numpy(dtype=np.int64), part["mean_abs_effect"].to_numpy(dtype=np.float64),
-                    color=color, marker=marker, linestyle=style, label=control)
+            layers, mean = part["layer"].to_numpy(dtype=np.int64), part["mean_abs_effect"].to_numpy(dtype=np.float64)
+            ax.plot(layers, mean, color=color, marker=marker, linestyle=style, label=control)
+            ax.errorbar(layers, mean, yerr=np.nan_to_num(part["sem_abs_effect"].to_numpy(dtype=np.float64), nan=0.0),
+                        fmt="none", ecolor=color, capsize=0)
         if not np.isfinite(rows["mean_abs_effect"].to_numpy(dtype=np.float64)).any():
             _note(ax, "no patches")
         ax.set_title(protein)

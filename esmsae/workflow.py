@@ -214,6 +214,7 @@ def ig_tables(ig: Mapping[tuple[str, int], Path], out: Mapping[str, Path],
     """Rule tabulate_attributions: concentration, feature consistency per layer and universal features."""
     results = {pair: Attributions.read(path) for pair, path in ig.items()}
     write_csv(attribution_tables.ig_concentration(results), out["concentration"])
+    write_csv(attribution_tables.concentration_by_mutant(results), out["concentration_mutants"])
     write_csv(attribution_tables.universal_features(results), out["universal"])
     for layer, path in consistency.items():
         at_layer = {p: r for (p, lay), r in results.items() if lay == layer}

@@ -62,6 +62,7 @@ rule tabulate_attributions:
     output:
         **by_layer("consistency", consistency_file, IG_LAYERS),
         concentration=table_file("ig_concentration"),
+        concentration_mutants=table_file("ig_concentration_mutants"),
         universal=table_file("universal_features"),
     log:
         f"{OUTDIR}/logs/tabulate_attributions.log",

@@ -147,7 +147,14 @@ def all_targets():
     ]
     targets += [circuits_file(p, layer) for p, layer in IG_PAIRS]
     targets.append(table_file("circuit_sizes"))
-    targets += [table_file(name) for name in ("ig_concentration", "universal_features")]
+    targets += [
+        table_file(name)
+        for name in (
+            "ig_concentration",
+            "ig_concentration_mutants",
+            "universal_features",
+        )
+    ]
     targets += [consistency_file(layer) for layer in IG_LAYERS]
     targets += [figure_file(name, ext) for name in FIGURES for ext in ("png", "pdf")]
     if DMS_PROTEINS:

@@ -1,4 +1,10 @@
-"""Aggregation of patching tables, checked against hand computations on small made-up tables."""
+"""Aggregation of patching tables, checked against hand computations on small made-up tables.
+
+The mutant is the unit (METHOD.md "Concentration and universality", last point): each mutant
+contributes one value, its mean over its own patches. The tables below give mutants different
+numbers of patches, so a pooled mean over patches differs from the mean over mutants, and a test
+fails if an implementation pools.
+"""
 
 from __future__ import annotations
 
@@ -19,98 +25,184 @@ from esmsae.aggregate import (
     layer_progression,
     top_mutations,
 )
+from esmsae.columns import TABLES
+from esmsae.statistics import spearman
+
+K, D_SAE, SPACE = 8, 64, "latent"
 
 
-def patch(mutant, feature, control, effect, wt_latent=0.0, mut_latent=0.0, layer=1):
+def patch(mutant, feature, control, effect, wt_latent=0.0, mut_latent=0.0, layer=1, k=K, d_sae=D_SAE, space=SPACE):
     """One patching row; only the columns aggregation reads carry meaning."""
     return {"mutant": mutant, "position": mutant[1:-1], "layer": layer, "feature": feature, "control": control,
             "wt_pre": wt_latent, "mut_pre": mut_latent, "wt_latent": wt_latent, "mut_latent": mut_latent,
             "patched_value": mut_latent, "baseline_score": -1.0, "patched_score": -1.0 + effect,
-            "effect": effect, "k": 8, "space": "latent"}
+            "effect": effect, "k": k, "d_sae": d_sae, "space": space}
 
 
 def table(rows):
     return pd.DataFrame(rows, columns=PATCH_COLUMNS)
 
 
-def small_table():
-    """Two mutants with real patches, one (G3H) with no real rows.
-
-    real |effect| = 0.5, 0.2, 1.0 with |Δ latent| = 1.0, 0.5, 2.0; noop all 0;
-    stable |effect| = 0.01, 0.02, 0.03; random |effect| = 0.1, 0.3.
-    """
-    return table([
-        patch("A1C", 0, "real", -0.5, 0.0, 1.0),
-        patch("A1C", 1, "real", 0.2, 0.5, 0.0),
-        patch("D2E", 3, "real", 1.0, 0.0, 2.0),
-        patch("A1C", 0, "noop", 0.0), patch("A1C", 1, "noop", 0.0), patch("D2E", 3, "noop", 0.0),
-        patch("A1C", 7, "stable", 0.01), patch("A1C", 8, "stable", -0.02), patch("D2E", 9, "stable", 0.03),
-        patch("A1C", 20, "random", 0.1), patch("D2E", 21, "random", -0.3),
-        patch("G3H", 9, "stable", 0.0),
-    ])
+def test_column_lists_are_the_registry():
+    assert VALIDATION_COLUMNS == TABLES["control_validation"]
+    assert PROGRESSION_COLUMNS == TABLES["layer_progression"]
+    assert TOP_COLUMNS == TABLES["top_mutations"]
+    assert PATCH_COLUMNS.index("d_sae") == PATCH_COLUMNS.index("k") + 1
+    for columns in (VALIDATION_COLUMNS, PROGRESSION_COLUMNS, TOP_COLUMNS):
+        assert columns[-3:] == ["k", "d_sae", "space"]
 
 
 # --- control_validation -------------------------------------------------------------------
 
-def test_control_validation_matches_hand_computation():
-    out = control_validation({("P", 1): small_table()})
+def validation_table(**settings):
+    """Three mutants with 3, 1 and 2 real patches, and a fourth (G4H) with only a stable patch.
+
+    |effect| per mutant (signs vary: the tables take absolute values):
+      real:   A1C 0.6, 0.3, 0.3 (mean 0.4); D2E 1.0 (mean 1.0); F3G 0.2, 0.0 (mean 0.1)
+      noop:   all 0 (3 + 1 + 2 patches)
+      stable: A1C 0.02, 0.0 (mean 0.01); D2E 0.05; F3G 0.0, 0.0 (mean 0); G4H 0.07
+      random: A1C 0.1, 0.0, 0.2 (mean 0.1); D2E 0.0; F3G 0.3, 0.1 (mean 0.2)
+    """
+    def p(mutant, feature, control, effect):
+        return patch(mutant, feature, control, effect, **settings)
+
+    return table([
+        p("A1C", 0, "real", -0.6), p("A1C", 1, "real", 0.3), p("A1C", 2, "real", -0.3),
+        p("D2E", 3, "real", 1.0),
+        p("F3G", 4, "real", 0.2), p("F3G", 5, "real", 0.0),
+        p("A1C", 0, "noop", 0.0), p("A1C", 1, "noop", 0.0), p("A1C", 2, "noop", 0.0),
+        p("D2E", 3, "noop", 0.0), p("F3G", 4, "noop", 0.0), p("F3G", 5, "noop", 0.0),
+        p("A1C", 7, "stable", -0.02), p("A1C", 8, "stable", 0.0), p("D2E", 9, "stable", 0.05),
+        p("F3G", 10, "stable", 0.0), p("F3G", 11, "stable", 0.0), p("G4H", 12, "stable", 0.07),
+        p("A1C", 20, "random", 0.1), p("A1C", 21, "random", 0.0), p("A1C", 22, "random", -0.2),
+        p("D2E", 23, "random", 0.0),
+        p("F3G", 24, "random", -0.3), p("F3G", 25, "random", 0.1),
+    ])
+
+
+def sem(values):
+    """std(ddof=1)/√n written out."""
+    m = sum(values) / len(values)
+    return math.sqrt(sum((x - m) ** 2 for x in values) / (len(values) - 1)) / math.sqrt(len(values))
+
+
+def test_control_validation_mutant_is_the_unit():
+    out = control_validation({("P", 1): validation_table()})
     assert list(out.columns) == VALIDATION_COLUMNS
     assert list(out["control"]) == ["real", "noop", "stable", "random"]
     by = out.set_index("control")
 
-    real = [0.5, 0.2, 1.0]
-    mean = sum(real) / 3
-    std = math.sqrt(sum((x - mean) ** 2 for x in real) / 2)
-    assert by.loc["real", "n"] == 3
-    assert by.loc["real", "mean_abs_effect"] == pytest.approx(mean, abs=1e-15)
-    assert by.loc["real", "std_abs_effect"] == pytest.approx(std, abs=1e-15)
-    assert by.loc["real", "median_abs_effect"] == 0.5
-    assert np.isnan(by.loc["real", "mwu_u"]) and np.isnan(by.loc["real", "mwu_p"])
+    # real: per-mutant means 0.4, 1.0, 0.1 → mean 0.5 (pooling the 6 patches would give 2.4/6 = 0.4),
+    # median 0.4 (pooled: 0.3), sem √(0.42/2)/√3 = √0.07.
+    real = by.loc["real"]
+    assert real["n_mutants"] == 3 and real["n_patches"] == 6
+    assert real["mean_abs_effect"] == pytest.approx(0.5, abs=1e-12)
+    assert real["mean_abs_effect"] != pytest.approx(0.4, abs=1e-3)  # not pooled over patches
+    assert real["sem_abs_effect"] == pytest.approx(math.sqrt(0.07), abs=1e-12)
+    assert real["sem_abs_effect"] == pytest.approx(sem([0.4, 1.0, 0.1]), abs=1e-12)
+    assert real["median_abs_effect"] == pytest.approx(0.4, abs=1e-12)
+    assert real["frac_nonzero"] == pytest.approx(5 / 6)  # F3G's second patch is exactly 0
+    assert real["frac_mutants_nonzero"] == 1.0
+    assert np.isnan(real["wilcoxon_p"])
 
-    assert by.loc["noop", "n"] == 3
-    assert by.loc["noop", "mean_abs_effect"] == 0.0
-    assert by.loc["noop", "std_abs_effect"] == 0.0
-    assert by.loc["stable", "n"] == 4
-    assert by.loc["stable", "mean_abs_effect"] == pytest.approx(0.015, abs=1e-15)
-    assert by.loc["stable", "median_abs_effect"] == pytest.approx(0.015, abs=1e-15)
-    assert by.loc["random", "mean_abs_effect"] == pytest.approx(0.2, abs=1e-15)
+    noop = by.loc["noop"]
+    assert noop["n_mutants"] == 3 and noop["n_patches"] == 6
+    assert noop["mean_abs_effect"] == 0.0 and noop["sem_abs_effect"] == 0.0 and noop["median_abs_effect"] == 0.0
+    assert noop["frac_nonzero"] == 0.0 and noop["frac_mutants_nonzero"] == 0.0
 
-    # U counts pairs (real, control) with real > control (ties ½): every real value beats all
-    # 3 noop and all 4 stable values (9 and 12); against random, all three beat 0.1 and only
-    # 0.5 and 1.0 beat 0.3 (5).
-    assert by.loc["noop", "mwu_u"] == 9.0
-    assert by.loc["stable", "mwu_u"] == 12.0
-    assert by.loc["random", "mwu_u"] == 5.0
-    for control, values in {"noop": [0, 0, 0], "stable": [0.01, 0.02, 0.03, 0.0], "random": [0.1, 0.3]}.items():
-        expected = stats.mannwhitneyu(real, values, alternative="two-sided")
-        assert by.loc[control, "mwu_p"] == pytest.approx(expected.pvalue, rel=1e-12)
+    # stable: per-mutant 0.01, 0.05, 0.0 and G4H 0.07 → 4 mutants, mean 0.13/4 (pooled: 0.14/6);
+    # nonzero patches: A1C's −0.02, D2E's 0.05, G4H's 0.07 (3 of 6); mutants with any: 3 of 4.
+    stable = by.loc["stable"]
+    assert stable["n_mutants"] == 4 and stable["n_patches"] == 6
+    assert stable["mean_abs_effect"] == pytest.approx(0.13 / 4, abs=1e-12)
+    assert stable["sem_abs_effect"] == pytest.approx(sem([0.01, 0.05, 0.0, 0.07]), abs=1e-12)
+    assert stable["median_abs_effect"] == pytest.approx(0.03, abs=1e-12)  # (0.01 + 0.05) / 2
+    assert stable["frac_nonzero"] == pytest.approx(3 / 6)
+    assert stable["frac_mutants_nonzero"] == pytest.approx(3 / 4)
+
+    # random: per-mutant 0.1, 0.0, 0.2 → mean 0.1 (pooled: 0.7/6), sem 0.1/√3.
+    random = by.loc["random"]
+    assert random["n_mutants"] == 3 and random["n_patches"] == 6
+    assert random["mean_abs_effect"] == pytest.approx(0.1, abs=1e-12)
+    assert random["sem_abs_effect"] == pytest.approx(0.1 / math.sqrt(3), abs=1e-12)
+    assert random["median_abs_effect"] == pytest.approx(0.1, abs=1e-12)
+    assert random["frac_nonzero"] == pytest.approx(4 / 6)
+    assert random["frac_mutants_nonzero"] == pytest.approx(2 / 3)
+
+    for column in ("k", "d_sae", "space"):
+        assert out[column].tolist() == [{"k": K, "d_sae": D_SAE, "space": SPACE}[column]] * 4
+    assert out["n_mutants"].dtype == np.int64 and out["n_patches"].dtype == np.int64
+
+
+def test_control_validation_wilcoxon_on_paired_mutant_differences():
+    by = control_validation({("P", 1): validation_table()}).set_index("control")
+    # Paired per-mutant differences real − control over the mutants with both (G4H has no real patch):
+    #   noop:   0.4, 1.0, 0.1        — all positive, n = 3: exact two-sided p = 2 · 1/8 = 0.25
+    #   stable: 0.39, 0.95, 0.1      — all positive: 0.25 as well
+    #   random: 0.3, 1.0, −0.1       — ranks 2, 3, 1: W− = 1, P(W ≤ 1) = 2/8, two-sided 0.5
+    expected = {"noop": ([0.4, 1.0, 0.1], 0.25), "stable": ([0.39, 0.95, 0.1], 0.25),
+                "random": ([0.3, 1.0, -0.1], 0.5)}
+    for control, (differences, p) in expected.items():
+        assert by.loc[control, "wilcoxon_p"] == pytest.approx(p, rel=1e-12), control
+        assert by.loc[control, "wilcoxon_p"] == pytest.approx(stats.wilcoxon(differences).pvalue, rel=1e-12)
+
+
+def test_control_validation_wilcoxon_nan_cases():
+    # Two mutants, stable patches equal to the real ones (every difference 0 → NaN); random only for
+    # A1C (one pair → NaN); noop differences 0.2, 0.4 (both positive: scipy's exact p 0.5).
+    t = table([
+        patch("A1C", 0, "real", 0.2), patch("D2E", 1, "real", -0.4),
+        patch("A1C", 0, "noop", 0.0), patch("D2E", 1, "noop", 0.0),
+        patch("A1C", 0, "stable", -0.2), patch("D2E", 1, "stable", 0.4),
+        patch("A1C", 5, "random", 0.1),
+    ])
+    by = control_validation({("P", 1): t}).set_index("control")
+    assert np.isnan(by.loc["stable", "wilcoxon_p"])
+    assert np.isnan(by.loc["random", "wilcoxon_p"])
+    assert by.loc["noop", "wilcoxon_p"] == pytest.approx(stats.wilcoxon([0.2, 0.4]).pvalue, rel=1e-12)
+    assert by.loc["noop", "wilcoxon_p"] == pytest.approx(0.5, rel=1e-12)
+    assert by.loc["random", "n_mutants"] == 1 and np.isnan(by.loc["random", "sem_abs_effect"])
 
 
 def test_control_validation_empty_sides_and_order():
-    only_noop = table([patch("A1C", 0, "noop", 0.0)])
-    tables = {("Q", 3): small_table(), ("P", 2): table([]), ("Q", 1): only_noop, ("P", 1): small_table()}
+    only_noop = table([patch("A1C", 0, "noop", 0.0, k=16, d_sae=128, space="pre")])
+    tables = {("Q", 3): validation_table(k=16, d_sae=128, space="pre"), ("P", 2): table([]), ("Q", 1): only_noop,
+              ("P", 1): validation_table()}
     out = control_validation(tables)
     assert list(zip(out["protein"], out["layer"], strict=True))[::4] == [("Q", 1), ("Q", 3), ("P", 1), ("P", 2)]
+    assert list(out["control"]) == ["real", "noop", "stable", "random"] * 4
     assert len(out) == 16
 
     q1 = out[(out["protein"] == "Q") & (out["layer"] == 1)].set_index("control")
-    assert q1.loc["real", "n"] == 0 and np.isnan(q1.loc["real", "mean_abs_effect"])
-    assert q1.loc["noop", "n"] == 1 and np.isnan(q1.loc["noop", "std_abs_effect"])  # n < 2
-    assert q1[["mwu_u", "mwu_p"]].isna().all().all()  # no real side
+    assert q1.loc["real", "n_mutants"] == 0 and q1.loc["real", "n_patches"] == 0
+    assert np.isnan(q1.loc["real", "mean_abs_effect"]) and np.isnan(q1.loc["real", "frac_nonzero"])
+    assert q1.loc["noop", "n_mutants"] == 1 and q1.loc["noop", "mean_abs_effect"] == 0.0
+    assert np.isnan(q1.loc["noop", "sem_abs_effect"])  # one mutant
+    assert q1["wilcoxon_p"].isna().all()  # no real side
+    assert (q1["k"] == 16).all() and (q1["d_sae"] == 128).all() and (q1["space"] == "pre").all()
+
+    q3 = out[(out["protein"] == "Q") & (out["layer"] == 3)]
+    assert (q3["k"] == 16).all() and (q3["d_sae"] == 128).all() and (q3["space"] == "pre").all()
+    p1 = out[(out["protein"] == "P") & (out["layer"] == 1)]
+    assert (p1["k"] == K).all() and (p1["d_sae"] == D_SAE).all() and (p1["space"] == SPACE).all()
 
     p2 = out[(out["protein"] == "P") & (out["layer"] == 2)]
-    assert (p2["n"] == 0).all()
-    assert p2[["mean_abs_effect", "std_abs_effect", "median_abs_effect", "mwu_u", "mwu_p"]].isna().all().all()
+    assert (p2["n_mutants"] == 0).all() and (p2["n_patches"] == 0).all()
+    value_columns = ["mean_abs_effect", "sem_abs_effect", "median_abs_effect", "frac_nonzero",
+                     "frac_mutants_nonzero", "wilcoxon_p", "k", "d_sae", "space"]
+    assert p2[value_columns].isna().all().all()
 
 
 def test_control_validation_rejects_bad_tables():
-    bad = small_table()
+    bad = validation_table()
     bad.loc[0, "control"] = "sham"
     with pytest.raises(ValueError, match="sham"):
         control_validation({("P", 1): bad})
     with pytest.raises(ValueError, match="missing columns"):
-        control_validation({("P", 1): small_table().drop(columns="effect")})
-    bad = small_table()
+        control_validation({("P", 1): validation_table().drop(columns="effect")})
+    with pytest.raises(ValueError, match="missing columns.*d_sae"):
+        control_validation({("P", 1): validation_table().drop(columns="d_sae")})
+    bad = validation_table()
     bad.loc[0, "effect"] = np.nan
     with pytest.raises(ValueError, match="'P', layer 1"):
         control_validation({("P", 1): bad})
@@ -120,30 +212,83 @@ def test_empty_input():
     assert list(control_validation({}).columns) == VALIDATION_COLUMNS
     assert list(layer_progression({}).columns) == PROGRESSION_COLUMNS
     assert list(top_mutations({}, {}, 3).columns) == TOP_COLUMNS
+    assert len(control_validation({})) == 0 and len(layer_progression({})) == 0
     assert len(top_mutations({}, {}, 3)) == 0
+
+
+# --- spearman -----------------------------------------------------------------------------
+
+def test_spearman_by_hand_and_nan_cases():
+    # x ranks 1..4, y ranks 2, 1, 4, 3: d = −1, 1, −1, 1, Σd² = 4, ρ = 1 − 6·4/(4·15) = 0.6
+    rho, p = spearman(np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 1.0, 4.0, 3.0]))
+    assert rho == pytest.approx(0.6)
+    assert p == pytest.approx(stats.spearmanr([1, 2, 3, 4], [2, 1, 4, 3]).pvalue)
+    assert spearman(np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0]))[0] == pytest.approx(-1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for x, y in (([1.0, 2.0], [1.0, 2.0]), ([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]), ([1.0, 2.0, 3.0], [5.0] * 3),
+                     ([], [])):
+            assert all(np.isnan(spearman(np.array(x), np.array(y))))
 
 
 # --- layer_progression --------------------------------------------------------------------
 
-def test_layer_progression_counts_and_spearman():
-    rng = np.random.default_rng(3)
-    delta, effect = rng.random(7), rng.normal(size=7)
-    layer2 = table([patch(f"A{i}C", i, "real", float(effect[i]), 0.0, float(delta[i])) for i in range(7)])
-    out = layer_progression({("P", 1): small_table(), ("P", 2): layer2})
+def progression_table():
+    """Four mutants with 3, 4, 2 and 3 real patches (|Δ latent|, effect), plus controls that never count.
+
+    A1C: (1, 0.1), (2, −0.2), (3, 0.3)           ρ = 1,   mean |effect| 0.2
+    D2E: (1, 2.0), (2, −1.0), (3, 4.0), (4, 3.0)  ρ = 0.6 (ranks 2, 1, 4, 3), mean 2.5
+    F3G: (1, 0.5), (2, 0.7)                       2 patches: no ρ, mean 0.6
+    G4H: (1, 0.1), (1, 0.2), (1, 0.6)             |Δ| constant: no ρ, mean 0.3
+    |Δ| comes from either direction of the latent change.
+    """
+    rows = [
+        patch("A1C", 0, "real", 0.1, 0.0, 1.0), patch("A1C", 1, "real", -0.2, 2.0, 0.0),
+        patch("A1C", 2, "real", 0.3, 0.5, 3.5),
+        patch("D2E", 0, "real", 2.0, 0.0, 1.0), patch("D2E", 1, "real", -1.0, 0.0, -2.0),
+        patch("D2E", 2, "real", 4.0, 3.0, 0.0), patch("D2E", 3, "real", 3.0, 0.0, 4.0),
+        patch("F3G", 0, "real", 0.5, 0.0, 1.0), patch("F3G", 1, "real", 0.7, 0.0, 2.0),
+        patch("G4H", 0, "real", 0.1, 0.0, 1.0), patch("G4H", 1, "real", -0.2, 1.0, 0.0),
+        patch("G4H", 2, "real", 0.6, 0.0, 1.0),
+        patch("A1C", 0, "noop", 0.0, 0.0, 1.0), patch("D2E", 9, "stable", 9.0), patch("F3G", 9, "random", -9.0),
+        patch("H5I", 9, "stable", 0.01),  # a mutant with no real patches
+    ]
+    return table(rows)
+
+
+def test_layer_progression_mutant_is_the_unit():
+    out = layer_progression({("P", 1): progression_table()})
     assert list(out.columns) == PROGRESSION_COLUMNS
-    first, second = out.iloc[0], out.iloc[1]
+    row = out.iloc[0]
+    assert row["n_mutants"] == 5  # H5I has rows (no real ones) and is a mutant of the table
+    assert row["n_patches"] == 12
+    # Per-mutant means 0.2, 2.5, 0.6, 0.3 → 0.9 (pooled over the 12 patches: 12.7/12);
+    # deviations −0.7, 1.6, −0.3, −0.6: Σ² = 3.5, sem = √(3.5/3)/2; median (0.3 + 0.6)/2.
+    assert row["mean_abs_effect"] == pytest.approx(0.9, abs=1e-12)
+    assert row["sem_abs_effect"] == pytest.approx(math.sqrt(3.5 / 3) / 2, abs=1e-12)
+    assert row["median_abs_effect"] == pytest.approx(0.45, abs=1e-12)
+    # ρ: mean of A1C's 1 and D2E's 0.6 = 0.8; sem = |1 − 0.6|/√2/√2 = 0.2.
+    assert row["n_rho_mutants"] == 2
+    assert row["spearman_rho"] == pytest.approx(0.8, abs=1e-12)
+    assert row["spearman_sem"] == pytest.approx(0.2, abs=1e-12)
+    # The per-mutant mean is not the ρ of all real patches pooled.
+    real = progression_table().query("control == 'real'")
+    pooled = stats.spearmanr(np.abs(real["mut_latent"] - real["wt_latent"]), real["effect"].abs()).statistic
+    assert abs(pooled - 0.8) > 0.05
+    assert (row["k"], row["d_sae"], row["space"]) == (K, D_SAE, SPACE)
+    assert out["n_mutants"].dtype == np.int64 and out["n_rho_mutants"].dtype == np.int64
 
-    assert first["n_mutants"] == 3  # G3H has no real rows but is a mutant of the table
-    assert first["n_patches"] == 3
-    assert first["mean_abs_effect"] == pytest.approx(1.7 / 3, abs=1e-15)
-    assert first["median_abs_effect"] == 0.5
-    assert first["spearman_rho"] == pytest.approx(1.0)  # |Δ| 1.0, 0.5, 2.0 ranks as |effect| 0.5, 0.2, 1.0
 
-    expected = stats.spearmanr(delta, np.abs(effect))
-    assert second["n_mutants"] == 7 and second["n_patches"] == 7
-    assert second["spearman_rho"] == pytest.approx(expected.statistic, rel=1e-12)
-    assert second["spearman_p"] == pytest.approx(expected.pvalue, rel=1e-12)
-    assert -1 < second["spearman_rho"] < 1
+def test_layer_progression_multi_site_delta_is_summed():
+    # |Δ| = Σ_sites |mut − wt|: 0.6 + 0.6 = 1.2, 1.0 + 0 = 1.0, 0.3 + 0 = 0.3 rank as |effect| 0.3, 0.2, 0.1
+    # (ρ = 1). The largest or first site alone (0.6, 1.0, 0.3) would give ρ = 0.5.
+    rows = [patch("A1C:D2E", f, "real", e, "0:0", m) for f, (e, m) in
+            enumerate([(0.3, "0.6:-0.6"), (-0.2, "1.0:0"), (0.1, "0:0.3")])]
+    for row in rows:
+        row["position"] = "1:2"
+    out = layer_progression({("P", 1): table(rows)})
+    assert out["spearman_rho"].iloc[0] == pytest.approx(1.0)
+    assert out["n_rho_mutants"].iloc[0] == 1 and np.isnan(out["spearman_sem"].iloc[0])
 
 
 def test_layer_progression_nan_cases_without_warnings():
@@ -154,10 +299,33 @@ def test_layer_progression_nan_cases_without_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         out = layer_progression(tables)
-    assert out[["spearman_rho", "spearman_p"]].isna().all().all()
+    assert out[["spearman_rho", "spearman_sem"]].isna().all().all()
+    assert list(out["n_rho_mutants"]) == [0, 0, 0, 0]
     assert list(out["n_patches"]) == [2, 4, 4, 0]
     assert list(out["n_mutants"]) == [1, 1, 1, 0]
-    assert np.isnan(out.iloc[3]["mean_abs_effect"])
+    assert out["sem_abs_effect"].isna().all()  # one mutant each
+    assert out["mean_abs_effect"].iloc[0] == pytest.approx(0.3)  # (0.5 + 0.1)/2
+    assert np.isnan(out.iloc[3]["mean_abs_effect"]) and np.isnan(out.iloc[3]["median_abs_effect"])
+    assert out.iloc[3][["k", "d_sae", "space"]].isna().all()
+
+
+def test_layer_progression_counts_selected_mutants_without_rows():
+    """A selected mutant whose patches changed nothing has no rows; the selected count still includes it."""
+    tables = {("P", 1): progression_table(), ("Q", 1): table([])}
+    plain = layer_progression(tables)
+    counted = layer_progression(tables, selected={"P": 9, "Q": 4})
+    assert counted["n_mutants"].tolist() == [9, 4]
+    assert plain["n_mutants"].tolist() == [5, 0]
+    pd.testing.assert_frame_equal(plain.drop(columns="n_mutants"), counted.drop(columns="n_mutants"))
+
+
+def test_layer_progression_order_and_settings():
+    tables = {("Q", 2): progression_table(), ("P", 3): table([patch("A1C", 0, "real", 0.5, layer=3, k=32,
+                                                                     d_sae=4096, space="pre")]),
+              ("Q", 1): progression_table()}
+    out = layer_progression(tables)
+    assert list(zip(out["protein"], out["layer"], strict=True)) == [("Q", 1), ("Q", 2), ("P", 3)]
+    assert out[["k", "d_sae", "space"]].values.tolist() == [[K, D_SAE, SPACE], [K, D_SAE, SPACE], [32, 4096, "pre"]]
 
 
 # --- top_mutations ------------------------------------------------------------------------
@@ -178,11 +346,12 @@ def top_tables():
         patch("K5L", 9, "random", 50.0, layer=1),
     ])
     layer2 = table([
-        patch("A1C", 3, "real", -0.9, layer=2),   # A1C's largest
-        patch("D2E", 0, "real", 0.7, layer=2),
-        patch("H6I", 1, "real", 0.05, layer=2),
+        patch("A1C", 3, "real", -0.9, layer=2, d_sae=128),   # A1C's largest
+        patch("D2E", 0, "real", 0.7, layer=2, d_sae=128),
+        patch("H6I", 1, "real", 0.05, layer=2, d_sae=128),
     ])
-    other = table([patch("M1N", 4, "real", 0.3, layer=1), patch("M1N", 6, "real", 0.1, layer=1)])
+    other = table([patch("M1N", 4, "real", 0.3, layer=1, k=16, space="pre"),
+                   patch("M1N", 6, "real", 0.1, layer=1, k=16, space="pre")])
     return {("P", 2): layer2, ("Z", 1): other, ("P", 1): layer1}
 
 
@@ -201,6 +370,10 @@ def test_top_mutations_picks_joins_orders():
     assert list(out["wt_marginal"][:3]) == [0.0, -1.0, -2.0]
     assert np.isnan(out["dms_score"][3]) and np.isnan(out["wt_marginal"][3])  # H6I is not in the scores
     assert out["dms_score"][4] == 0.75
+    # The settings come from the table of the layer each row was taken from.
+    assert list(out["k"]) == [K, K, K, K, 16]
+    assert list(out["d_sae"]) == [128, D_SAE, D_SAE, 128, D_SAE]
+    assert list(out["space"]) == [SPACE, SPACE, SPACE, SPACE, "pre"]
 
 
 def test_top_mutations_respects_top_n():
@@ -226,7 +399,7 @@ def test_top_mutations_ignores_row_order():
 
 def test_outputs_are_deterministic():
     def tables():
-        return {("S", 1): small_table(), ("Q", 2): table([]), **top_tables()}
+        return {("S", 1): validation_table(), ("Q", 2): table([]), ("S", 2): progression_table(), **top_tables()}
 
     scores = {"P": scores_for(["A1C", "D2E"], [1.0, 2.0]), "Z": scores_for(["M1N"], [0.0]),
               "S": scores_for(["D2E"], [0.5])}
@@ -235,13 +408,3 @@ def test_outputs_are_deterministic():
         second = build(tables()).to_csv(index=False)
         assert first == second
         assert first.count("\n") > 1
-
-
-def test_layer_progression_counts_selected_mutants_without_rows():
-    """A selected mutant whose patches changed nothing has no rows; the selected count still includes it."""
-    tables = {("P", 1): small_table(), ("Q", 1): table([])}
-    plain = layer_progression(tables)
-    counted = layer_progression(tables, selected={"P": 9, "Q": 4})
-    assert counted["n_mutants"].tolist() == [9, 4]
-    assert plain["n_mutants"].tolist()[1] == 0
-    pd.testing.assert_series_equal(plain["n_patches"], counted["n_patches"])

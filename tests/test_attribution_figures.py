@@ -1,4 +1,8 @@
-"""Attribution figures: both files written, valid, reproducible, with the artists each figure promises."""
+"""Attribution figures: both files written, valid, reproducible, with the artists each figure promises.
+
+Where a figure draws numbers, they are checked against values worked out by hand (the CASES of
+tests.test_attribution_tables, each derived there in a comment) or computed with numpy here.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ import pandas as pd
 import pytest
 
 from esmsae import attribution_figures as af
-from esmsae.attribution_tables import circuit_sizes
-from tests.test_attribution_tables import planted, result, sizes_frame
+from esmsae.attribution_tables import circuit_sizes, ig_concentration
+from esmsae.columns import CURVE_COLUMNS, read_table
+from tests.test_attribution_tables import CASES, case_result, planted, result, sizes_frame
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -31,51 +36,143 @@ def results():
     return out
 
 
-def curve(mutant, fractions):
-    return pd.DataFrame({"mutant": mutant, "k": np.arange(len(fractions)), "patched_score": 0.0,
-                         "recovered_fraction": fractions})
+# Mutants of the hand-made CASES per (protein, layer), layers given out of order.
+CONCENTRATION = {("Q", 5): ["two", "one"], ("P", 2): ["four", "two", "one"], ("P", 5): ["four", "empty"],
+                 ("Q", 2): ["four"]}
+
+
+@pytest.fixture
+def concentration_results():
+    return {key: case_result(names, key[1]) for key, names in CONCENTRATION.items()}
+
+
+def pooled(layer, stat):
+    """Mean and s.e.m. over every mutant at `layer`, from the hand-worked CASES values (NaN skipped)."""
+    values = np.array([CASES[name][3][stat] for (_, at_layer), names in CONCENTRATION.items() if at_layer == layer
+                       for name in names], dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return values.mean(), values.std(ddof=1) / np.sqrt(values.size)
+
+
+def curve(mutant, recovered, complement, negligible=False, full_effect=1.0, layer=1):
+    """One mutant's circuit curves as esmsae.circuits.curves_table writes them."""
+    n = len(recovered)
+    return pd.DataFrame({
+        "mutant": mutant, "n_features": np.arange(n, dtype=np.int64), "patched_score": 0.0,
+        "recovered_fraction": np.asarray(recovered, dtype=np.float64), "complement_score": 0.0,
+        "complement_fraction": np.asarray(complement, dtype=np.float64), "full_effect": full_effect,
+        "negligible": negligible, "layer": layer, "k": 8, "d_sae": 30, "space": "latent",
+    }, columns=CURVE_COLUMNS)
 
 
 @pytest.fixture
 def curves():
-    nan = float("nan")
+    """Layer 4: three mutants and a negligible one (A4C) whose wild ratios would move every median; layer 2: one."""
     return {
-        ("P", 4): pd.concat([curve("A1C", [0.0, 0.5, 1.0]), curve("A2C", [0.0, 0.7, 0.9])], ignore_index=True),
-        ("Q", 4): pd.concat([curve("A1C", [0.0, 0.2, 0.8]), curve("A3C", [nan, nan, nan])], ignore_index=True),
-        ("P", 2): curve("A1C", [0.0, 0.1, 0.4]),
-        ("Q", 2): curve("A1C", [0.0, 0.3, 0.6]).iloc[:0],
+        ("P", 4): pd.concat([curve("A1C", [0.0, 0.5, 1.0], [1.0, 0.4, 0.0], layer=4),
+                             curve("A2C", [0.0, 0.7, 0.9], [1.0, 0.2, 0.1], layer=4)], ignore_index=True),
+        ("Q", 4): pd.concat([curve("A3C", [0.0, 0.2, 0.8], [1.0, 0.9, 0.3], layer=4),
+                             curve("A4C", [0.0, 50.0, -40.0], [1.0, -30.0, 60.0], negligible=True, full_effect=1e-4,
+                                   layer=4)], ignore_index=True),
+        ("P", 2): curve("A1C", [0.0, 0.1, 0.4], [1.0, 0.8, 0.5], layer=2),
+        ("Q", 2): curve("A1C", [0.0, 0.3], [1.0, 0.6], layer=2).iloc[:0],
     }
 
 
-def test_ig_concentration(tmp_path, results):
-    fig = af.ig_concentration(results, tmp_path / "c.png", tmp_path / "c.pdf")
-    check_files(tmp_path, "c")
-    ax = fig.axes[0]
-    assert [line.get_label() for line in ax.get_lines()] == ["layer 2", "layer 6"]
-    line = ax.get_lines()[1]
-    assert list(line.get_xdata()) == list(range(1, 31))  # d_sae = 30 < 100
-    # Median over the 11 mutants at layer 6 of the share carried by the top feature.
-    firsts = []
-    for protein in ("P", "Q", "R"):
-        for row in np.abs(results[(protein, 6)]["attribution"]):
-            firsts.append(row.max() / row.sum())
-    assert line.get_ydata()[0] == pytest.approx(np.median(firsts))
-    assert line.get_ydata()[-1] == pytest.approx(1.0)
-    assert ax.get_legend() is not None and ax.get_xscale() == "log"
+# --- ig_concentration ------------------------------------------------------------------------------------------------
 
+def test_ig_concentration(tmp_path, concentration_results):
+    fig = af.ig_concentration(concentration_results, tmp_path / "c.png", tmp_path / "c.pdf")
+    check_files(tmp_path, "c")
+    assert len(fig.axes) == 3
+    panels = {
+        0: [("gini", "IG |A|", "-"), ("gini_null", "null |Δ|", "--")],
+        1: [("k90", "IG |A|", "-"), ("k90_null", "null |Δ|", "--"), ("n_changed", "|C| changed", ":")],
+        2: [("top20_share", "top-20 share", "-"), ("top20_share_null", "top-20 share, null", "--"),
+            ("error_share", "error node", "-")],
+    }
+    for i, expected in panels.items():
+        ax = fig.axes[i]
+        lines = ax.get_lines()
+        assert [line.get_label() for line in lines] == [label for _, label, _ in expected]
+        assert [line.get_linestyle() for line in lines] == [style for _, _, style in expected]
+        assert ax.get_legend() is not None
+        for line, (stat, _, _) in zip(lines, expected, strict=True):
+            assert list(line.get_xdata()) == [2, 5]
+            np.testing.assert_allclose(line.get_ydata(), [pooled(2, stat)[0], pooled(5, stat)[0]], rtol=1e-12,
+                                       err_msg=stat)
+    # By hand, Gini at layer 2 over four, two, one, four: (1/4 + 1/4 + 2/3 + 1/4)/4 = 17/48; at layer 5 over
+    # two, one, four (empty has none): 7/18. |C| at layer 5 counts the empty mutant: (2 + 3 + 4 + 0)/4.
+    assert fig.axes[0].get_lines()[0].get_ydata()[0] == pytest.approx(17 / 48)
+    assert fig.axes[0].get_lines()[0].get_ydata()[1] == pytest.approx(7 / 18)
+    assert fig.axes[1].get_lines()[2].get_ydata()[1] == pytest.approx(2.25)
+    # The Gini's error bars are ± s.e.m. over the mutants: one vertical segment per layer.
+    segments = fig.axes[0].collections[0].get_segments()
+    for segment, layer in zip(segments, (2, 5), strict=True):
+        mean, sem = pooled(layer, "gini")
+        np.testing.assert_allclose(segment, [[layer, mean - sem], [layer, mean + sem]], rtol=1e-12)
+    # Above layer 2's point: Gini above the null for four, one, four, not two: 3 of 4.
+    assert fig.axes[0].texts[0].get_text() == "75%"
+    assert fig.axes[0].get_ylim()[1] >= 1.0 and fig.axes[2].get_ylim()[1] >= 1.0
+
+
+def test_ig_concentration_share_above_null_agrees_with_the_table(tmp_path, concentration_results):
+    # Layer 5: Q's two (equal to its null) and one (above); P's four (above) and empty (no Gini, no null).
+    table = ig_concentration(concentration_results).set_index(["protein", "layer"])
+    assert table.loc[("Q", 5), "gini_above_null"] == 0.5 and table.loc[("P", 5), "gini_above_null"] == 1.0
+    # Pooled the same way, 2 of the 3 mutants with a Gini are above their null (not 2 of 4); a layer
+    # whose only mutant has no Gini gets no share.
+    only_empty = {("R", 7): case_result(["empty"], 7)}
+    fig = af.ig_concentration({**concentration_results, **only_empty}, tmp_path / "c.png", tmp_path / "c.pdf")
+    assert list(fig.axes[0].get_lines()[0].get_xdata()) == [2, 5, 7]
+    assert [t.get_text() for t in fig.axes[0].texts] == ["75%", "67%"]
+
+
+# --- circuit_faithfulness --------------------------------------------------------------------------------------------
 
 def test_circuit_faithfulness(tmp_path, curves):
     fig = af.circuit_faithfulness(curves, tmp_path / "f.png", tmp_path / "f.pdf", recover=0.85)
     check_files(tmp_path, "f")
     ax = fig.axes[0]
     lines = ax.get_lines()
-    assert len(lines) == 2 + 1
-    assert [line.get_label() for line in lines[:2]] == ["layer 2", "layer 4"]
+    assert len(lines) == 2 * 2 + 1  # two per layer with curves (Q's layer 2 table is empty), and y = 0
+    assert [line.get_label() for line in lines[:4]] == [
+        "layer 2 (1 of 1; 0 negligible)", "layer 2 without", "layer 4 (3 of 4; 1 negligible)", "layer 4 without"]
+    assert [line.get_linestyle() for line in lines[:4]] == ["-", "--", "-", "--"]
+    assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color() == lines[3].get_color()
     np.testing.assert_allclose(lines[0].get_ydata(), [0.0, 0.1, 0.4])
-    np.testing.assert_allclose(lines[1].get_ydata(), [0.0, 0.5, 0.9])  # Q's NaN mutant ignored
-    assert list(lines[1].get_xdata()) == [0, 1, 2]
-    assert list(lines[2].get_ydata()) == [0.85, 0.85] and lines[2].get_linestyle() == "--"
+    np.testing.assert_allclose(lines[1].get_ydata(), [1.0, 0.8, 0.5])
+    # Layer 4, A4C (negligible) left out: r medians of (0.5, 0.7, 0.2) and (1.0, 0.9, 0.8); with it the
+    # n = 1 median would be 0.6. c medians of (0.4, 0.2, 0.9) and (0.0, 0.1, 0.3).
+    np.testing.assert_allclose(lines[2].get_ydata(), [0.0, 0.5, 0.9])
+    np.testing.assert_allclose(lines[3].get_ydata(), [1.0, 0.4, 0.1])
+    assert list(lines[2].get_xdata()) == [0, 1, 2] and list(lines[3].get_xdata()) == [0, 1, 2]
+    assert list(lines[4].get_ydata()) == [0, 0]
+    band = ax.patches[0]  # 1 ± (1 − recover)
+    assert band.get_y() == pytest.approx(0.85) and band.get_height() == pytest.approx(0.3)
 
+
+def test_circuit_faithfulness_reads_curves_back_from_csv(tmp_path, curves):
+    for key, table in curves.items():
+        table.to_csv(tmp_path / f"{key[0]}{key[1]}.csv", index=False)
+    read = {key: read_table(tmp_path / f"{key[0]}{key[1]}.csv", "circuit_curves") for key in curves}
+    fig = af.circuit_faithfulness(read, tmp_path / "f.png", tmp_path / "f.pdf")
+    np.testing.assert_allclose(fig.axes[0].get_lines()[2].get_ydata(), [0.0, 0.5, 0.9])
+    assert fig.axes[0].get_lines()[2].get_label() == "layer 4 (3 of 4; 1 negligible)"
+    with pytest.raises(ValueError, match=r"\('P', layer 4\).*complement_fraction"):
+        af.circuit_faithfulness({("P", 4): curves[("P", 4)].drop(columns="complement_fraction")},
+                                tmp_path / "x.png", tmp_path / "x.pdf")
+
+
+def test_circuit_faithfulness_counts_mutants_of_different_proteins_apart(tmp_path):
+    # Mutant names repeat across proteins: P's A1C and Q's A1C are two mutants.
+    curves = {("P", 4): curve("A1C", [0.0, 1.0], [1.0, 0.0], layer=4),
+              ("Q", 4): curve("A1C", [0.0, 9.0], [1.0, 9.0], negligible=True, layer=4)}
+    fig = af.circuit_faithfulness(curves, tmp_path / "f.png", tmp_path / "f.pdf")
+    assert fig.axes[0].get_lines()[0].get_label() == "layer 4 (1 of 2; 1 negligible)"
+
+
+# --- universal_features ----------------------------------------------------------------------------------------------
 
 def test_universal_features(tmp_path, results):
     fig = af.universal_features(results, tmp_path / "u.png", tmp_path / "u.pdf")
@@ -103,43 +200,74 @@ def test_universal_features_at_most_30_rows(tmp_path):
     assert np.asarray(fig.axes[0].get_images()[0].get_array()).shape == (30, 2)
 
 
-def test_minimal_circuit_sizes(tmp_path):
-    sizes = circuit_sizes([sizes_frame("P", 4, [1, None, 3]), sizes_frame("Q", 4, [2, None]),
-                           sizes_frame("P", 2, [None, None])])
-    fig = af.minimal_circuit_sizes(sizes, tmp_path / "s.png", tmp_path / "s.pdf", max_k=5)
-    check_files(tmp_path, "s")
-    ax = fig.axes[0]
-    assert [t.get_text() for t in ax.texts] == ["none: 2/2", "none: 2/5"]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "4"]
-    with pytest.raises(ValueError, match=r"\('Q', layer 4\)"):
-        af.minimal_circuit_sizes(sizes_frame("Q", 4, [9]), tmp_path / "x.png", tmp_path / "x.pdf", max_k=5)
+# --- minimal_circuit_sizes -------------------------------------------------------------------------------------------
 
+def test_minimal_circuit_sizes(tmp_path):
+    # Layer 4: P sizes 1, none, 3 and Q 2, negligible, none → 6 mutants, 3 sizes, 2 none, 1 negligible.
+    # Layer 2: both negligible.
+    sizes = circuit_sizes([sizes_frame("P", 4, [1, None, 3]),
+                           sizes_frame("Q", 4, [2, None, None], negligible=[False, True, False]),
+                           sizes_frame("P", 2, [None, None], negligible=[True, True])])
+    sizes.to_csv(tmp_path / "sizes.csv", index=False)
+    read = read_table(tmp_path / "sizes.csv", "circuit_sizes")  # as the figure rule gets it
+    for name, table in (("s", sizes), ("r", read)):
+        fig = af.minimal_circuit_sizes(table, tmp_path / f"{name}.png", tmp_path / f"{name}.pdf", max_k=5)
+        check_files(tmp_path, name)
+        ax = fig.axes[0]
+        assert [t.get_text() for t in ax.texts] == ["none: 0/2\nnegligible: 2/2", "none: 2/6\nnegligible: 1/6"]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "4"]
+        points = [c.get_offsets() for c in ax.collections]
+        assert [len(p) for p in points] == [0, 3]
+        assert sorted(np.asarray(points[1])[:, 1].tolist()) == [1.0, 2.0, 3.0]
+        assert np.all(np.abs(np.asarray(points[1])[:, 0] - 1) <= 0.15)
+
+
+def test_minimal_circuit_sizes_rejects_bad_input(tmp_path):
+    png, pdf = tmp_path / "x.png", tmp_path / "x.pdf"
+    with pytest.raises(ValueError, match=r"\('Q', layer 4\).*outside 0..5"):
+        af.minimal_circuit_sizes(sizes_frame("Q", 4, [2, 9]), png, pdf, max_k=5)
+    with pytest.raises(ValueError, match=r"\('Q', layer 4\).*outside 0..5"):
+        af.minimal_circuit_sizes(sizes_frame("Q", 4, [-1]), png, pdf, max_k=5)
+    with pytest.raises(ValueError, match="missing columns.*negligible"):
+        af.minimal_circuit_sizes(sizes_frame("Q", 4, [1]).drop(columns="negligible"), png, pdf, max_k=5)
+    with pytest.raises(ValueError, match="max_k"):
+        af.minimal_circuit_sizes(sizes_frame("Q", 4, [1]), png, pdf, max_k=-1)
+
+
+# --- empty inputs and reproducibility --------------------------------------------------------------------------------
 
 def test_empty_inputs_do_not_crash(tmp_path):
     empty_results = {("P", 1): result(np.zeros((0, 8)), 1), ("Q", 1): result(np.zeros((2, 8)), 1)}
     for name, res in {"none": {}, "empty": empty_results}.items():
         out = tmp_path / name
         fig = af.ig_concentration(res, out / "c.png", out / "c.pdf")
-        assert len(fig.axes[0].get_lines()) == 0 and fig.axes[0].texts
+        if name == "none":
+            assert len(fig.axes) == 3
+            for ax in fig.axes:
+                assert ax.texts and all(len(line.get_xdata()) == 0 for line in ax.get_lines())
         fig = af.universal_features(res, out / "u.png", out / "u.pdf")
         assert not fig.axes[0].get_images() and fig.axes[0].texts
         check_files(out, "c")
         check_files(out, "u")
     out = tmp_path / "curves"
-    for name, curves in {"none": {}, "empty": {("P", 1): curve("A1C", []).astype({"k": "int64"})}}.items():
+    for name, curves in {"none": {}, "empty": {("P", 1): curve("A1C", [], [])}}.items():
         fig = af.circuit_faithfulness(curves, out / f"{name}.png", out / f"{name}.pdf")
-        assert len(fig.axes[0].get_lines()) == 1 and fig.axes[0].texts
+        assert len(fig.axes[0].get_lines()) == 1 and fig.axes[0].texts  # only y = 0, and a note
         check_files(out, name)
+    only_negligible = {("P", 1): curve("A1C", [0.0, 3.0], [1.0, 2.0], negligible=True)}
+    fig = af.circuit_faithfulness(only_negligible, out / "n.png", out / "n.pdf")
+    assert fig.axes[0].get_lines()[0].get_label() == "layer 1 (0 of 1; 1 negligible)"
+    assert all(len(line.get_xdata()) == 0 for line in fig.axes[0].get_lines()[:2])
     fig = af.minimal_circuit_sizes(circuit_sizes([]), out / "s.png", out / "s.pdf", max_k=5)
     assert fig.axes[0].texts
     check_files(out, "s")
 
 
-def test_figures_are_reproducible(tmp_path, results, curves):
-    sizes = circuit_sizes([sizes_frame("P", 4, [1, None, 3])])
+def test_figures_are_reproducible(tmp_path, results, concentration_results, curves):
+    sizes = circuit_sizes([sizes_frame("P", 4, [1, None, 3]), sizes_frame("Q", 4, [None], negligible=[True])])
     for run in ("a", "b"):
         d = tmp_path / run
-        af.ig_concentration(results, d / "c.png", d / "c.pdf")
+        af.ig_concentration({**results, **concentration_results}, d / "c.png", d / "c.pdf")
         af.circuit_faithfulness(curves, d / "f.png", d / "f.pdf")
         af.universal_features(results, d / "u.png", d / "u.pdf")
         af.minimal_circuit_sizes(sizes, d / "s.png", d / "s.pdf", max_k=5)

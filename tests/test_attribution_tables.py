@@ -1,27 +1,46 @@
-"""Concentration, consistency, universality and circuit-size tables against hand-made attributions."""
+"""Concentration, consistency, universality and circuit-size tables against hand-made attributions.
+
+METHOD.md "Concentration and universality": every statistic over the changed set C (|Δ| > 0),
+the error node in the denominator, beside a null with |Δ| in place of |A|; uncertainty with the
+mutant as the unit. Every expected number below is worked out by hand in a comment, or computed
+independently with numpy/scipy in the test.
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from esmsae import attribution_tables as at
+from esmsae.columns import TABLES, read_table
 
 D_SAE = 30
+NAN = float("nan")
 
 
-def result(attribution, layer, error=None, total=None, completeness=None, mutants=None):
-    """An IG result dict shaped like esmsae.ig.load_attributions's output."""
+def result(attribution, layer, error=None, total=None, completeness=None, mutants=None, abs_delta=None, k=8,
+           d_sae=None, space="latent"):
+    """An IG result dict shaped like an ``ig/{protein}_L{layer}.npz`` (esmsae.arrays.Attributions).
+
+    By default every feature with ``A_j ≠ 0`` is in the changed set, with ``|Δ| = 1`` (a flat null).
+    """
     attribution = np.asarray(attribution, dtype=np.float64).reshape(-1, np.shape(attribution)[-1])
     n = attribution.shape[0]
+    if abs_delta is None:
+        abs_delta = (attribution != 0) * 1.0
     return {
         "mutant": np.array(mutants if mutants is not None else [f"A{i + 1}C" for i in range(n)], dtype=str),
         "attribution": attribution,
+        "abs_delta": np.asarray(abs_delta, dtype=np.float64).reshape(attribution.shape),
         "error_attribution": np.zeros(n) if error is None else np.asarray(error, dtype=np.float64),
         "total_effect": np.zeros(n) if total is None else np.asarray(total, dtype=np.float64),
         "completeness_error": np.zeros(n) if completeness is None else np.asarray(completeness, dtype=np.float64),
-        "steps": np.array(16), "rule": np.array("gausslegendre"), "space": np.array("latent"), "k": np.array(8),
+        "steps": np.array(16), "rule": np.array("gausslegendre"), "space": np.array(space), "k": np.array(k),
+        "d_sae": np.array(attribution.shape[1] if d_sae is None else d_sae),
         "error_node": np.array(True), "layer": np.array(layer),
     }
 
@@ -47,7 +66,49 @@ def planted(layer=6):
     return {"P": result(p, layer), "Q": result(q, layer), "R": result(r, layer)}
 
 
-# --- gini and top_share ---------------------------------------------------------------------------------------------
+# Hand-made mutants over 6 features: (attribution, error attribution, |Δ|, expected statistics).
+CASES = {
+    # C = {0..3}, |A| = 4, 3, 2, 1, A_err = 10: D = 20, top-20 share 10/20, error share 10/20;
+    # 0.9 · 10 = 9 = 4 + 3 + 2: k90 3; Gini of [1, 2, 3, 4] = (−3·1 − 1·2 + 1·3 + 3·4)/(4·10) = 0.25.
+    # Null |Δ| = 1, 1, 1, 1: share 1, k90 4 (3 < 3.6), Gini 0.
+    "four": ([4.0, -3.0, 2.0, -1.0, 0.0, 0.0], 10.0, [1, 1, 1, 1, 0, 0],
+             dict(n_changed=4, top20_share=0.5, top20_share_null=1.0, error_share=0.5, k90=3, k90_null=4,
+                  gini=0.25, gini_null=0.0)),
+    # C = {4, 5}, |A| = 6, 2, A_err = −2: D = 10, share 0.8, error share 0.2; 6 < 7.2 ≤ 8: k90 2;
+    # Gini [2, 6] = (−2 + 6)/(2·8) = 0.25. Null [1, 3]: share 1, 3 < 3.6: k90 2, Gini (−1 + 3)/(2·4) = 0.25.
+    "two": ([0.0, 0.0, 0.0, 0.0, 6.0, -2.0], -2.0, [0, 0, 0, 0, 1, 3],
+            dict(n_changed=2, top20_share=0.8, top20_share_null=1.0, error_share=0.2, k90=2, k90_null=2,
+                 gini=0.25, gini_null=0.25)),
+    # C = {0, 1, 5}, |A| = 0, 0, 3, no error: D = 3, share 1, error share 0, k90 1, Gini [0, 0, 3] =
+    # (−2·0 + 0·0 + 2·3)/(3·3) = 2/3. Null [2, 2, 2]: share 1, k90 3 (4 < 5.4), Gini 0.
+    "one": ([0.0, 0.0, 0.0, 0.0, 0.0, 3.0], 0.0, [2, 2, 0, 0, 0, 2],
+            dict(n_changed=3, top20_share=1.0, top20_share_null=1.0, error_share=0.0, k90=1, k90_null=3,
+                 gini=2 / 3, gini_null=0.0)),
+    # Nothing changed and no error: every statistic is undefined.
+    "empty": ([0.0] * 6, 0.0, [0] * 6,
+              dict(n_changed=0, top20_share=NAN, top20_share_null=NAN, error_share=NAN, k90=NAN, k90_null=NAN,
+                   gini=NAN, gini_null=NAN)),
+}
+STATS = ["n_changed", "top20_share", "top20_share_null", "error_share", "k90", "k90_null", "gini", "gini_null"]
+
+
+def case_result(names, layer, completeness=None, total=None, **settings):
+    """An IG result whose mutants are the named CASES, in order."""
+    rows = [CASES[name] for name in names]
+    return result(np.array([r[0] for r in rows]).reshape(len(rows), 6), layer, error=[r[1] for r in rows],
+                  abs_delta=np.array([r[2] for r in rows]).reshape(len(rows), 6), mutants=[f"{n}_mut" for n in names],
+                  completeness=completeness, total=total, **settings)
+
+
+def assert_stats(got, expected):
+    for stat in STATS:
+        if math.isnan(expected[stat]):
+            assert math.isnan(got[stat]), stat
+        else:
+            assert got[stat] == pytest.approx(expected[stat], abs=1e-12), stat
+
+
+# --- the statistics --------------------------------------------------------------------------------------------------
 
 def test_gini_known_values():
     # Standard form Σ(2i − n − 1) x_(i) / (n Σx): bounded by (n − 1)/n.
@@ -58,9 +119,13 @@ def test_gini_known_values():
     assert at.gini(np.r_[np.zeros(99), 7.0]) == pytest.approx(0.99)
     # [0, 0, 1, 3]: (1·1 + 3·3) / (4·4) = 0.625
     assert at.gini(np.array([3.0, 0.0, 1.0, 0.0])) == pytest.approx(0.625)
+    # [1..25]: Σ(2i − n − 1)i = n(n + 1)(n − 1)/6 over n·n(n + 1)/2 → (n − 1)/(3n) = 24/75
+    assert at.gini(np.arange(1.0, 26.0)) == pytest.approx(24 / 75)
     assert np.isnan(at.gini(np.array([])))
     with pytest.raises(ValueError, match="non-negative"):
         at.gini(np.array([1.0, -1.0]))
+    with pytest.raises(ValueError, match="finite"):
+        at.gini(np.array([1.0, np.nan]))
 
 
 def test_top_share():
@@ -73,54 +138,197 @@ def test_top_share():
         at.top_share(np.ones(3), n=0)
 
 
-def test_top_n_features_ties_and_zeros():
-    a = np.array([[0.0, 1.0, -1.0, 1.0, 0.5], [0.0, 0.0, 0.0, 0.0, -2.0]])
-    tops = at.top_n_features(a, n=2)
-    assert tops[0].tolist() == [1, 2]  # ties to the lower index
-    assert tops[1].tolist() == [4]  # zeros never count
-    assert at.top_n_features(a, n=10)[0].tolist() == [1, 2, 3, 4]
+def test_k90_by_hand():
+    assert at.k90(np.array([4.0, 3.0, 2.0, 1.0])) == 3  # bar 9 = 4 + 3 + 2: reaching it exactly counts
+    assert at.k90(np.array([1.0, -3.0, 4.0, -2.0])) == 3  # absolute values, any order
+    assert at.k90(np.array([5.0, 4.0, 1.0])) == 2  # 5 + 4 = 9 = 0.9 · 10
+    assert at.k90(np.array([5.0, 3.9, 1.1])) == 3  # 8.9 < 9
+    assert at.k90(np.array([0.45, 0.45, 0.1])) == 2  # 0.9 of 1.0 reached exactly, in floating point
+    assert at.k90(np.ones(10)) == 9  # ties: 9 of 10 equal values are 0.9 of the sum
+    assert at.k90(np.array([2.0, 2.0, 1.0])) == 3  # 4 < 4.5
+    assert at.k90(np.array([3.0, 3.0, 3.0, 1.0])) == 3  # 9 of 10
+    assert at.k90(np.array([7.0])) == 1
+    assert at.k90(np.array([7.0, 0.0, 0.0])) == 1
+    assert at.k90(np.array([4.0, 3.0, 2.0, 1.0]), share=0.5) == 2  # 4 < 5 ≤ 7
+    assert np.isnan(at.k90(np.zeros(4)))
+    assert np.isnan(at.k90(np.array([])))
 
 
-# --- ig_concentration ------------------------------------------------------------------------------------------------
+def test_mean_sem():
+    mean, sem = at.mean_sem(np.array([1.0, 2.0, 3.0, 4.0]))
+    # deviations ±0.5, ±1.5: Σ² = 5, std = √(5/3), sem = √(5/3)/√4
+    assert mean == 2.5 and sem == pytest.approx(math.sqrt(5 / 3) / 2, abs=1e-15)
+    mean, sem = at.mean_sem(np.array([5.0]))
+    assert mean == 5.0 and np.isnan(sem)
+    assert all(np.isnan(at.mean_sem(np.array([]))))
+    mean, sem = at.mean_sem(np.array([1.0, np.nan, 3.0, np.inf]))  # only finite values count
+    assert mean == 2.0 and sem == pytest.approx(1.0)  # std √2, over √2
+    assert at.mean_sem(np.array([0.5, 0.5, 0.5])) == (0.5, 0.0)
+
+
+def test_wilcoxon_p():
+    # All three positive, n = 3: exact two-sided p = 2 · P(W+ = 6) = 2/8.
+    assert at.wilcoxon_p(np.array([0.4, 1.0, 0.1])) == pytest.approx(0.25)
+    rng = np.random.default_rng(7)
+    d = rng.normal(0.3, 1.0, size=12)
+    assert at.wilcoxon_p(d) == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-12)
+    assert at.wilcoxon_p(np.r_[d, np.nan]) == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-12)
+    assert at.wilcoxon_p(np.array([0.3, 0.0, -0.1, 0.7])) == pytest.approx(
+        stats.wilcoxon([0.3, 0.0, -0.1, 0.7]).pvalue, rel=1e-12)
+    # Zeros: scipy's default (zero_method "wilcox", zeros dropped), which matters in the normal approximation.
+    with_zeros = np.r_[np.zeros(5), np.random.default_rng(1).normal(0.3, 1.0, size=60)]
+    assert at.wilcoxon_p(with_zeros) == pytest.approx(stats.wilcoxon(with_zeros[5:]).pvalue, rel=1e-12)
+    for nan_case in ([], [0.5], [0.0, 0.0, 0.0], [np.nan, 0.5], [np.nan, np.nan]):
+        assert np.isnan(at.wilcoxon_p(np.array(nan_case, dtype=np.float64))), nan_case
+
+
+# --- mutant_concentration --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_mutant_concentration_cases(name):
+    attribution, error, abs_delta, expected = CASES[name]
+    assert_stats(at.mutant_concentration(np.array(attribution), error, np.array(abs_delta, dtype=float)), expected)
+
+
+def test_mutant_concentration_leaves_out_features_outside_the_changed_set():
+    # As "four", plus feature 4 with A = 5 but |Δ| = 0: outside C, so it is in neither D nor the Gini
+    # (with it: D = 25, share 0.6, k90 3 of 15, Gini over 5 values).
+    attribution, error, abs_delta, expected = CASES["four"]
+    attribution = np.array(attribution)
+    attribution[4] = 5.0
+    assert_stats(at.mutant_concentration(attribution, error, np.array(abs_delta, dtype=float)), expected)
+
+
+def test_mutant_concentration_error_node_in_the_denominator():
+    # 25 changed features, |A| = 1 each, |Δ| = 1..25.
+    # No error: D = 25, top-20 share 20/25; error 5: D = 30, share 20/30, error share 5/30.
+    # k90: 0.9 · 25 = 22.5 → 23. Null: top-20 of 1..25 = 325 − 15 = 310 of 325; k90: the top m sum
+    # to m(51 − m)/2, 289 < 292.5 ≤ 297 → 18; Gini of 1..25 = 24/75.
+    a, delta = np.ones(25), np.arange(1.0, 26.0)
+    without = at.mutant_concentration(a, 0.0, delta)
+    with_error = at.mutant_concentration(a, -5.0, delta)
+    assert without["top20_share"] == pytest.approx(0.8) and without["error_share"] == 0.0
+    assert with_error["top20_share"] == pytest.approx(2 / 3) and with_error["error_share"] == pytest.approx(1 / 6)
+    for out in (without, with_error):
+        assert out["n_changed"] == 25 and out["k90"] == 23 and out["gini"] == 0.0
+        assert out["top20_share_null"] == pytest.approx(310 / 325)
+        assert out["k90_null"] == 18 and out["gini_null"] == pytest.approx(24 / 75)
+    assert at.mutant_concentration(a, 5.0, delta, n=5)["top20_share"] == pytest.approx(5 / 30)
+    assert at.mutant_concentration(a, 5.0, delta, n=5)["top20_share_null"] == pytest.approx(115 / 325)
+    with pytest.raises(ValueError, match="positive integer"):
+        at.mutant_concentration(a, 0.0, delta, n=0)
+
+
+def test_mutant_concentration_error_only():
+    # C = {0, 1} with A = 0 there and A_err = 2: D = 2, share 0, error share 1, no k90 (Σ|A| = 0),
+    # Gini of [0, 0] is 0; null [1, 3] as in "two". Nothing changed but an error: share 0, error share 1.
+    out = at.mutant_concentration(np.zeros(4), 2.0, np.array([1.0, 3.0, 0.0, 0.0]))
+    assert_stats(out, dict(n_changed=2, top20_share=0.0, top20_share_null=1.0, error_share=1.0, k90=NAN,
+                           k90_null=2, gini=0.0, gini_null=0.25))
+    out = at.mutant_concentration(np.zeros(4), 2.0, np.zeros(4))
+    assert_stats(out, dict(n_changed=0, top20_share=0.0, top20_share_null=NAN, error_share=1.0, k90=NAN,
+                           k90_null=NAN, gini=NAN, gini_null=NAN))
+
+
+# --- concentration_by_mutant and ig_concentration --------------------------------------------------------------------
+
+def concentration_results():
+    return {
+        ("Q", 4): result(np.zeros((0, 6)), 4, k=16, d_sae=6, space="pre"),
+        ("P", 2): case_result(["four", "two", "one"], 2, completeness=[0.1, 0.6, 0.5], total=[-1.0, 0.5, 2.0]),
+        ("P", 1): case_result(["four", "empty"], 1, completeness=[0.2, np.nan]),
+    }
+
+
+def test_concentration_by_mutant_by_hand():
+    table = at.concentration_by_mutant(concentration_results())
+    assert list(table.columns) == TABLES["ig_concentration_mutants"]
+    assert list(zip(table["protein"], table["layer"], table["mutant"], strict=True)) == [
+        ("P", 1, "four_mut"), ("P", 1, "empty_mut"), ("P", 2, "four_mut"), ("P", 2, "two_mut"), ("P", 2, "one_mut")]
+    for (_, row), name in zip(table.iterrows(), ["four", "empty", "four", "two", "one"], strict=True):
+        assert_stats(row, CASES[name][3])
+    assert table["total_effect"].tolist()[2:] == [-1.0, 0.5, 2.0]
+    np.testing.assert_array_equal(table["completeness_error"], [0.2, np.nan, 0.1, 0.6, 0.5])
+    assert (table["k"] == 8).all() and (table["d_sae"] == 6).all() and (table["space"] == "latent").all()
+    assert table["layer"].dtype == np.int64 and table["n_changed"].dtype == np.int64
+    empty = at.concentration_by_mutant({})
+    assert empty.empty and list(empty.columns) == TABLES["ig_concentration_mutants"]
+
 
 def test_ig_concentration_by_hand():
-    d = 22
-    a = np.zeros((3, d))
-    a[0] = 1.0  # gini 0, top-20 share 20/22, error share 2/(22+2)
-    a[1, 5] = -4.0  # gini 21/22, share 1, error share 0
-    # row 2 all zero with zero error: gini 0, share NaN, error share NaN
-    results = {
-        ("Q", 4): result(np.zeros((0, d)), 4),
-        ("P", 2): result(a, 2, error=[-2.0, 0.0, 0.0], completeness=[0.1, 0.3, 0.5]),
-        ("P", 1): result(a[:1], 1, error=[0.0], completeness=[0.2]),
-    }
-    table = at.ig_concentration(results)
-    assert list(table.columns) == at.CONCENTRATION_COLUMNS
+    table = at.ig_concentration(concentration_results())
+    assert list(table.columns) == at.CONCENTRATION_COLUMNS == TABLES["ig_concentration"]
     # Proteins in input order (Q first), layers ascending.
     assert list(zip(table["protein"], table["layer"], strict=True)) == [("Q", 4), ("P", 1), ("P", 2)]
-    assert table["n_mutants"].tolist() == [0, 1, 3]
-    p2 = table.iloc[2]
-    ginis = [0.0, 21 / 22, 0.0]
-    assert p2["mean_gini"] == pytest.approx(sum(ginis) / 3)
-    mean = sum(ginis) / 3
-    assert p2["std_gini"] == pytest.approx(np.sqrt(sum((g - mean) ** 2 for g in ginis) / 2))
-    assert p2["mean_top20_share"] == pytest.approx((20 / 22 + 1) / 2)
-    assert p2["median_completeness_error"] == pytest.approx(0.3)
-    assert p2["mean_error_share"] == pytest.approx((2 / 24 + 0) / 2)
-    p1 = table.iloc[1]
-    assert p1["mean_gini"] == 0.0 and np.isnan(p1["std_gini"])
-    assert p1["mean_error_share"] == 0.0 and p1["median_completeness_error"] == pytest.approx(0.2)
-    q4 = table.iloc[0]
-    assert all(np.isnan(q4[c]) for c in at.CONCENTRATION_COLUMNS[3:])
+    assert table["n_mutants"].tolist() == [0, 2, 3]
     assert table["layer"].dtype == np.int64 and table["n_mutants"].dtype == np.int64
+
+    p2 = table.iloc[2]
+    # Gini 1/4, 1/4, 2/3: mean 7/18, deviations −5/36, −5/36, 10/36 → std 5√3/36, sem 5/36.
+    assert p2["gini_mean"] == pytest.approx(7 / 18) and p2["gini_sem"] == pytest.approx(5 / 36)
+    # Null 0, 1/4, 0: mean 1/12; Gini above the null for "four" and "one", equal for "two".
+    assert p2["gini_null_mean"] == pytest.approx(1 / 12)
+    assert p2["gini_above_null"] == pytest.approx(2 / 3)
+    # Differences 1/4, 0, 2/3: the zero is dropped, two positive → exact two-sided p 2 · 1/4.
+    assert p2["gini_wilcoxon_p"] == pytest.approx(0.5)
+    assert p2["gini_wilcoxon_p"] == pytest.approx(stats.wilcoxon([0.25, 0.0, 2 / 3]).pvalue, rel=1e-12)
+    # k90 3, 2, 1: mean 2, sem 1/√3; null 4, 2, 3: mean 3, sem 1/√3; |C| 4, 2, 3.
+    assert p2["k90_mean"] == pytest.approx(2.0) and p2["k90_sem"] == pytest.approx(1 / math.sqrt(3))
+    assert p2["k90_null_mean"] == pytest.approx(3.0) and p2["k90_null_sem"] == pytest.approx(1 / math.sqrt(3))
+    assert p2["n_changed_mean"] == pytest.approx(3.0)
+    # Shares 0.5, 0.8, 1.0 (null 1, 1, 1 → sem 0); error shares 0.5, 0.2, 0.
+    assert p2["top20_share_mean"] == pytest.approx(2.3 / 3)
+    assert p2["top20_share_null_mean"] == pytest.approx(1.0) and p2["top20_share_null_sem"] == 0.0
+    assert p2["error_share_mean"] == pytest.approx(0.7 / 3)
+    assert p2["median_completeness_error"] == pytest.approx(0.5)  # of 0.1, 0.6, 0.5 (the mean would be 0.4)
+    # Every mean and sem against numpy over the hand-made per-mutant values.
+    for stat in STATS:
+        values = np.array([CASES[name][3][stat] for name in ("four", "two", "one")], dtype=np.float64)
+        assert p2[f"{stat}_mean"] == pytest.approx(values.mean(), abs=1e-12), stat
+        assert p2[f"{stat}_sem"] == pytest.approx(values.std(ddof=1) / np.sqrt(3), abs=1e-12), stat
+
+    p1 = table.iloc[1]
+    # "four" and "empty": |C| 4 and 0 (mean 2, sem 2); every other statistic has one finite value.
+    assert p1["n_changed_mean"] == pytest.approx(2.0) and p1["n_changed_sem"] == pytest.approx(2.0)
+    assert p1["gini_mean"] == 0.25 and np.isnan(p1["gini_sem"])
+    assert p1["top20_share_mean"] == 0.5 and p1["error_share_mean"] == 0.5 and p1["k90_null_mean"] == 4
+    assert p1["gini_above_null"] == 1.0  # the mutant without a Gini is not counted
+    assert np.isnan(p1["gini_wilcoxon_p"])  # one difference
+    assert p1["median_completeness_error"] == pytest.approx(0.2)  # NaN skipped
+
+    q4 = table.iloc[0]
+    assert all(np.isnan(q4[c]) for c in at.CONCENTRATION_COLUMNS[3:-3])
+    assert (q4["k"], q4["d_sae"], q4["space"]) == (16, 6, "pre")
+    assert table[["k", "d_sae", "space"]].values.tolist()[1:] == [[8, 6, "latent"], [8, 6, "latent"]]
+
+
+def test_ig_concentration_null_is_visible():
+    # A mutant whose |A| merely follows its |Δ| is no more concentrated than the null.
+    delta = np.array([[8.0, 4.0, 2.0, 1.0, 0.0, 0.0]])
+    table = at.ig_concentration({("P", 1): result(0.5 * delta, 1, abs_delta=delta)}).iloc[0]
+    assert table["gini_mean"] == pytest.approx(table["gini_null_mean"])
+    assert table["k90_mean"] == table["k90_null_mean"] and table["gini_above_null"] == 0.0
+    # Concentrating A on one of four equally moved features: Gini 3/4 against 0, k90 1 against 4.
+    flat = np.array([[1.0, 1.0, 1.0, 1.0, 0.0, 0.0]])
+    row = at.ig_concentration({("P", 1): result([[2.0, 0, 0, 0, 0, 0]], 1, abs_delta=flat)}).iloc[0]
+    assert (row["gini_mean"], row["gini_null_mean"]) == (pytest.approx(0.75), 0.0)
+    assert (row["k90_mean"], row["k90_null_mean"], row["n_changed_mean"]) == (1, 4, 4)
+    assert row["gini_above_null"] == 1.0
 
 
 def test_ig_concentration_rejects_bad_input():
     good = result(np.ones((2, 5)), 3)
+    assert len(at.ig_concentration({("P", 3): good})) == 1
     with pytest.raises(ValueError, match=r"\('P', layer 3\).*error_attribution"):
         at.ig_concentration({("P", 3): {**good, "error_attribution": np.zeros(3)}})
     with pytest.raises(ValueError, match=r"\('P', layer 3\).*missing"):
         at.ig_concentration({("P", 3): {k: v for k, v in good.items() if k != "total_effect"}})
+    with pytest.raises(ValueError, match=r"\('P', layer 3\).*missing.*abs_delta"):
+        at.ig_concentration({("P", 3): {k: v for k, v in good.items() if k != "abs_delta"}})
+    with pytest.raises(ValueError, match=r"\('P', layer 3\).*abs_delta.*shape"):
+        at.ig_concentration({("P", 3): {**good, "abs_delta": np.ones((2, 4))}})
+    with pytest.raises(ValueError, match=r"\('P', layer 3\).*abs_delta.*NaN"):
+        at.ig_concentration({("P", 3): {**good, "abs_delta": np.full((2, 5), np.nan)}})
     with pytest.raises(ValueError, match=r"\('P', layer 3\).*NaN"):
         at.ig_concentration({("P", 3): {**good, "attribution": np.full((2, 5), np.nan)}})
     with pytest.raises(ValueError, match=r"\('P', layer 4\).*layer 3"):
@@ -129,11 +337,19 @@ def test_ig_concentration_rejects_bad_input():
         at.ig_concentration({("P", 3): {**good, "attribution": np.ones(5)}})
 
 
+def test_top_n_features_ties_and_zeros():
+    a = np.array([[0.0, 1.0, -1.0, 1.0, 0.5], [0.0, 0.0, 0.0, 0.0, -2.0]])
+    tops = at.top_n_features(a, n=2)
+    assert tops[0].tolist() == [1, 2]  # ties to the lower index
+    assert tops[1].tolist() == [4]  # zeros never count
+    assert at.top_n_features(a, n=10)[0].tolist() == [1, 2, 3, 4]
+
+
 # --- feature_consistency ---------------------------------------------------------------------------------------------
 
 def test_feature_consistency_planted():
     table = at.feature_consistency(planted())
-    assert list(table.columns) == at.CONSISTENCY_COLUMNS
+    assert list(table.columns) == at.CONSISTENCY_COLUMNS == TABLES["feature_consistency"]
     expected = [
         ("P", 7, 4, 4), ("P", 11, 4, 4), ("P", 20, 1, 4), ("P", 21, 1, 4), ("P", 22, 1, 4), ("P", 23, 1, 4),
         ("Q", 7, 4, 4), ("Q", 3, 2, 4), ("Q", 25, 1, 4),
@@ -143,6 +359,15 @@ def test_feature_consistency_planted():
     assert got == expected
     np.testing.assert_allclose(table["fraction"], [t / m for _, _, t, m in expected], rtol=0, atol=0)
     assert table["feature"].dtype == np.int64 and table["n_top"].dtype == np.int64
+    assert (table["layer"] == 6).all() and (table["k"] == 8).all()
+    assert (table["d_sae"] == D_SAE).all() and (table["space"] == "latent").all()
+
+
+def test_feature_consistency_records_each_results_settings():
+    results = {"P": result(np.eye(3), 2, k=4, d_sae=3, space="pre"), "Q": result(np.eye(3)[:1], 2)}
+    table = at.feature_consistency(results)
+    assert table[["protein", "feature", "layer", "k", "d_sae", "space"]].values.tolist() == [
+        ["P", 0, 2, 4, 3, "pre"], ["P", 1, 2, 4, 3, "pre"], ["P", 2, 2, 4, 3, "pre"], ["Q", 0, 2, 8, 3, "latent"]]
 
 
 def test_feature_consistency_top_n_cut():
@@ -176,18 +401,22 @@ def test_feature_consistency_empty():
 
 # --- universal_features ----------------------------------------------------------------------------------------------
 
+UNIVERSAL = ["feature", "layer", "proteins"]
+
+
 def test_universal_features_planted():
     results = {("P", 6): planted(6)["P"], ("Q", 6): planted(6)["Q"], ("R", 6): planted(6)["R"],
                ("P", 2): planted(2)["P"], ("Q", 2): result(np.zeros((0, D_SAE)), 2)}
     table = at.universal_features(results)
-    assert list(table.columns) == ["feature", "layer", "proteins", "freq_P", "freq_Q", "freq_R"]
+    assert list(table.columns) == [*UNIVERSAL, "freq_P", "freq_Q", "freq_R", "k", "d_sae", "space"]
     # Layer 2: Q has no mutants and R no results → nothing shared by two proteins.
     # Layer 6: 3 (Q 0.5, R 1.0) and 7 (P, Q); 11 fails (R 1/3 < 0.5).
-    assert table[["feature", "layer", "proteins"]].values.tolist() == [[3, 6, "Q;R"], [7, 6, "P;Q"]]
+    assert table[UNIVERSAL].values.tolist() == [[3, 6, "Q;R"], [7, 6, "P;Q"]]
     np.testing.assert_array_equal(table["freq_P"], [0.0, 1.0])
     np.testing.assert_array_equal(table["freq_Q"], [0.5, 1.0])
     np.testing.assert_array_equal(table["freq_R"], [1.0, 0.0])
     assert table["feature"].dtype == np.int64 and table["layer"].dtype == np.int64
+    assert table[["k", "d_sae", "space"]].values.tolist() == [[8, D_SAE, "latent"]] * 2
 
 
 def test_universal_features_ordering_and_nan():
@@ -196,72 +425,108 @@ def test_universal_features_ordering_and_nan():
     a[:, 9] = 2.0
     b = a.copy()
     b[:, 9] = 0.0
-    results = {("A", 3): result(a, 3), ("B", 3): result(a, 3), ("C", 3): result(b, 3),
+    results = {("A", 3): result(a, 3, k=32), ("B", 3): result(a, 3, k=32), ("C", 3): result(b, 3, k=32),
                ("A", 1): result(a, 1), ("B", 1): result(a, 1), ("C", 1): result(np.zeros((0, 10)), 1)}
     table = at.universal_features(results)
     # Layer 1 first; within layer 3 feature 4 (3 proteins) before 9 (2 proteins).
-    assert table[["feature", "layer", "proteins"]].values.tolist() == [
-        [4, 1, "A;B"], [9, 1, "A;B"], [4, 3, "A;B;C"], [9, 3, "A;B"]]
+    assert table[UNIVERSAL].values.tolist() == [[4, 1, "A;B"], [9, 1, "A;B"], [4, 3, "A;B;C"], [9, 3, "A;B"]]
     assert np.isnan(table["freq_C"].iloc[0]) and np.isnan(table["freq_C"].iloc[1])
     assert table["freq_C"].iloc[3] == 0.0
+    assert table["k"].tolist() == [8, 8, 32, 32] and (table["d_sae"] == 10).all()
 
 
 def test_universal_features_empty():
     table = at.universal_features({})
-    assert table.empty and list(table.columns) == ["feature", "layer", "proteins"]
+    assert table.empty and list(table.columns) == [*UNIVERSAL, "k", "d_sae", "space"]
     table = at.universal_features({("P", 1): result(np.zeros((0, 4)), 1)})
-    assert table.empty and list(table.columns) == ["feature", "layer", "proteins", "freq_P"]
+    assert table.empty and list(table.columns) == [*UNIVERSAL, "freq_P", "k", "d_sae", "space"]
 
 
 # --- circuit_sizes ---------------------------------------------------------------------------------------------------
 
-def sizes_frame(protein, layer, ks):
-    frame = pd.DataFrame({"protein": protein, "layer": layer, "mutant": [f"A{i}C" for i in range(len(ks))],
-                          "total_effect": np.linspace(-1, 1, len(ks)), "minimal_k": ks})
-    frame["minimal_k"] = frame["minimal_k"].astype("Int64")
+def sizes_frame(protein, layer, sizes, negligible=None, k=8, d_sae=D_SAE, space="latent"):
+    """A per-(protein, layer) circuit-size table as esmsae.circuits.sizes_table writes it."""
+    n = len(sizes)
+    negligible = [False] * n if negligible is None else list(negligible)
+    frame = pd.DataFrame({
+        "protein": protein, "layer": layer, "mutant": [f"A{i}C" for i in range(n)],
+        "full_effect": np.linspace(-1, 1, n), "negligible": negligible, "n_features": sizes,
+        "recovered_fraction": [np.nan if s is None else 0.95 for s in sizes], "k": k, "d_sae": d_sae, "space": space,
+    }, columns=at.SIZE_COLUMNS)
+    frame["n_features"] = frame["n_features"].astype("Int64")
     return frame
 
 
-def test_circuit_sizes_concat_and_dtypes():
+def test_circuit_sizes_concat_and_dtypes(tmp_path):
     a = sizes_frame("P", 2, [1, None, 3])
-    b = sizes_frame("Q", 4, [5])
-    c = a.assign(minimal_k=[1.0, np.nan, 3.0], layer=6)  # as read back from a CSV
+    b = sizes_frame("Q", 4, [5, None, None], negligible=[False, True, False], k=16, space="pre")
+    # As the rule reads it back from a CSV: n_features float with NaN.
+    a.assign(layer=6).to_csv(tmp_path / "c.csv", index=False)
+    c = read_table(tmp_path / "c.csv", "circuit_sizes")
+    assert c["n_features"].dtype == np.float64
     table = at.circuit_sizes([a, b, c])
-    assert list(table.columns) == at.SIZE_COLUMNS
-    assert table["protein"].tolist() == ["P"] * 3 + ["Q"] + ["P"] * 3
-    assert table["layer"].tolist() == [2, 2, 2, 4, 6, 6, 6]
-    assert str(table["minimal_k"].dtype) == "Int64" and table["layer"].dtype == np.int64
-    assert table["total_effect"].dtype == np.float64
-    assert table["minimal_k"].isna().tolist() == [False, True, False, False, False, True, False]
-    assert table["minimal_k"].dropna().tolist() == [1, 3, 5, 1, 3]
+    assert list(table.columns) == at.SIZE_COLUMNS == TABLES["circuit_sizes"]
+    assert table["protein"].tolist() == ["P"] * 3 + ["Q"] * 3 + ["P"] * 3
+    assert table["layer"].tolist() == [2, 2, 2, 4, 4, 4, 6, 6, 6]
+    assert table["mutant"].tolist() == ["A0C", "A1C", "A2C"] * 3
+    assert str(table["n_features"].dtype) == "Int64" and table["layer"].dtype == np.int64
+    assert table["full_effect"].dtype == np.float64 and table["negligible"].dtype == bool
+    assert table["n_features"].isna().tolist() == [False, True, False, False, True, True, False, True, False]
+    assert table["n_features"].dropna().tolist() == [1, 3, 5, 1, 3]
+    assert table["negligible"].tolist() == [False] * 4 + [True] + [False] * 4
+    assert table["k"].tolist() == [8] * 3 + [16] * 3 + [8] * 3
+    assert table["space"].tolist() == ["latent"] * 3 + ["pre"] * 3 + ["latent"] * 3
+    np.testing.assert_array_equal(table["recovered_fraction"], [0.95, np.nan, 0.95, 0.95, np.nan, np.nan] +
+                                  [0.95, np.nan, 0.95])
     empty = at.circuit_sizes([])
-    assert empty.empty and list(empty.columns) == at.SIZE_COLUMNS and str(empty["minimal_k"].dtype) == "Int64"
+    assert empty.empty and list(empty.columns) == at.SIZE_COLUMNS and str(empty["n_features"].dtype) == "Int64"
 
 
-def test_circuit_sizes_rejects_bad_input():
-    with pytest.raises(ValueError, match=r"\('P', layer 2\).*missing"):
-        at.circuit_sizes([sizes_frame("P", 2, [1]).drop(columns="total_effect")])
-    with pytest.raises(ValueError, match=r"\('P', layer 2\).*minimal_k"):
-        at.circuit_sizes([sizes_frame("P", 2, [1]).assign(minimal_k=[1.5])])
+def test_circuit_sizes_reads_negligible_as_text():
+    table = at.circuit_sizes([sizes_frame("P", 2, [2, None]).assign(negligible=["False", "true"])])
+    assert table["negligible"].tolist() == [False, True] and table["negligible"].dtype == bool
+
+
+@pytest.mark.parametrize("column", TABLES["circuit_sizes"])
+def test_circuit_sizes_refuses_a_missing_column(column):
+    with pytest.raises(ValueError, match=f"missing columns.*'{column}'"):
+        at.circuit_sizes([sizes_frame("P", 2, [1]).drop(columns=column)])
+
+
+def test_circuit_sizes_rejects_bad_values():
+    with pytest.raises(ValueError, match=r"\('P', layer 2\).*n_features"):
+        at.circuit_sizes([sizes_frame("P", 2, [1, 2]).assign(n_features=[1.5, 2.0])])
+    with pytest.raises(ValueError, match=r"\('P', layer 2\).*negative"):
+        at.circuit_sizes([sizes_frame("P", 2, [1, -1])])
+    with pytest.raises(ValueError, match=r"\('P', layer 2\).*negligible mutant has a circuit size"):
+        at.circuit_sizes([sizes_frame("P", 2, [1, 4], negligible=[False, True])])
+    with pytest.raises(ValueError, match=r"\('P', layer 2\).*negligible is not True/False"):
+        at.circuit_sizes([sizes_frame("P", 2, [1, None]).assign(negligible=[False, np.nan])])
+    # The bad table is named even when it is not the first.
+    with pytest.raises(ValueError, match=r"\('Q', layer 5\).*negative"):
+        at.circuit_sizes([sizes_frame("P", 2, [1]), sizes_frame("Q", 5, [-2])])
 
 
 # --- determinism -----------------------------------------------------------------------------------------------------
 
 def test_tables_are_deterministic(tmp_path):
-    results = {(p, layer): r for layer in (6, 2) for p, r in planted(layer).items()}
+    results = {**{(p, layer): r for layer in (6, 2) for p, r in planted(layer).items()}, **concentration_results()}
     for run in ("a", "b"):
         (tmp_path / run).mkdir()
         at.ig_concentration(results).to_csv(tmp_path / run / "c.csv", index=False)
+        at.concentration_by_mutant(results).to_csv(tmp_path / run / "m.csv", index=False)
         at.feature_consistency(planted()).to_csv(tmp_path / run / "f.csv", index=False)
         at.universal_features(results).to_csv(tmp_path / run / "u.csv", index=False)
         at.circuit_sizes([sizes_frame("P", 2, [1, None])]).to_csv(tmp_path / run / "s.csv", index=False)
-    for name in ("c.csv", "f.csv", "u.csv", "s.csv"):
+    for name in ("c.csv", "m.csv", "f.csv", "u.csv", "s.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+        assert (tmp_path / "a" / name).read_text().count("\n") > 1, name
 
 
 def test_modules_do_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, esmsae.attribution_tables, esmsae.attribution_figures; sys.exit('torch' in sys.modules)"
+    code = ("import sys, esmsae.attribution_tables, esmsae.attribution_figures, esmsae.statistics; "
+            "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

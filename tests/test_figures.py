@@ -16,10 +16,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def patch(mutant, feature, control, effect, delta, layer):
     return {"mutant": mutant, "position": mutant[1:-1], "layer": layer, "feature": feature, "control": control,
             "wt_pre": 0.0, "mut_pre": delta, "wt_latent": 0.0, "mut_latent": delta, "patched_value": delta,
-            "baseline_score": -1.0, "patched_score": -1.0 + effect, "effect": effect, "k": 8, "space": "latent"}
+            "baseline_score": -1.0, "patched_score": -1.0 + effect, "effect": effect, "k": 8, "d_sae": 96,
+            "space": "latent"}
 
 
-def make_table(layer, seed, n_real=6):
+def make_table(layer, seed, n_real=7):  # three mutants with 3, 2 and 2 real patches
     rng = np.random.default_rng(seed)
     rows = []
     for f in range(n_real):
@@ -65,8 +66,12 @@ def test_layer_effects(tmp_path, tables):
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["P", "Q", "R"]
     p = ax.get_lines()[0]
     assert list(p.get_xdata()) == [2, 4, 6]
-    real = [np.abs(tables[("P", layer)].query("control == 'real'")["effect"]).mean() for layer in (2, 4, 6)]
+    # The mutant is the unit: each mutant's mean |effect|, then the mean over mutants (not over patches).
+    real = [tables[("P", layer)].query("control == 'real'").assign(a=lambda t: t["effect"].abs())
+            .groupby("mutant")["a"].mean().mean() for layer in (2, 4, 6)]
+    pooled = [np.abs(tables[("P", layer)].query("control == 'real'")["effect"]).mean() for layer in (2, 4, 6)]
     np.testing.assert_allclose(p.get_ydata(), real, rtol=1e-12)
+    assert not np.allclose(real, pooled)
     assert ax.get_xlabel() == "layer" and ax.get_ylabel() and ax.get_title()
 
 
