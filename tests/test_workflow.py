@@ -101,12 +101,17 @@ def test_demo_patching_outputs(demo):
             assert (table.loc[table["control"] == "noop", "effect"] == 0.0).all()
             assert (table["baseline_score"] - table["mutant"].map(scores["wt_marginal"])).abs().max() <= 1e-5
             assert set(table["mutant"]) <= set(scores.index[scores["selected"]])
-            assert (table["k"] == DEMO["sae"]["k"]).all() and (table["space"] == "latent").all()
+            assert_settings(table, layer)
     for name, first in [("control_validation", ["protein", "layer", "control"]),
                         ("layer_progression", ["protein", "layer", "n_mutants"]),
                         ("top_mutations", ["protein", "mutant", "layer", "feature"])]:
         table = pd.read_csv(demo.outdir / "tables" / f"{name}.csv")
         assert list(table.columns[:len(first)]) == first and len(table) > 0
+        assert {"k", "d_sae", "space"} <= set(table.columns)
+    # The controls can fail: stable moves the score for most mutants, and noop never does.
+    validation = pd.read_csv(demo.outdir / "tables" / "control_validation.csv").set_index("control")
+    assert (validation.loc["stable", "frac_mutants_nonzero"] >= 0.5).all()
+    assert (validation.loc["noop", "frac_nonzero"] == 0.0).all()
 
 
 def test_demo_ig_and_circuit_outputs(demo):
@@ -119,16 +124,37 @@ def test_demo_ig_and_circuit_outputs(demo):
                 assert np.median(ig["completeness_error"]) <= 0.01
                 assert int(ig["steps"]) == DEMO["ig"]["steps"] and str(ig["space"]) == "latent"
                 assert int(ig["k"]) == DEMO["sae"]["k"] and bool(ig["error_node"])
+                assert int(ig["d_sae"]) == DEMO["sae"]["train"]["d_sae"] and int(ig["layer"]) == layer
             top = pd.read_csv(demo.outdir / "ig" / f"{protein}_L{layer}_top.csv")
-            assert list(top.columns) == ["mutant", "rank", "feature", "attribution"]
+            assert list(top.columns[:4]) == ["mutant", "rank", "feature", "attribution"]
+            assert_settings(top, layer)
             curves = pd.read_csv(demo.outdir / "circuits" / f"{protein}_L{layer}.csv")
-            assert list(curves.columns) == ["mutant", "k", "patched_score", "recovered_fraction"]
-            assert (curves.loc[curves["k"] == 0, "recovered_fraction"].fillna(0.0) == 0.0).all()
+            assert list(curves.columns[:6]) == ["mutant", "n_features", "patched_score", "recovered_fraction",
+                                                "complement_score", "complement_fraction"]
+            assert_settings(curves, layer)
+            start = curves.loc[curves["n_features"] == 0]
+            assert (start["recovered_fraction"] == 0.0).all() and (start["complement_fraction"] == 1.0).all()
     sizes = pd.read_csv(demo.outdir / "tables" / "circuit_sizes.csv")
-    assert list(sizes.columns) == ["protein", "layer", "mutant", "total_effect", "minimal_k"]
+    assert list(sizes.columns[:6]) == ["protein", "layer", "mutant", "full_effect", "negligible", "n_features"]
     assert len(sizes) == len(WT) * len(IG_LAYERS) * n
-    for name in ["ig_concentration", "universal_features", *[f"feature_consistency_L{x}" for x in IG_LAYERS]]:
-        assert (demo.outdir / "tables" / f"{name}.csv").stat().st_size > 0
+    # A minimal circuit recovers the full effect within ±(1 − recover); negligible mutants get no size.
+    sized = sizes.dropna(subset=["n_features"])
+    assert ((sized["recovered_fraction"] - 1).abs() <= 0.1 + 1e-9).all() and len(sized) > 0
+    assert sizes.loc[sizes["negligible"], "n_features"].isna().all()
+    assert (sizes["negligible"] == (sizes["full_effect"].abs() < 0.05)).all()
+    for name in ["ig_concentration", "ig_concentration_mutants", "universal_features",
+                 *[f"feature_consistency_L{x}" for x in IG_LAYERS]]:
+        table = pd.read_csv(demo.outdir / "tables" / f"{name}.csv")
+        assert len(table) and {"k", "d_sae", "space"} <= set(table.columns)
+    concentration = pd.read_csv(demo.outdir / "tables" / "ig_concentration.csv")
+    assert (concentration["n_changed_mean"] <= 2 * DEMO["sae"]["k"]).all()
+    assert concentration[["gini_mean", "gini_null_mean", "k90_mean", "k90_null_mean"]].notna().all().all()
+
+
+def assert_settings(table: pd.DataFrame, layer: int) -> None:
+    """Every output records the layer, the SAE's k and d_sae, and the intervention space."""
+    assert (table["layer"] == layer).all() and (table["k"] == DEMO["sae"]["k"]).all()
+    assert (table["d_sae"] == DEMO["sae"]["train"]["d_sae"]).all() and (table["space"] == "latent").all()
 
 
 @pytest.mark.parametrize("name", PATCHING_FIGURES + ATTRIBUTION_FIGURES)
@@ -373,10 +399,12 @@ def test_dms_scores_table(dms_run, protein):
 @needs_dms
 def test_dms_correlation_table(dms_run):
     table = pd.read_csv(dms_run / "tables" / "dms_correlation.csv")
-    assert list(table.columns) == ["protein", "n", "spearman", "p_value"]
-    assert sorted(table["protein"]) == sorted([*WT, FOURTH])
+    assert list(table.columns) == ["protein", "rows", "n", "spearman", "p_value"]
+    assert sorted(table["protein"]) == sorted(2 * [*WT, FOURTH])
     for row in table.itertuples():
         scores = pd.read_csv(dms_run / "scores" / f"{row.protein}.csv")
+        if row.rows == "singles":
+            scores = scores[~scores["mutant"].str.contains(":")]
         expected = stats.spearmanr(scores["wt_marginal"], scores["dms_score"])
         assert row.n == len(scores)
         assert abs(row.spearman - expected.statistic) <= 1e-12
