@@ -71,7 +71,7 @@ def ig_concentration(results: Results, png: PathLike, pdf: PathLike) -> Figure:
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(bottom=0)
-        ax.legend(fontsize="small", loc="lower left")
+        ax.legend(fontsize="small", loc="center right" if ax is axes[2] else "lower left")
     axes[0].set_ylim(0, 1.05)
     axes[2].set_ylim(0, 1.05)
     for i, layer in enumerate(layers):
