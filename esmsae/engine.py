@@ -240,16 +240,21 @@ class Splice:
         change = self.sae.decode_delta(z - wt.z, wt.sigma)
         return change if error_delta is None else change + error_delta
 
-    def run(self, positions: Tensor, delta: Tensor, spec: ScoreSpec) -> Tensor:
-        """Scores (B,) with ``h' = h + delta`` at `positions`; `delta` is (B, S, d).
+    def log_probs(self, positions: Tensor, delta: Tensor, at: Tensor) -> Tensor:
+        """Log-probabilities (B, P, V) at token positions `at` with ``h' = h + delta`` at `positions`.
 
-        Differentiable in `delta` (integrated gradients); the model's weights take no gradients.
+        `delta` is (B, S, d). Differentiable in `delta`; the model's weights take no gradients.
         """
         batch = delta.shape[0]
         h = self.h.expand(batch, -1, -1).clone()
         h[:, positions] = h[:, positions] + delta
-        logits = self.lm.head(h, self.layer, spec.positions)
-        logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        logits = self.lm.head(h, self.layer, at)
+        return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+
+    def run(self, positions: Tensor, delta: Tensor, spec: ScoreSpec) -> Tensor:
+        """Scores (B,) with ``h' = h + delta`` at `positions`: ``Σ log p(mut) − log p(wt)`` at the spec's positions."""
+        batch = delta.shape[0]
+        logp = self.log_probs(positions, delta, spec.positions)
         gain = logp.gather(-1, spec.mut.expand(batch, -1).unsqueeze(-1))
         loss = logp.gather(-1, spec.wt.expand(batch, -1).unsqueeze(-1))
         return (gain - loss).squeeze(-1).sum(-1)
@@ -272,46 +277,57 @@ class Splice:
         return torch.cat([self.run(positions, part, spec) for part in passes])
 
     def effects(self, wt: SiteCode, z: Tensor, spec: ScoreSpec, error_delta: Tensor | None = None) -> Effects:
-        """Run B interventions (latents `z` (B, S, d_sae), optional error change) in chunks.
+        """Scores of B interventions (latents `z` (B, S, d_sae), optional error change) against the unmodified run."""
+        scores, base = self._batched(self.delta(wt, z, error_delta),
+                                     lambda batch: self.run(wt.positions, batch, spec))
+        return Effects(scores=scores, baseline=base, effects=scores - base)
 
-        Identical interventions are run once and share one score, and a row whose
-        residual change is exactly zero is not run at all: it leaves ``h``
-        bit-identical, so its score is the baseline. Each chunk carries one
-        unmodified row first and effects are measured against it. So a no-op's
-        effect is exactly 0.0 and equal interventions give equal numbers on any
-        hardware, where re-running them at other rows of a batched matmul could
-        differ in the last bit on a GPU. Chunks are as large as a pass may be
-        (:meth:`_halving`).
+    def log_prob_changes(self, wt: SiteCode, z: Tensor, tokens: Tensor) -> Tensor:
+        """``log p'(a) − log p(a)`` (B, S, A) at the intervened sites for token ids `tokens` (A,), for B
+        interventions on the latents `z` (B, S, d_sae) (error at WT); exactly 0 for a no-op."""
+        changed, base = self._batched(self.delta(wt, z),
+                                      lambda batch: self.log_probs(wt.positions, batch, wt.positions)[..., tokens])
+        return changed - base
+
+    def _batched(self, deltas: Tensor, readout: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """``readout`` of B residual changes `deltas` (B, S, d), and of the unmodified run beside each.
+
+        The engine's one batching policy. Identical rows are run once and share one
+        result, and a row whose change is exactly zero is not run at all: it leaves
+        ``h`` bit-identical, so its result is the baseline. Each chunk carries one
+        unmodified row first and results are measured against it. So a no-op is
+        exactly 0.0 and equal interventions give equal numbers on any hardware,
+        where re-running them at other rows of a batched matmul could differ in the
+        last bit on a GPU. Chunks are as large as a pass may be (:meth:`_halving`).
         """
-        deltas = self.delta(wt, z, error_delta)
         if deltas.shape[0] == 0:
-            empty = deltas.new_zeros(0)
-            return Effects(scores=empty, baseline=empty, effects=empty)
+            with torch.no_grad():
+                empty = readout(deltas.new_zeros((1, *deltas.shape[1:])))[:0]  # only its shape is used
+            return empty, empty
         flat = deltas.flatten(1)
         unique, inverse = torch.unique(flat, dim=0, return_inverse=True)
         todo = torch.nonzero(unique.ne(0).any(-1)).flatten()  # unique rows that change h
-        dtype = torch.promote_types(deltas.dtype, torch.float32)
-        u_scores = torch.empty(len(unique), dtype=dtype, device=deltas.device)
-        u_base = torch.empty(len(unique), dtype=dtype, device=deltas.device)
-        first_base = None
+        out = base = first_base = None
         with torch.no_grad():
             start = 0
             while start < max(len(todo), 1):
                 def chunk(rows: int, start: int = start) -> tuple[Tensor, Tensor]:
                     part = todo[start:start + rows]
                     batch = torch.cat([torch.zeros_like(unique[:1]), unique[part]]).reshape(-1, *deltas.shape[1:])
-                    return part, self.run(wt.positions, batch, spec)
+                    return part, readout(batch)
 
-                part, s = self._halving(chunk, grad=False)
-                u_scores[part], u_base[part] = s[1:], s[0]
-                first_base = s[0] if first_base is None else first_base
+                part, values = self._halving(chunk, grad=False)
+                if out is None:
+                    out = values.new_empty((len(unique), *values.shape[1:]))
+                    base = values.new_empty((len(unique), *values.shape[1:]))
+                    first_base = values[0]
+                out[part], base[part] = values[1:], values[0]
                 start += max(len(part), 1)
         idle = torch.ones(len(unique), dtype=torch.bool, device=deltas.device)
         idle[todo] = False
-        u_scores[idle] = first_base
-        u_base[idle] = first_base
-        scores, base = u_scores[inverse], u_base[inverse]
-        return Effects(scores=scores, baseline=base, effects=scores - base)
+        out[idle] = first_base
+        base[idle] = first_base
+        return out[inverse], base[inverse]
 
     def differentiate(self, wt: SiteCode, spec: ScoreSpec, space: str, use: Callable[[ScoreFn], T]) -> T:
         """``use(score)``, where ``score(values, error_delta=None)`` gives differentiable scores (B,).

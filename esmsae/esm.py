@@ -225,6 +225,21 @@ class EsmLM:
         rows = [[a.cls_idx, *(a.get_idx(c) for c in s), a.eos_idx] for s in seqs]
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
+    def tokenize_padded(self, seqs: list[str]) -> Tensor:
+        """``[BOS] s [EOS]`` token ids of sequences of any lengths, padded at the end, (B, max L+2)."""
+        if not seqs:
+            raise ValueError("tokenize_padded needs a non-empty list of sequences")
+        a = self.alphabet
+        width = max(len(s) for s in seqs) + 2
+        rows = []
+        for s in seqs:
+            bad = set(s) - set(AMINO_ACIDS)
+            if bad:
+                raise InputError(f"sequence contains non-canonical residue(s) {sorted(bad)}: {s}")
+            row = [a.cls_idx, *(a.get_idx(c) for c in s), a.eos_idx]
+            rows.append(row + [a.padding_idx] * (width - len(row)))
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
     def check_sequence(self, seq: str, where: str) -> str:
         """A WT sequence the model can read: canonical residues, within ESM-2's context."""
         if len(seq) + 2 > MAX_TOKENS:
@@ -242,18 +257,19 @@ class EsmLM:
 
     # -- the two halves ---------------------------------------------------------
     def embed(self, tokens: Tensor) -> Tensor:
-        """The input to block 1, (B, T, E), exactly as fair-esm's forward computes it."""
+        """The input to block 1, (B, T, E), exactly as fair-esm's forward computes it (padding zeroed)."""
         m = self.model
-        if bool(tokens.eq(m.padding_idx).any()):
-            raise ValueError("padded batches are not supported; group sequences by length")
+        padding = tokens.eq(m.padding_idx)
         x = m.embed_scale * m.embed_tokens(tokens)
         if m.token_dropout:
             # No <mask> tokens here, but follow fair-esm's rescaling literally.
             x = x.masked_fill((tokens == m.mask_idx).unsqueeze(-1), 0.0)
             mask_ratio_train = 0.15 * 0.8
-            src_lengths = tokens.ne(m.padding_idx).sum(-1)
+            src_lengths = (~padding).sum(-1)
             mask_ratio_observed = (tokens == m.mask_idx).sum(-1).to(x.dtype) / src_lengths
             x = x * (1 - mask_ratio_train) / (1 - mask_ratio_observed)[:, None, None]
+        if bool(padding.any()):
+            x = x * (1 - padding.unsqueeze(-1).type_as(x))
         return x
 
     def hidden(self, tokens: Tensor, layer: int) -> Tensor:
@@ -261,12 +277,18 @@ class EsmLM:
         return self.hiddens(tokens, [layer])[layer]
 
     def hiddens(self, tokens: Tensor, layers: list[int]) -> dict[int, Tensor]:
-        """``h_ℓ`` for several layers from one pass (running only as far as the deepest)."""
+        """``h_ℓ`` for several layers from one pass (running only as far as the deepest).
+
+        A batch may be padded (:meth:`tokenize_padded`): as in fair-esm's forward, padded
+        positions are zeroed and masked out of attention; their outputs are meaningless.
+        """
         wanted = {self.check_layer(layer) for layer in layers}
         out: dict[int, Tensor] = {}
+        padding = tokens.eq(self.model.padding_idx)
+        mask = padding if bool(padding.any()) else None
         x = self.embed(tokens).transpose(0, 1)  # blocks work on (T, B, E)
         for index, block in enumerate(self.model.layers[: max(wanted)], start=1):
-            x, _ = block(x, self_attn_padding_mask=None, need_head_weights=False)
+            x, _ = block(x, self_attn_padding_mask=mask, need_head_weights=False)
             if index in wanted:
                 out[index] = x.transpose(0, 1)
         if self.num_layers in wanted:
