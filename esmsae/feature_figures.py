@@ -1,0 +1,136 @@
+"""Figures of what features are: a card per feature, and the identity share by layer.
+
+Built like ``esmsae.figures`` (``Figure`` objects without ``pyplot``, saved atomically without
+timestamps). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from esmsae.figures import save
+from esmsae.labels import Activity
+from esmsae.mutations import AMINO_ACIDS
+from esmsae.statistics import mean_sem
+
+PathLike = str | os.PathLike
+CARD_MUTANTS = 12
+
+
+def _note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
+
+
+def feature_card(row: pd.Series, activity: Activity, effect: pd.Series | None, mutants: pd.DataFrame,
+                 png: PathLike, pdf: PathLike) -> Figure:
+    """One feature at one layer, in four panels.
+
+    `row` is the feature's ``feature_labels.csv`` row; `effect` its ``output_effects`` row (None when
+    not measured); `mutants` the mutants whose IG attribution gives it weight (columns ``protein,
+    mutant, attribution, rank, share``), largest |A_j| first.
+
+    (a) mean activation at each amino acid over the reference positions, with precision on top;
+    (b) activation along each configured protein's WT sequence; (c) output effect on the 20
+    amino acids, ``log p(a) − log p'(a)`` with the feature removed; (d) the mutants it carries effect for.
+    """
+    j = int(row["feature"])
+    fig = Figure(figsize=(13, 8.4), layout="constrained")
+    (ax_aa, ax_seq), (ax_out, ax_mut) = fig.subplots(2, 2)
+    counts = activity.residue_counts.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(counts > 0, activity.activation_by_residue[j] / counts, 0.0)
+        precision = activity.active_by_residue[j] / max(int(activity.n_active[j]), 1)
+    x = np.arange(20)
+    bars = ax_aa.bar(x, mean, color=["C3" if aa == row["top_residue"] else "C0" for aa in AMINO_ACIDS])
+    for bar, p in zip(bars, precision, strict=True):
+        if p >= 0.05:
+            ax_aa.annotate(f"{p:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                           va="bottom", fontsize="x-small")
+    ax_aa.set_xticks(x, labels=list(AMINO_ACIDS))
+    ax_aa.set_ylabel("mean activation at the residue")
+    ax_aa.set_title("(a) activation by amino acid (numbers: share of its activations)", fontsize="medium")
+
+    for i, (protein, z) in enumerate(activity.wt_latents.items()):
+        ax_seq.plot(np.arange(1, z.shape[0] + 1), z[:, j], color=f"C{i}", label=protein, linewidth=1.2)
+    if activity.wt_latents:
+        ax_seq.legend(fontsize="small")
+    ax_seq.set_xlabel("residue position in the WT sequence")
+    ax_seq.set_ylabel("z_j")
+    ax_seq.set_title("(b) activation along each WT sequence", fontsize="medium")
+
+    if effect is not None:
+        delta = effect[list(AMINO_ACIDS)].to_numpy(dtype=np.float64)
+        ax_out.bar(x, delta, color=["C2" if d >= 0 else "C1" for d in delta])
+        ax_out.axhline(0, color="0.3", linewidth=0.8)
+        ax_out.set_title(f"(c) output effect, mean over {int(effect['n_positions'])} WT positions",
+                         fontsize="medium")
+    else:
+        _note(ax_out, "output effect not measured")
+        ax_out.set_title("(c) output effect", fontsize="medium")
+    ax_out.set_xticks(x, labels=list(AMINO_ACIDS))
+    ax_out.set_ylabel("log p(a) − log p'(a), feature removed")
+
+    ax_mut.axis("off")
+    shown = mutants.head(CARD_MUTANTS)
+    if len(shown):
+        cells = [[r.protein, r.mutant, f"{int(r.rank)}", f"{r.attribution:+.3g}", f"{r.share:.0%}"]
+                 for r in shown.itertuples()]
+        table = ax_mut.table(cellText=cells, colLabels=["protein", "mutant", "rank", "A_j", "share of D"],
+                             loc="upper center", cellLoc="center")
+        table.auto_set_font_size(False)
+        table.set_fontsize(8)
+        table.scale(1, 1.2)
+    else:
+        _note(ax_mut, "no mutant's attribution at this layer gives it weight")
+    ax_mut.set_title(f"(d) mutants it carries effect for ({len(mutants)}; rank by |A_j| within the mutant)",
+                     fontsize="medium")
+    frequency = float(row["frequency"]) if pd.notna(row["frequency"]) else float("nan")
+    fig.suptitle(f"Layer {int(row['layer'])}, feature {j}: {row['label']}\n"
+                 f"active at {frequency:.1%} of {activity.n_positions:,} reference positions; top residue "
+                 f"{row['top_residue']} (precision {row['precision']:.2f}, recall {row['recall']:.2f}, "
+                 f"F1 {row['f1']:.2f}); max activation {row['max_activation']:.3g}")
+    save(fig, png, pdf)
+    return fig
+
+
+def identity_share(table: pd.DataFrame, png: PathLike, pdf: PathLike) -> Figure:
+    """How much attribution the residue-identity features carry, by layer, beside the null.
+
+    Two panels (identity features of the WT residue; of the mutant residue), one colour per protein:
+    solid the share of IG attribution (``D``), dashed the share of the latent change ``|Δ|`` (the
+    null), mean ± s.e.m. over mutants. `table` is ``identity_share_mutants.csv``.
+    """
+    fig = Figure(figsize=(11, 4.4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    proteins = list(dict.fromkeys(table["protein"])) if len(table) else []
+    for ax, side, title in ((axes[0], "wt", "identity features of the WT residue"),
+                            (axes[1], "mut", "identity features of the mutant residue")):
+        for i, protein in enumerate(proteins):
+            rows = table[table["protein"] == protein]
+            layers = sorted(set(rows["layer"].tolist()))
+            for column, style, suffix in ((f"{side}_identity_share", "-", ""),
+                                          (f"{side}_identity_share_null", "--", " null")):
+                stats = [mean_sem(rows.loc[rows["layer"] == layer, column].to_numpy(dtype=np.float64))
+                         for layer in layers]
+                mean = np.array([m for m, _ in stats])
+                ax.plot(layers, mean, color=f"C{i}", linestyle=style, marker="o" if not suffix else None,
+                        label=f"{protein}{suffix}")
+                ax.errorbar(layers, mean, yerr=np.nan_to_num(np.array([e for _, e in stats]), nan=0.0), fmt="none",
+                            ecolor=f"C{i}", capsize=0)
+        if not proteins:
+            _note(ax, "no identity shares")
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(bottom=0)
+    axes[0].set_ylabel("share (solid: of IG attribution D; dashed: of |Δ|)")
+    if proteins:
+        axes[1].legend(fontsize="small")
+    fig.suptitle("How much of each mutant's effect is 'the residue changed' (mean ± s.e.m. over mutants)")
+    save(fig, png, pdf)
+    return fig
