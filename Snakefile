@@ -21,6 +21,7 @@ rule all:
     default_target: True
     input:
         all_targets(),
+        feature_cards,
 
 
 include: "rules/demo.smk"
@@ -28,4 +29,5 @@ include: "rules/sae.smk"
 include: "rules/scoring.smk"
 include: "rules/patching.smk"
 include: "rules/attribution.smk"
+include: "rules/features.smk"
 include: "rules/figures.smk"

@@ -17,15 +17,19 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from esmsae.columns import (
     CONTROLS,
+    DMS_CORRELATION_COLUMNS,
     PATCH_COLUMNS,
     PROGRESSION_COLUMNS,
     VALIDATION_COLUMNS,
     read_table,
 )
 from esmsae.columns import TOP_MUTATIONS_COLUMNS as TOP_COLUMNS
+from esmsae.errors import InputError
+from esmsae.labels import Labels
 from esmsae.statistics import mean_sem, spearman, wilcoxon_p
 
 Tables = Mapping[tuple[str, int], pd.DataFrame]
@@ -138,13 +142,15 @@ def _settings(table: pd.DataFrame) -> tuple:
     return tuple(table[c].iloc[0] if len(table) else pd.NA for c in ("k", "d_sae", "space"))
 
 
-def top_mutations(tables: Tables, scores: Mapping[str, pd.DataFrame], top_n: int) -> pd.DataFrame:
+def top_mutations(tables: Tables, scores: Mapping[str, pd.DataFrame], top_n: int,
+                  labels: Labels | None = None) -> pd.DataFrame:
     """Each protein's ``top_n`` mutants by their single largest real-patch |effect| over all layers and features.
 
     A mutant's row is the real patch with the largest |effect|; ties go to the lowest layer, then
     the lowest feature. Rows are ordered by protein (input order), |effect| descending, then layer,
     feature and mutant ascending. ``wt_marginal`` and ``dms_score`` come from ``scores[protein]``
-    (esmsae.scoring.SCORE_COLUMNS), joined by mutant; a mutant absent there gets NaN.
+    (esmsae.scoring.SCORE_COLUMNS), joined by mutant; a mutant absent there gets NaN. ``label`` comes
+    from `labels` (``{(layer, feature): label}``, "" where there is none).
     """
     if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 0:
         raise ValueError(f"top_n must be a non-negative integer, got {top_n!r}")
@@ -186,6 +192,8 @@ def top_mutations(tables: Tables, scores: Mapping[str, pd.DataFrame], top_n: int
             wt_marginal=lookup["wt_marginal"].reindex(best["mutant"]).to_numpy(dtype=np.float64),
             dms_score=lookup["dms_score"].reindex(best["mutant"]).to_numpy(dtype=np.float64),
         )
+        best = best.assign(label=[(labels or {}).get((int(lay), int(f)), "") for lay, f in
+                                  zip(best["layer"], best["feature"], strict=True)])
         parts.append(best[TOP_COLUMNS])
     if not parts:
         return _frame([], TOP_COLUMNS, layer="int64", feature="int64")
@@ -198,3 +206,25 @@ def _frame(rows: list[tuple], columns: list[str], **int_columns: str) -> pd.Data
     for name, dtype in int_columns.items():
         frame[name] = frame[name].astype(dtype)
     return frame
+
+
+def dms_correlation(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Spearman ρ between WT-marginal and DMS scores, per protein, over rows with both.
+
+    Two rows per protein (METHOD.md "Mutation selection"): ``singles`` (single substitutions
+    only) and ``all`` (multi-site rows too; the same as singles when there are none). A set
+    with fewer than 3 rows gets NaN; a protein with fewer than 3 rows in all is an error.
+    """
+    rows = []
+    for protein, table in tables.items():
+        have = table["dms_score"].notna()
+        if have.sum() < 3:
+            raise InputError(f"{protein}: fewer than 3 mutants with DMS scores; cannot correlate")
+        single = ~table["mutant"].astype(str).str.contains(":")
+        for name, subset in (("singles", have & single), ("all", have)):
+            rho = p = float("nan")
+            if subset.sum() >= 3:
+                result = stats.spearmanr(table.loc[subset, "wt_marginal"], table.loc[subset, "dms_score"])
+                rho, p = float(result.statistic), float(result.pvalue)
+            rows.append({"protein": protein, "rows": name, "n": int(subset.sum()), "spearman": rho, "p_value": p})
+    return pd.DataFrame(rows, columns=DMS_CORRELATION_COLUMNS)

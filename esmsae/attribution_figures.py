@@ -23,6 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from esmsae.attribution_tables import TOP_N, Results, concentration_by_mutant, feature_consistency, ordered_results
 from esmsae.columns import SIZE_COLUMNS
 from esmsae.figures import save
+from esmsae.labels import Labels
 from esmsae.statistics import mean_sem
 
 PathLike = str | os.PathLike
@@ -134,21 +135,23 @@ def circuit_faithfulness(curves: Mapping[tuple[str, int], pd.DataFrame], png: Pa
     return fig
 
 
-def universal_features(results: Results, png: PathLike, pdf: PathLike, n: int = TOP_N) -> Figure:
+def universal_features(results: Results, png: PathLike, pdf: PathLike, n: int = TOP_N,
+                       labels: Labels | None = None) -> Figure:
     """Heatmap, features × proteins, of the fraction of each protein's mutants with the feature in its top-n.
 
     Drawn at the peak layer: the layer with the largest mean Σ_j |A_j| over all mutants of all
     proteins (ties: the lower layer). Columns are the proteins with results at that layer (input
     order); rows are the features with the largest mean fraction over those proteins (at most
     30, ties by feature index; a protein without mutants counts as NaN and is skipped in the
-    mean and shown blank). One ``AxesImage`` of shape (rows, proteins) and a colorbar.
+    mean and shown blank). One ``AxesImage`` of shape (rows, proteins) and a colorbar; each row is
+    named by its feature number and, when `labels` (``{(layer, feature): label}``) has it, its label.
     """
     entries = ordered_results(results)
     sums: dict[int, list[np.ndarray]] = {}
     for _, layer, result in entries:
         sums.setdefault(layer, []).append(np.abs(result.attribution).sum(axis=1))
     means = {layer: np.concatenate(parts).mean() for layer, parts in sums.items() if sum(p.size for p in parts)}
-    fig = Figure(figsize=(6.4, 6.4), layout="constrained")
+    fig = Figure(figsize=(8.8, 7.2), layout="constrained")
     ax = fig.add_subplot()
     peak = max(sorted(means), key=lambda layer: means[layer]) if means else None
     matrix = np.zeros((0, 0))
@@ -169,7 +172,8 @@ def universal_features(results: Results, png: PathLike, pdf: PathLike, n: int = 
     if matrix.size:
         image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
         ax.set_xticks(np.arange(len(proteins)), labels=proteins, rotation=45, ha="right")
-        ax.set_yticks(np.arange(len(wide)), labels=[str(f) for f in wide.index])
+        ax.set_yticks(np.arange(len(wide)), labels=[
+            f"{f}  {(labels or {}).get((peak, int(f)), '')}".rstrip() for f in wide.index], fontsize="small")
         fig.colorbar(image, ax=ax, label=f"fraction of mutants with the feature in their top-{n}")
         ax.set_xlabel("protein")
         ax.set_ylabel("SAE feature")

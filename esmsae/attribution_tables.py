@@ -23,6 +23,7 @@ import pandas as pd
 
 from esmsae.arrays import Attributions
 from esmsae.columns import CONCENTRATION_COLUMNS, CONCENTRATION_MUTANT_COLUMNS, CONSISTENCY_COLUMNS, SIZE_COLUMNS
+from esmsae.labels import Labels
 from esmsae.statistics import gini, k90, mean_sem, top_share, wilcoxon_p
 
 TOP_N = 20
@@ -116,12 +117,13 @@ def _settings(result: Attributions) -> dict:
     return {"k": result.k, "d_sae": result.d_sae, "space": result.space}
 
 
-def feature_consistency(results_at_layer: Mapping[str, Mapping[str, np.ndarray]], n: int = TOP_N) -> pd.DataFrame:
+def feature_consistency(results_at_layer: Mapping[str, Mapping[str, np.ndarray]], n: int = TOP_N,
+                        labels: Labels | None = None) -> pd.DataFrame:
     """In how many of each protein's mutants' top-n a feature appears, at one layer.
 
     One row per (protein, feature) with ``n_top ≥ 1``; ``fraction = n_top / n_mutants``. Rows are
     ordered by protein (input order), ``n_top`` descending, then feature ascending. A protein
-    without mutants has no rows.
+    without mutants has no rows. ``label`` comes from `labels` (``{(layer, feature): label}``).
     """
     _check_n(n)
     parts = []
@@ -136,6 +138,7 @@ def feature_consistency(results_at_layer: Mapping[str, Mapping[str, np.ndarray]]
         parts.append(pd.DataFrame({
             "protein": np.full(features.size, protein, dtype=object),
             "feature": features[order].astype(np.int64),
+            "label": [(labels or {}).get((result.layer, int(f)), "") for f in features[order]],
             "n_top": counts[order].astype(np.int64),
             "n_mutants": np.full(features.size, n_mutants, dtype=np.int64),
             "fraction": counts[order] / n_mutants,
@@ -147,7 +150,7 @@ def feature_consistency(results_at_layer: Mapping[str, Mapping[str, np.ndarray]]
     return pd.concat(parts, ignore_index=True)
 
 
-def universal_features(results: Results, n: int = TOP_N) -> pd.DataFrame:
+def universal_features(results: Results, n: int = TOP_N, labels: Labels | None = None) -> pd.DataFrame:
     """Features in the top-n of at least half the mutants (``2·n_top ≥ n_mutants``) of at least two proteins.
 
     Per layer. Columns ``feature, layer, proteins`` (the proteins meeting the bar, ";"-joined in
@@ -160,7 +163,7 @@ def universal_features(results: Results, n: int = TOP_N) -> pd.DataFrame:
     entries = ordered_results(results)
     proteins = list(dict.fromkeys(protein for protein, _, _ in entries))
     freq = [f"freq_{protein}" for protein in proteins]
-    columns = ["feature", "layer", "proteins", *freq, "k", "d_sae", "space"]
+    columns = ["feature", "label", "layer", "proteins", *freq, "k", "d_sae", "space"]
     rows = []
     for layer in sorted({layer for _, layer, _ in entries}):
         at_layer = {protein: result for protein, result_layer, result in entries if result_layer == layer}
@@ -187,6 +190,8 @@ def universal_features(results: Results, n: int = TOP_N) -> pd.DataFrame:
     frame = frame.drop(columns="_n").reset_index(drop=True)
     frame[["feature", "layer"]] = frame[["feature", "layer"]].astype("int64")
     frame["proteins"] = frame["proteins"].astype(object)
+    frame["label"] = pd.Series([(labels or {}).get((int(lay), int(f)), "") for lay, f in
+                                zip(frame["layer"], frame["feature"], strict=True)], index=frame.index, dtype=object)
     for column in freq:
         frame[column] = frame[column].astype(np.float64)
     return frame[columns]
@@ -214,6 +219,7 @@ def circuit_sizes(sizes: Iterable[pd.DataFrame]) -> pd.DataFrame:
             raise ValueError(f"circuit sizes {where}: a negligible mutant has a circuit size")
         part = table[SIZE_COLUMNS].copy()
         part["n_features"], part["negligible"] = size, negligible.to_numpy(dtype=bool)
+        part["features"] = part["features"].fillna("").astype(str)
         parts.append(part)
     if not parts:
         frame = _frame([], SIZE_COLUMNS, layer="int64", full_effect="float64")

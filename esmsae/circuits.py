@@ -52,6 +52,7 @@ class Curve:
     full_effect: float               # F = S_all − S(m)
     negligible: bool                 # |F| < min_effect
     minimal_size: float              # the smallest n with |r_n − 1| ≤ 1 − recover; NaN if none or negligible
+    features: tuple[int, ...]        # the minimal circuit's features, ascending (empty if no size)
 
 
 def minimal_size(recovered: np.ndarray, recover: float) -> float:
@@ -92,10 +93,13 @@ def circuit_curve(view: MutantView, settings: CircuitSettings, attribution: Tens
     else:
         recovered = complement = np.full(n, np.nan)
     negligible = abs(full) < settings.min_effect
+    size = math.nan if negligible else minimal_size(recovered, settings.recover)
+    order = torch.argsort(ranked.abs(), descending=True, stable=True)
+    features = () if math.isnan(size) else tuple(sorted(order[: int(size)].tolist()))
     return Curve(mutant=view.mutant.name, n_features=np.arange(n), patched_score=scores[:n],
                  recovered_fraction=recovered, complement_score=scores[n:2 * n], complement_fraction=complement,
                  baseline_score=float(out.baseline[-1]), full_effect=full, negligible=negligible,
-                 minimal_size=math.nan if negligible else minimal_size(recovered, settings.recover))
+                 minimal_size=size, features=features)
 
 
 def ranked_by_ig(view: MutantView, settings: CircuitSettings, attributions: Mapping[str, Tensor]) -> Curve:
@@ -138,7 +142,8 @@ def sizes_table(curves: list[Curve], meta: LayerMeta, space: str) -> pd.DataFram
         rows.append({"protein": meta.protein, "layer": meta.layer, "mutant": c.mutant, "full_effect": c.full_effect,
                      "negligible": c.negligible, "n_features": size,
                      "recovered_fraction": math.nan if math.isnan(size) else float(c.recovered_fraction[int(size)]),
-                     "k": meta.k, "d_sae": meta.d_sae, "space": space})
+                     "features": ";".join(str(j) for j in c.features), "k": meta.k, "d_sae": meta.d_sae,
+                     "space": space})
     table = pd.DataFrame(rows, columns=SIZE_COLUMNS)
     table["n_features"] = table["n_features"].astype("Int64")
     return table

@@ -21,11 +21,11 @@ TABLES: dict[str, list[str]] = {
     # per protein and layer
     "patching": ["mutant", "position", "layer", "feature", "control", "wt_pre", "mut_pre", "wt_latent",
                  "mut_latent", "patched_value", "baseline_score", "patched_score", "effect", "k", "d_sae", "space"],
-    "ig_top": ["mutant", "rank", "feature", "attribution", "abs_delta", "layer", "k", "d_sae", "space"],
+    "ig_top": ["mutant", "rank", "feature", "label", "attribution", "abs_delta", "layer", "k", "d_sae", "space"],
     "circuit_curves": ["mutant", "n_features", "patched_score", "recovered_fraction", "complement_score",
                        "complement_fraction", "full_effect", "negligible", "layer", "k", "d_sae", "space"],
     "circuit_sizes": ["protein", "layer", "mutant", "full_effect", "negligible", "n_features", "recovered_fraction",
-                      "k", "d_sae", "space"],
+                      "features", "k", "d_sae", "space"],
     # the study's tables
     "dms_correlation": ["protein", "rows", "n", "spearman", "p_value"],
     "sae_quality": ["layer", "d_sae", "k", "fve", "mean_l0", "dead_fraction", "n_positions"],
@@ -35,8 +35,11 @@ TABLES: dict[str, list[str]] = {
     "layer_progression": ["protein", "layer", "n_mutants", "n_patches", "mean_abs_effect", "sem_abs_effect",
                           "median_abs_effect", "spearman_rho", "spearman_sem", "n_rho_mutants", "k", "d_sae",
                           "space"],
-    "top_mutations": ["protein", "mutant", "layer", "feature", "effect", "abs_effect", "wt_marginal", "dms_score",
-                      "k", "d_sae", "space"],
+    "top_mutations": ["protein", "mutant", "layer", "feature", "label", "effect", "abs_effect", "wt_marginal",
+                      "dms_score", "k", "d_sae", "space"],
+    # tables/circuit_sizes.csv: the circuit_sizes files of every protein and layer, with the features' labels
+    "circuit_sizes_labelled": ["protein", "layer", "mutant", "full_effect", "negligible", "n_features",
+                               "recovered_fraction", "features", "labels", "k", "d_sae", "space"],
     "ig_concentration": ["protein", "layer", "n_mutants",
                          *(f"{stat}_{m}" for stat in ("n_changed", "top20_share", "top20_share_null", "error_share",
                                                       "k90", "k90_null", "gini", "gini_null") for m in ("mean", "sem")),
@@ -44,14 +47,28 @@ TABLES: dict[str, list[str]] = {
     "ig_concentration_mutants": ["protein", "layer", "mutant", "n_changed", "top20_share", "top20_share_null",
                                  "error_share", "k90", "k90_null", "gini", "gini_null", "total_effect",
                                  "completeness_error", "k", "d_sae", "space"],
-    "feature_consistency": ["protein", "feature", "n_top", "n_mutants", "fraction", "layer", "k", "d_sae", "space"],
+    "feature_consistency": ["protein", "feature", "label", "n_top", "n_mutants", "fraction", "layer", "k", "d_sae",
+                            "space"],
     # then one freq_<protein> column per protein
-    "universal_features": ["feature", "layer", "proteins"],
+    "universal_features": ["feature", "label", "layer", "proteins"],
+    # feature labels (METHOD.md "Feature characterization")
+    "feature_labels": ["layer", "feature", "n_active", "frequency", "max_activation", "top_residue", "precision",
+                       "recall", "f1", "identity", "promotes", "promotes_effect", "suppresses", "suppresses_effect",
+                       "n_effect_positions", "label", "k", "d_sae"],
+    "output_effects": ["layer", "feature", "n_positions", *"ACDEFGHIKLMNPQRSTVWY", "k", "d_sae"],
+    "shown_features": ["layer", "feature", "ig_top20", "top_patch", "universal", "circuits", "card"],
+    "identity_share": ["protein", "layer", "n_mutants", "n_identity_features",
+                       *(f"{side}_identity_share{null}_{m}" for side in ("wt", "mut") for null in ("", "_null")
+                         for m in ("mean", "sem")), "k", "d_sae", "space"],
+    "identity_share_mutants": ["protein", "layer", "mutant", "wt", "mut", "wt_identity_share", "wt_identity_share_null",
+                               "n_wt_identity_features", "mut_identity_share", "mut_identity_share_null",
+                               "n_mut_identity_features", "k", "d_sae", "space"],
 }
 # Columns read as text whatever they hold (a multi-site mutant's positions are "2:41").
 TEXT = {
     "scores": {"position": str, "wt": str, "mut": str},
     "patching": {"position": str, "control": str, "mutant": str, "space": str},
+    "circuit_sizes": {"features": str},
 }
 
 SCORE_COLUMNS = TABLES["scores"]

@@ -19,6 +19,7 @@ from esmsae.mutations import check_wt_sequence
 from esmsae.settings import (
     CircuitSettings,
     DemoSettings,
+    FeatureSettings,
     IGSettings,
     PatchSettings,
     Protein,
@@ -76,6 +77,7 @@ def parse(config: Mapping) -> Study:
         patching=PatchSettings(space=space, features=p["features"], n=p["n"], stable_n=p["stable_n"], seed=p["seed"]),
         ig=IGSettings(space=space, steps=g["steps"], rule=g["rule"], error_node=g["error_node"]),
         circuits=CircuitSettings(space=space, recover=c["recover"], max_k=c["max_k"], min_effect=c["min_effect"]),
+        features=FeatureSettings(**config["features"]),
         top_n=p["top_n"],
         runtime=runtime(config),
     )

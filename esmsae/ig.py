@@ -29,16 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from captum.attr import IntegratedGradients
 from torch import Tensor
 
 from esmsae.analysis import Analysis, LayerMeta, analyse
 from esmsae.arrays import Attributions
-from esmsae.columns import IG_TOP_COLUMNS
 from esmsae.engine import MutantView, Splice
-from esmsae.io import write_csv
 from esmsae.mutations import Mutant
 from esmsae.resume import WorkFolder
 from esmsae.settings import IGSettings
@@ -93,13 +90,13 @@ def summary(r: Attribution) -> str:
 
 def write_attributions(results: list[Attribution], outputs: Mapping[str, Path], settings: IGSettings,
                        meta: LayerMeta) -> None:
-    """Rule integrated_gradients's outputs: the arrays (npz) and the top features (csv)."""
+    """Rule integrate_gradients's output: the arrays (npz); the top-feature tables come from them later,
+    with the features' labels (rule tabulate_top_features)."""
     errors = np.array([r.completeness_error for r in results])
     log.info("%s L%d: %d mutants, steps=%d rule=%s space=%s error_node=%s, median completeness error %.3g",
              meta.protein, meta.layer, len(results), settings.steps, settings.rule, settings.space,
              settings.error_node, float(np.median(errors)) if len(errors) else float("nan"))
     attributions_file(results, settings=settings, k=meta.k, d_sae=meta.d_sae, layer=meta.layer).write(outputs["npz"])
-    write_csv(top_features(results, meta, settings.space), outputs["top"])
 
 
 IG = Analysis(rule="integrate_gradients", settings=IGSettings, run=attribute, write=write_attributions,
@@ -128,15 +125,3 @@ def attributions_file(results: list[Attribution], *, settings: IGSettings, k: in
         steps=settings.steps, rule=settings.rule, space=settings.space, k=k, d_sae=d_sae,
         error_node=settings.error_node, layer=layer,
     )
-
-
-def top_features(results: list[Attribution], meta: LayerMeta, space: str, n: int = 20) -> pd.DataFrame:
-    """The n features with the largest |A_j| per mutant (A_j = 0 never), for people to read."""
-    rows = []
-    for r in results:
-        order = torch.argsort(r.attribution.abs(), descending=True, stable=True)[:n]
-        rows += [{"mutant": r.mutant, "rank": rank, "feature": int(j), "attribution": float(r.attribution[j]),
-                  "abs_delta": float(r.abs_delta[j]), "layer": meta.layer, "k": meta.k, "d_sae": meta.d_sae,
-                  "space": space}
-                 for rank, j in enumerate(order.tolist(), start=1) if r.attribution[j] != 0]
-    return pd.DataFrame(rows, columns=IG_TOP_COLUMNS)

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 
-from esmsae.columns import DMS_CORRELATION_COLUMNS, SCORE_COLUMNS, read_table
+from esmsae.columns import SCORE_COLUMNS, read_table
 from esmsae.errors import InputError
 from esmsae.esm import EsmLM
 from esmsae.mutations import Mutant, all_single_mutants, read_assay, select_from_assay, select_lowest
@@ -83,28 +82,6 @@ def scores_table(lm: EsmLM, protein: str, wt_seq: str, dms: str | Path | None,
         "dms_score": dms_score,
         "selected": np.asarray(selected, dtype=bool),
     }, columns=SCORE_COLUMNS)
-
-
-def dms_correlation(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Spearman ρ between WT-marginal and DMS scores, per protein, over rows with both.
-
-    Two rows per protein (METHOD.md "Mutation selection"): ``singles`` (single substitutions
-    only) and ``all`` (multi-site rows too; the same as singles when there are none). A set
-    with fewer than 3 rows gets NaN; a protein with fewer than 3 rows in all is an error.
-    """
-    rows = []
-    for protein, table in tables.items():
-        have = table["dms_score"].notna()
-        if have.sum() < 3:
-            raise InputError(f"{protein}: fewer than 3 mutants with DMS scores; cannot correlate")
-        single = ~table["mutant"].astype(str).str.contains(":")
-        for name, subset in (("singles", have & single), ("all", have)):
-            rho = p = float("nan")
-            if subset.sum() >= 3:
-                result = stats.spearmanr(table.loc[subset, "wt_marginal"], table.loc[subset, "dms_score"])
-                rho, p = float(result.statistic), float(result.pvalue)
-            rows.append({"protein": protein, "rows": name, "n": int(subset.sum()), "spearman": rho, "p_value": p})
-    return pd.DataFrame(rows, columns=DMS_CORRELATION_COLUMNS)
 
 
 def read_scores(path: str | Path) -> pd.DataFrame:

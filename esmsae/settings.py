@@ -131,6 +131,17 @@ class CircuitSettings:
 
 
 @dataclass(frozen=True)
+class FeatureSettings:
+    """The ``features`` block: how features are characterised and labelled."""
+
+    reference: str | None
+    max_sequences: int
+    identity_f1: float
+    max_positions: int
+    max_cards: int
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     """The ``sae.train`` block: fit SAEs instead of reading released ones."""
 
@@ -181,6 +192,7 @@ class Study:
     patching: PatchSettings
     ig: IGSettings
     circuits: CircuitSettings
+    features: FeatureSettings
     top_n: int                        # mutants per protein in tables/top_mutations.csv
     runtime: Runtime
 
@@ -188,6 +200,11 @@ class Study:
     def layers(self) -> list[int]:
         """Every layer some analysis needs an SAE for, ascending."""
         return sorted(set(self.patching_layers) | set(self.ig_layers))
+
+    @property
+    def wt_seqs(self) -> dict[str, str]:
+        """Each configured protein's WT sequence, in the config's order."""
+        return {name: protein.wt_seq for name, protein in self.proteins.items()}
 
     @property
     def sae_file_pattern(self) -> str:

@@ -1,4 +1,5 @@
-"""One entry point per Snakemake rule; the scripts in ``workflow_scripts/`` only call these.
+"""One entry point per Snakemake rule that runs the model; the scripts in ``workflow_scripts/`` only call
+these (and :mod:`esmsae.reports`, the light rules' entry points).
 
 Each function takes plain paths and typed settings (no Snakemake object, no config
 dict), writes its outputs atomically, and logs what it read and kept, so it can be run and tested
@@ -7,35 +8,34 @@ outside Snakemake too.
 
 from __future__ import annotations
 
+import itertools
 import logging
-import sys
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
-from esmsae import aggregate, attribution_figures, attribution_tables, figures
 from esmsae.analysis import Analysis, LayerMeta, analyse
-from esmsae.arrays import Attributions
-from esmsae.columns import read_table
+from esmsae.columns import TABLES, read_table
 from esmsae.demo import write_tiny_esm2
 from esmsae.engine import Splice
-from esmsae.errors import InputError
-from esmsae.esm import EsmLM, load_esm, resolve_device, set_precision
+from esmsae.esm import MAX_TOKENS, EsmLM, load_esm, resolve_device, set_precision
+from esmsae.fasta import Skipped, reference_sequences
+from esmsae.features import feature_activity, output_effects
 from esmsae.host import hold_freed_memory
 from esmsae.io import write_csv
-from esmsae.keys import keyed
+from esmsae.labels import Activity
 from esmsae.mutations import AMINO_ACIDS, Mutant, Site, parse_mutant
 from esmsae.quality import residue_activations, sae_quality
-from esmsae.resume import WorkFolder, file_identity, fingerprint
+from esmsae.reports import log_to  # noqa: F401 (the rule scripts' log set-up, re-exported)
+from esmsae.resume import WorkFolder, file_identity, fingerprint, run_items
 from esmsae.sae import TopKSAE, load_sae, save_sae, train_sae
-from esmsae.scoring import dms_correlation, read_scores, scores_table
+from esmsae.scoring import read_scores, scores_table
 from esmsae.settings import (
     DemoSettings,
+    FeatureSettings,
     LayerJob,
     Protein,
     Runtime,
@@ -44,29 +44,6 @@ from esmsae.settings import (
 )
 
 log = logging.getLogger("esmsae")
-
-
-@contextmanager
-def log_to(path: str | Path) -> Iterator[logging.Logger]:
-    """Send the package's log to a rule's log file; record a failure there before re-raising."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="w")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        yield log
-    except InputError as err:
-        log.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except Exception:
-        log.exception("failed")
-        raise
-    finally:
-        root.removeHandler(handler)
-        handler.close()
 
 
 def open_model(checkpoint: str | Path, precision: str, runtime: Runtime) -> EsmLM:
@@ -143,12 +120,6 @@ def score_protein(protein: Protein, precision: str, runtime: Runtime, checkpoint
     write_csv(table, out)
 
 
-def correlate(scores: Mapping[str, Path], out: str | Path) -> None:
-    """Rule correlate_dms: Spearman ρ of WT-marginal scores with DMS scores, per protein."""
-    table = dms_correlation({protein: read_scores(path) for protein, path in scores.items()})
-    write_csv(table, out)
-
-
 def selected_mutants(wt_seq: str, scores: str | Path) -> list[Mutant]:
     """The selected mutants of one protein, read back from its scores table."""
     table = read_scores(scores)
@@ -198,77 +169,98 @@ def _fingerprint(analysis: Analysis, settings, job: LayerJob, mutants: list[Muta
                        inputs={name: file_identity(path) for name, path in sorted(inputs.items())})
 
 
-def patching_tables(patching: Mapping[tuple[str, int], Path], scores: Mapping[str, Path], top_n: int,
-                    out: Mapping[str, Path]) -> None:
-    """Rule tabulate_patching: control validation, layer progression and top mutations."""
-    tables = {pair: aggregate.read_patching(path) for pair, path in patching.items()}
-    score_tables = {protein: read_scores(path) for protein, path in scores.items()}
-    selected = {protein: int(t["selected"].sum()) for protein, t in score_tables.items()}
-    write_csv(aggregate.control_validation(tables), out["validation"])
-    write_csv(aggregate.layer_progression(tables, selected), out["progression"])
-    write_csv(aggregate.top_mutations(tables, score_tables, top_n), out["top"])
+# -- feature labels (METHOD.md "Feature characterization") -------------------------------------
+ACTIVITY_CHUNK = 1000  # reference sequences per resume piece of the activity pass
 
 
-def ig_tables(ig: Mapping[tuple[str, int], Path], out: Mapping[str, Path],
-              consistency: Mapping[int, Path]) -> None:
-    """Rule tabulate_attributions: concentration, feature consistency per layer and universal features."""
-    results = {pair: Attributions.read(path) for pair, path in ig.items()}
-    write_csv(attribution_tables.ig_concentration(results), out["concentration"])
-    write_csv(attribution_tables.concentration_by_mutant(results), out["concentration_mutants"])
-    write_csv(attribution_tables.universal_features(results), out["universal"])
-    for layer, path in consistency.items():
-        at_layer = {p: r for (p, lay), r in results.items() if lay == layer}
-        write_csv(attribution_tables.feature_consistency(at_layer), path)
+def characterize_layer(settings: FeatureSettings, wt_seqs: dict[str, str], layer: int, k: int, precision: str,
+                       runtime: Runtime, checkpoint: str | Path, sae: str | Path, reference: str | Path | None,
+                       out: str | Path) -> None:
+    """Rule characterize_features: every feature's activity over the reference positions at one layer.
+
+    The reference (WT sequences, then the FASTA) streams in chunks of ``ACTIVITY_CHUNK`` sequences;
+    each chunk's counts are a resume piece, and the result is their sum.
+    """
+    lm = open_model(checkpoint, precision, runtime)
+    opened = open_sae(sae, k, lm, layer)
+    skipped = Skipped()
+    stream = reference_sequences(wt_seqs, reference, settings.max_sequences, MAX_TOKENS - 2, skipped)
+    inputs = {"checkpoint": checkpoint, "sae": sae} | ({"reference": reference} if reference else {})
+    work = WorkFolder(out, fingerprint(rule="characterize_features", settings=as_params(settings), wt=wt_seqs,
+                                       layer=layer, k=k, precision=precision,
+                                       inputs={n: file_identity(p) for n, p in sorted(inputs.items())}))
+    total, index, done = None, 0, 0
+    while True:
+        chunk = list(itertools.islice(stream, ACTIVITY_CHUNK))
+        if not chunk:
+            break
+        name = f"{chunk[0][0]}..{chunk[-1][0]}"
+        piece = work.load(index, name)
+        if piece is None:
+            piece = feature_activity(lm, opened, layer, chunk, wt_seqs)
+            work.save(index, name, piece)
+        else:
+            done += 1
+        total = piece if total is None else sum_activity([total, piece])  # counts only: memory stays flat
+        log.info("layer %d: %d sequences, %d positions so far", layer, total.n_sequences, total.n_positions)
+        index += 1
+    log.info("resume: %d of %d chunks already done in %s", done, index, work.dir)
+    if skipped.total() or skipped.reached_max:
+        log.warning("reference %s: skipped %d longer than the model's context and %d with residues outside the "
+                    "20 (first: %s)%s", reference, skipped.too_long, skipped.other_residues,
+                    ", ".join(skipped.names) or "-",
+                    f"; stopped after {settings.max_sequences} sequences" if skipped.reached_max else "")
+    log.info("layer %d: %d sequences, %d positions; %d of %d features never active", layer, total.n_sequences,
+             total.n_positions, int((total.n_active == 0).sum()), total.d_sae)
+    total.write(out)
+    work.finish()
 
 
-def circuit_sizes(sizes: Mapping[tuple[str, int], Path], out: str | Path) -> None:
-    """Rule tabulate_circuit_sizes: minimal circuit size of every mutant, all proteins and layers."""
-    write_csv(attribution_tables.circuit_sizes(read_table(path, "circuit_sizes") for path in sizes.values()), out)
+def sum_activity(parts: list[Activity]) -> Activity:
+    """The counts of several chunks of reference sequences added up."""
+    first = parts[0]
+    return Activity(
+        layer=first.layer, k=first.k, d_sae=first.d_sae, n_sequences=sum(p.n_sequences for p in parts),
+        n_positions=sum(p.n_positions for p in parts),
+        **{name: sum(getattr(p, name) for p in parts)
+           for name in ("residue_counts", "n_active", "active_by_residue", "activation_by_residue")},
+        max_activation=np.maximum.reduce([p.max_activation for p in parts]),
+        wt_latents={name: z for p in parts for name, z in p.wt_latents.items()},
+    )
 
 
-# -- figures: one mechanism; each figure says how its inputs are read and how it is drawn --------
-def _validation(inputs: Mapping[str, Path]):
-    return read_table(inputs["validation"], "control_validation")
+def measure_output_effects(settings: FeatureSettings, wt_seqs: dict[str, str], layer: int, k: int, precision: str,
+                           runtime: Runtime, checkpoint: str | Path, sae: str | Path, shown: str | Path,
+                           out: str | Path) -> None:
+    """Rule measure_output_effects: each shown feature's output effect at one layer, mean over positions.
+
+    One resume piece per protein; rows are (feature, position), batched per position by the engine.
+    """
+    lm = open_model(checkpoint, precision, runtime)
+    opened = open_sae(sae, k, lm, layer)
+    table = read_table(shown, "shown_features")
+    features = sorted(table.loc[table["layer"] == layer, "feature"].astype(int).tolist())
+    work = WorkFolder(out, fingerprint(rule="measure_output_effects", settings=as_params(settings), wt=wt_seqs,
+                                       layer=layer, k=k, precision=precision, features=features,
+                                       inputs={"checkpoint": file_identity(checkpoint), "sae": file_identity(sae)}))
+    proteins = list(wt_seqs)
+
+    def one(index: int):
+        splice = Splice(lm, opened, wt_seqs[proteins[index]], layer, runtime.batch_size, protein=proteins[index])
+        return output_effects(splice, features, settings.max_positions)
+
+    parts = run_items(proteins, one, work, desc=f"output effects L{layer}") if features else []
+    total = sum(p[0] for p in parts) if parts else np.zeros((0, 20))
+    count = sum(p[1] for p in parts) if parts else np.zeros(0, dtype=np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = total / count[:, None]
+    rows = pd.DataFrame(mean, columns=list(AMINO_ACIDS))
+    rows.insert(0, "n_positions", count)
+    rows.insert(0, "feature", features)
+    rows.insert(0, "layer", layer)
+    rows["k"], rows["d_sae"] = k, opened.info.d_sae
+    log.info("layer %d: output effects of %d features from %d engine rows", layer, len(features), int(count.sum()))
+    write_csv(rows[rows["n_positions"] > 0].reindex(columns=TABLES["output_effects"]), out)
+    work.finish()
 
 
-def _patching(inputs: Mapping[str, Path]):
-    return {pair: aggregate.read_patching(path) for pair, path in keyed(inputs, "patching", PAIR).items()}
-
-
-def _attributions(inputs: Mapping[str, Path]):
-    return {pair: Attributions.read(path) for pair, path in keyed(inputs, "ig", PAIR).items()}
-
-
-def _curves(inputs: Mapping[str, Path]):
-    return {pair: read_table(path, "circuit_curves") for pair, path in keyed(inputs, "curves", PAIR).items()}
-
-
-def _sizes(inputs: Mapping[str, Path]):
-    return read_table(inputs["sizes"], "circuit_sizes")
-
-
-@dataclass(frozen=True)
-class Figure:
-    """A figure: `read` its named inputs through their types, then ``draw(data, png, pdf, **options)``."""
-
-    read: Callable[[Mapping[str, Path]], Any]
-    draw: Callable[..., Any]
-
-
-PAIR = ("protein", "layer")
-FIGURES = {
-    "layer_effects": Figure(_validation, figures.layer_effects),
-    "controls": Figure(_validation, figures.controls),
-    "delta_vs_effect": Figure(_patching, figures.delta_vs_effect),
-    "ig_concentration": Figure(_attributions, attribution_figures.ig_concentration),
-    "universal_features": Figure(_attributions, attribution_figures.universal_features),
-    "circuit_faithfulness": Figure(_curves, attribution_figures.circuit_faithfulness),
-    "minimal_circuit_sizes": Figure(_sizes, attribution_figures.minimal_circuit_sizes),
-}
-
-
-def draw_figure(name: str, inputs: Mapping[str, Path], options: Mapping[str, Any], png: str | Path,
-                pdf: str | Path) -> None:
-    """Rules plot_<name>: one figure from its named inputs, as PNG and PDF."""
-    figure = FIGURES[name]
-    figure.draw(figure.read(inputs), png, pdf, **options)

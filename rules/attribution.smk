@@ -8,7 +8,6 @@ rule integrate_gradients:
         scores=scores_file("{protein}"),
     output:
         npz=ig_file("{protein}", "{layer}"),
-        top=ig_file("{protein}", "{layer}", "_top.csv"),
     log:
         f"{OUTDIR}/logs/integrate_gradients/{{protein}}_L{{layer}}.log",
     benchmark:
@@ -45,6 +44,7 @@ rule find_circuits:
 rule tabulate_circuit_sizes:
     input:
         **by_pair("sizes", circuit_sizes_file, IG_PAIRS),
+        labels=table_file("feature_labels"),
     output:
         table=table_file("circuit_sizes"),
     log:
@@ -59,6 +59,7 @@ rule tabulate_circuit_sizes:
 rule tabulate_attributions:
     input:
         **by_pair("ig", ig_file, IG_PAIRS),
+        labels=table_file("feature_labels"),
     output:
         **by_layer("consistency", consistency_file, IG_LAYERS),
         concentration=table_file("ig_concentration"),

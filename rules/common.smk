@@ -65,6 +65,49 @@ def figure_file(name, ext="png"):
     return f"{OUTDIR}/figures/{name}.{ext}"
 
 
+def activity_file(layer):
+    return f"{OUTDIR}/features/L{layer}_activity.npz"
+
+
+def effects_file(layer):
+    return f"{OUTDIR}/features/L{layer}_effects.csv"
+
+
+def card_file(layer, feature, ext="png"):
+    return f"{OUTDIR}/features/cards/L{layer}_F{feature}.{ext}"
+
+
+SHOWN_FILE = f"{OUTDIR}/features/shown.csv"
+
+
+def reference_fasta(wildcards):
+    """The reference FASTA of feature labels, if one is configured."""
+    return {"reference": STUDY.features.reference} if STUDY.features.reference else {}
+
+
+def ig_at_layer(wildcards):
+    """Every protein's IG results at the card's layer (none when IG does not run there)."""
+    layer = int(wildcards.layer)
+    return (
+        by_protein("ig", lambda p: ig_file(p, layer))
+        if layer in STUDY.ig_layers
+        else {}
+    )
+
+
+def feature_cards(wildcards):
+    """Every feature card's PNG and PDF: known once select_features has run (a checkpoint)."""
+    import pandas as pd
+
+    shown = pd.read_csv(checkpoints.select_features.get().output.shown)
+    chosen = shown[shown["card"].astype(str).str.lower() == "true"]
+    return [
+        card_file(layer, feature, ext)
+        for layer, feature in zip(chosen["layer"], chosen["feature"])
+        for ext in ("png", "pdf")
+    ]
+
+
 # -- named inputs keyed by protein and layer (scripts read them back with esmsae.keys.keyed) --------
 def by_protein(kind, path_of, proteins=PROTEINS):
     return {key(kind, p): path_of(p) for p in proteins}
@@ -119,7 +162,8 @@ FIGURES = {
     },
     "universal_features": {
         "category": "Attribution",
-        "input": by_pair("ig", ig_file, IG_PAIRS),
+        "input": by_pair("ig", ig_file, IG_PAIRS)
+        | {"labels": table_file("feature_labels")},
     },
     "circuit_faithfulness": {
         "category": "Circuits",
@@ -130,6 +174,10 @@ FIGURES = {
         "category": "Circuits",
         "input": {"sizes": table_file("circuit_sizes")},
         "options": {"max_k": STUDY.circuits.max_k},
+    },
+    "identity_share": {
+        "category": "Feature labels",
+        "input": {"mutants": table_file("identity_share_mutants")},
     },
 }
 
@@ -144,6 +192,10 @@ def all_targets():
     ]
     targets += [ig_file(p, layer) for p, layer in IG_PAIRS] + [
         ig_file(p, layer, "_top.csv") for p, layer in IG_PAIRS
+    ]
+    targets += [
+        table_file(name)
+        for name in ("feature_labels", "identity_share", "identity_share_mutants")
     ]
     targets += [circuits_file(p, layer) for p, layer in IG_PAIRS]
     targets.append(table_file("circuit_sizes"))

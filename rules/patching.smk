@@ -24,6 +24,7 @@ rule tabulate_patching:
     input:
         **by_pair("patching", patching_file, PATCH_PAIRS),
         **by_protein("scores", scores_file),
+        labels=table_file("feature_labels"),
     output:
         validation=table_file("control_validation"),
         progression=table_file("layer_progression"),

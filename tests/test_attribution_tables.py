@@ -401,7 +401,7 @@ def test_feature_consistency_empty():
 
 # --- universal_features ----------------------------------------------------------------------------------------------
 
-UNIVERSAL = ["feature", "layer", "proteins"]
+UNIVERSAL = ["feature", "label", "layer", "proteins"]
 
 
 def test_universal_features_planted():
@@ -411,7 +411,7 @@ def test_universal_features_planted():
     assert list(table.columns) == [*UNIVERSAL, "freq_P", "freq_Q", "freq_R", "k", "d_sae", "space"]
     # Layer 2: Q has no mutants and R no results → nothing shared by two proteins.
     # Layer 6: 3 (Q 0.5, R 1.0) and 7 (P, Q); 11 fails (R 1/3 < 0.5).
-    assert table[UNIVERSAL].values.tolist() == [[3, 6, "Q;R"], [7, 6, "P;Q"]]
+    assert table[["feature", "layer", "proteins"]].values.tolist() == [[3, 6, "Q;R"], [7, 6, "P;Q"]]
     np.testing.assert_array_equal(table["freq_P"], [0.0, 1.0])
     np.testing.assert_array_equal(table["freq_Q"], [0.5, 1.0])
     np.testing.assert_array_equal(table["freq_R"], [1.0, 0.0])
@@ -429,7 +429,8 @@ def test_universal_features_ordering_and_nan():
                ("A", 1): result(a, 1), ("B", 1): result(a, 1), ("C", 1): result(np.zeros((0, 10)), 1)}
     table = at.universal_features(results)
     # Layer 1 first; within layer 3 feature 4 (3 proteins) before 9 (2 proteins).
-    assert table[UNIVERSAL].values.tolist() == [[4, 1, "A;B"], [9, 1, "A;B"], [4, 3, "A;B;C"], [9, 3, "A;B"]]
+    assert table[["feature", "layer", "proteins"]].values.tolist() == [
+        [4, 1, "A;B"], [9, 1, "A;B"], [4, 3, "A;B;C"], [9, 3, "A;B"]]
     assert np.isnan(table["freq_C"].iloc[0]) and np.isnan(table["freq_C"].iloc[1])
     assert table["freq_C"].iloc[3] == 0.0
     assert table["k"].tolist() == [8, 8, 32, 32] and (table["d_sae"] == 10).all()
@@ -530,3 +531,16 @@ def test_modules_do_not_import_torch():
     code = ("import sys, esmsae.attribution_tables, esmsae.attribution_figures, esmsae.statistics; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_tables_carry_the_features_labels():
+    """Wherever a feature number appears, its label is beside it (looked up by layer and feature)."""
+    results = planted(6)
+    labels = {(6, 7): "L-identity; promotes L", (6, 3): "K/R-enriched (F1 0.41)", (2, 7): "not this layer"}
+    universal = at.universal_features({(p, 6): r for p, r in results.items()}, labels=labels)
+    assert dict(zip(universal["feature"], universal["label"], strict=True)) == {
+        3: "K/R-enriched (F1 0.41)", 7: "L-identity; promotes L"}
+    consistency = at.feature_consistency({p: r for p, r in results.items()}, labels=labels)
+    assert list(consistency.columns[:3]) == ["protein", "feature", "label"]
+    assert set(consistency.loc[consistency["feature"] == 7, "label"]) == {"L-identity; promotes L"}
+    assert set(consistency.loc[~consistency["feature"].isin([3, 7]), "label"]) == {""}

@@ -5,15 +5,17 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from esmsae.analysis import LayerMeta
+from esmsae import reports
 from esmsae.arrays import Attributions
+from esmsae.columns import TABLES, read_table
 from esmsae.engine import Splice
 from esmsae.errors import InputError
 from esmsae.esm import EsmLM
-from esmsae.ig import attribute, attribute_protein, attributions_file, completeness_error, top_features
+from esmsae.ig import attribute, attribute_protein, attributions_file, completeness_error
 from esmsae.mutations import parse_mutant
 
 from .conftest import (
@@ -193,10 +195,15 @@ def test_npz_and_top_table_round_trip(splices, tmp_path):
              completeness_error=np.zeros(2))
     with pytest.raises(InputError, match="short.npz: mutant has shape"):
         Attributions.read(tmp_path / "short.npz")
-    meta = LayerMeta(protein="DNJA1_HUMAN", layer=1, k=8, d_sae=96)
-    top = top_features(results, meta, "latent", n=5)
+    # The top-feature table, read from the file as its rule does, with each feature's label.
+    pd.DataFrame({"layer": 1, "feature": np.arange(96), "label": [f"f{j}" for j in range(96)]}).reindex(
+        columns=TABLES["feature_labels"]).to_csv(tmp_path / "labels.csv", index=False)
+    reports.top_features_table(path, tmp_path / "labels.csv", tmp_path / "top.csv")
+    top = read_table(tmp_path / "top.csv", "ig_top")
     assert (top[["layer", "k", "d_sae", "space"]].drop_duplicates().values.tolist() == [[1, 8, 96, "latent"]])
+    assert (top["label"] == "f" + top["feature"].astype(str)).all()
     first = top[top["mutant"] == MUTANTS[0].name]
-    assert first["rank"].tolist() == [1, 2, 3, 4, 5]
+    n_nonzero = int((results[0].attribution != 0).sum())  # A_j = 0 (features that did not move) never listed
+    assert first["rank"].tolist() == list(range(1, min(20, n_nonzero) + 1))
     assert first["attribution"].abs().is_monotonic_decreasing
     assert first["attribution"].abs().iloc[0] == pytest.approx(float(results[0].attribution.abs().max()))

@@ -47,7 +47,8 @@ GPU_RULES = sorted(PROFILE["set-resources"])
 
 
 def is_local(rule: str) -> bool:
-    return rule == "all" or rule == "correlate_dms" or rule.startswith(("tabulate_", "plot_"))
+    return rule in ("all", "correlate_dms", "select_features", "label_features", "draw_feature_card") or \
+        rule.startswith(("tabulate_", "plot_"))
 
 
 # The demo at one layer (every rule, 25 jobs instead of 43): the plugin polls job states at
@@ -177,7 +178,7 @@ def planned_resources(output: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     rule = None
     for line in map(str.strip, output.splitlines()):
-        if m := re.fullmatch(r"rule (\w+):", line):
+        if m := re.fullmatch(r"(?:rule|checkpoint) (\w+):", line):
             rule = m.group(1)
         elif rule and line.startswith("resources:"):
             found.setdefault(rule, []).append(line)

@@ -74,21 +74,27 @@ def fresh(tmp_path_factory) -> Path:
 PATCH_LAYERS = DEMO["patching"]["layers"]
 IG_LAYERS = DEMO["ig"]["layers"]
 PATCHING_FIGURES = ["layer_effects", "controls", "delta_vs_effect"]
-ATTRIBUTION_FIGURES = ["ig_concentration", "circuit_faithfulness", "universal_features", "minimal_circuit_sizes"]
+ATTRIBUTION_FIGURES = ["ig_concentration", "circuit_faithfulness", "universal_features", "minimal_circuit_sizes",
+                       "identity_share"]
 SINGLE_JOBS = ["build_demo_model", "measure_sae_quality", "tabulate_patching", "tabulate_circuit_sizes",
-               "tabulate_attributions", "all"] + [
+               "tabulate_attributions", "select_features", "label_features", "tabulate_identity_share", "all"] + [
     f"plot_{name}" for name in PATCHING_FIGURES + ATTRIBUTION_FIGURES]
+N_CARDS = DEMO["features"]["max_cards"]
+
+
+def per_protein_layer_jobs() -> dict[str, int]:
+    return {"score_mutations": len(WT), "patch_features": len(WT) * len(PATCH_LAYERS),
+            "integrate_gradients": len(WT) * len(IG_LAYERS), "find_circuits": len(WT) * len(IG_LAYERS),
+            "tabulate_top_features": len(WT) * len(IG_LAYERS), "characterize_features": len(DEMO_LAYERS),
+            "measure_output_effects": len(DEMO_LAYERS)}
 
 
 def test_demo_runs_every_job_once(demo):
-    expected = {name: 1 for name in SINGLE_JOBS} | {
-        "train_sae": len(DEMO_LAYERS), "score_mutations": len(WT),
-        "patch_features": len(WT) * len(PATCH_LAYERS),
-        "integrate_gradients": len(WT) * len(IG_LAYERS), "find_circuits": len(WT) * len(IG_LAYERS),
-    }
+    expected = {name: 1 for name in SINGLE_JOBS} | {"train_sae": len(DEMO_LAYERS)} | per_protein_layer_jobs()
     assert planned_jobs(demo.run.output) == expected
     finished = finished_rules(demo.run.output)
-    assert {rule: finished.count(rule) for rule in set(finished)} == expected
+    # The feature cards are known once select_features (a checkpoint) has run: one job each.
+    assert {rule: finished.count(rule) for rule in set(finished)} == expected | {"draw_feature_card": N_CARDS}
 
 
 def test_demo_patching_outputs(demo):
@@ -126,7 +132,8 @@ def test_demo_ig_and_circuit_outputs(demo):
                 assert int(ig["k"]) == DEMO["sae"]["k"] and bool(ig["error_node"])
                 assert int(ig["d_sae"]) == DEMO["sae"]["train"]["d_sae"] and int(ig["layer"]) == layer
             top = pd.read_csv(demo.outdir / "ig" / f"{protein}_L{layer}_top.csv")
-            assert list(top.columns[:4]) == ["mutant", "rank", "feature", "attribution"]
+            assert list(top.columns[:5]) == ["mutant", "rank", "feature", "label", "attribution"]
+            assert top["label"].notna().all()
             assert_settings(top, layer)
             curves = pd.read_csv(demo.outdir / "circuits" / f"{protein}_L{layer}.csv")
             assert list(curves.columns[:6]) == ["mutant", "n_features", "patched_score", "recovered_fraction",
@@ -157,6 +164,40 @@ def assert_settings(table: pd.DataFrame, layer: int) -> None:
     assert (table["d_sae"] == DEMO["sae"]["train"]["d_sae"]).all() and (table["space"] == "latent").all()
 
 
+def test_demo_feature_labels_cards_and_identity_share(demo):
+    labels = pd.read_csv(demo.outdir / "tables" / "feature_labels.csv")
+    d_sae = DEMO["sae"]["train"]["d_sae"]
+    assert len(labels) == d_sae * len(DEMO_LAYERS) and labels["label"].notna().all()
+    assert (labels["k"] == DEMO["sae"]["k"]).all() and (labels["d_sae"] == d_sae).all()
+    names = {(r.layer, r.feature): r.label for r in labels.itertuples()}
+    shown = pd.read_csv(demo.outdir / "features" / "shown.csv")
+    measured = labels.set_index(["layer", "feature"]).loc[list(zip(shown["layer"], shown["feature"], strict=True))]
+    # Every feature a table shows has its output effect, or was never active at a WT position.
+    assert (measured["promotes"].notna() | (measured["n_active"] == 0) | measured["n_effect_positions"].isna()).all()
+    assert measured["promotes"].notna().mean() > 0.8
+    assert measured["label"].str.contains("; promotes ").mean() > 0.8
+    # Labels stand beside feature numbers wherever they appear, and agree with feature_labels.csv.
+    for table in [pd.read_csv(demo.outdir / "tables" / "top_mutations.csv"),
+                  pd.read_csv(demo.outdir / "tables" / "universal_features.csv"),
+                  pd.read_csv(demo.outdir / "tables" / f"feature_consistency_L{IG_LAYERS[0]}.csv"),
+                  pd.read_csv(demo.outdir / "ig" / f"PR40A_HUMAN_L{IG_LAYERS[0]}_top.csv")]:
+        assert len(table) and all(label == names[(layer, f)] for layer, f, label in
+                                  zip(table["layer"], table["feature"], table["label"], strict=True))
+    sizes = pd.read_csv(demo.outdir / "tables" / "circuit_sizes.csv").dropna(subset=["n_features"])
+    for row in sizes.itertuples():
+        features = [int(j) for j in str(row.features).split(";")]
+        assert len(features) == row.n_features and row.labels.split(" | ") == [names[(row.layer, j)]
+                                                                                   for j in features]
+    cards = shown[shown["card"]]
+    assert len(cards) == N_CARDS
+    for row in cards.itertuples():
+        png = (demo.outdir / "features" / "cards" / f"L{row.layer}_F{row.feature}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 20000
+    share = pd.read_csv(demo.outdir / "tables" / "identity_share.csv")
+    assert len(share) == len(WT) * len(IG_LAYERS) and (share["n_mutants"] == DEMO["mutations"]["n"]).all()
+    assert share[["wt_identity_share_mean", "mut_identity_share_mean"]].notna().all().all()
+
+
 @pytest.mark.parametrize("name", PATCHING_FIGURES + ATTRIBUTION_FIGURES)
 def test_demo_figures_exist(demo, name):
     png = (demo.outdir / "figures" / f"{name}.png").read_bytes()
@@ -180,6 +221,7 @@ def test_report_contains_the_figures(demo):
     html = report.read_text(errors="replace")
     for name in PATCHING_FIGURES + ATTRIBUTION_FIGURES:
         assert f"{name}.png" in html
+    assert "Feature cards" in html and html.count("features/cards/L") >= N_CARDS
 
 
 @pytest.mark.parametrize("protein", list(WT))
@@ -337,9 +379,7 @@ def test_config_without_demo_or_training_plans(demo, fresh, tmp_path):
     }
     run = succeeded(snakemake(fresh, *with_override(write_override(tmp_path, "study.yaml", override)), "-n"),
                     "a dry run with demo and sae.train null")
-    expected = {name: 1 for name in SINGLE_JOBS if name != "build_demo_model"} | {
-        "score_mutations": len(WT), "patch_features": len(WT) * len(PATCH_LAYERS),
-        "integrate_gradients": len(WT) * len(IG_LAYERS), "find_circuits": len(WT) * len(IG_LAYERS)}
+    expected = {name: 1 for name in SINGLE_JOBS if name != "build_demo_model"} | per_protein_layer_jobs()
     assert planned_jobs(run.output) == expected
 
 

@@ -1,11 +1,11 @@
 """Rule correlate_dms: Spearman correlation of WT-marginal scores with DMS scores."""
-from esmsae import workflow
+from esmsae import reports
 from esmsae.keys import keyed
 
 
 def main(smk):
-    with workflow.log_to(smk.log[0]):
-        workflow.correlate(keyed(smk.input, "scores", ("protein",)), smk.output.table)
+    with reports.log_to(smk.log[0]):
+        reports.correlate(keyed(smk.input, "scores", ("protein",)), smk.output.table)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Rules plot_<figure>: one figure (PNG and PDF) from its named inputs."""
-from esmsae import workflow
+from esmsae import reports
 
 
 def main(smk):
-    with workflow.log_to(smk.log[0]):
-        workflow.draw_figure(smk.params.figure, dict(smk.input.items()), smk.params.options, smk.output.png,
+    with reports.log_to(smk.log[0]):
+        reports.draw_figure(smk.params.figure, dict(smk.input.items()), smk.params.options, smk.output.png,
                              smk.output.pdf)
 
 

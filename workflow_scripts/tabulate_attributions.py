@@ -1,11 +1,11 @@
 """Rule tabulate_attributions: attribution concentration, feature consistency per layer, universal features."""
-from esmsae import workflow
+from esmsae import reports
 from esmsae.keys import keyed
 
 
 def main(smk):
-    with workflow.log_to(smk.log[0]):
-        workflow.ig_tables(keyed(smk.input, "ig", ("protein", "layer")), dict(smk.output.items()),
+    with reports.log_to(smk.log[0]):
+        reports.ig_tables(keyed(smk.input, "ig", ("protein", "layer")), smk.input.labels, dict(smk.output.items()),
                            keyed(smk.output, "consistency", ("layer",)))
 
 

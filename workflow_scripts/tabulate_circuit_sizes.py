@@ -1,11 +1,11 @@
 """Rule tabulate_circuit_sizes: minimal circuit sizes of all proteins and layers in one table."""
-from esmsae import workflow
+from esmsae import reports
 from esmsae.keys import keyed
 
 
 def main(smk):
-    with workflow.log_to(smk.log[0]):
-        workflow.circuit_sizes(keyed(smk.input, "sizes", ("protein", "layer")), smk.output.table)
+    with reports.log_to(smk.log[0]):
+        reports.circuit_sizes(keyed(smk.input, "sizes", ("protein", "layer")), smk.input.labels, smk.output.table)
 
 
 if __name__ == "__main__":

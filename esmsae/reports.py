@@ -1,0 +1,259 @@
+"""Entry points of the light rules — tables, figures, feature labels and cards — that import no torch.
+
+Like :mod:`esmsae.workflow` (the rules that run the model), each function takes plain paths and
+typed settings, writes its outputs atomically and logs what it read; keeping torch out of these
+imports makes each of the many small table and figure jobs start in about a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from esmsae import aggregate, attribution_figures, attribution_tables, feature_figures, figures, labels
+from esmsae.arrays import Attributions
+from esmsae.columns import TABLES, read_table
+from esmsae.errors import InputError
+from esmsae.io import write_csv
+from esmsae.keys import keyed
+from esmsae.labels import Activity, shown_features
+from esmsae.statistics import mean_sem
+
+log = logging.getLogger("esmsae")
+
+
+@contextmanager
+def log_to(path: str | Path) -> Iterator[logging.Logger]:
+    """Send the package's log to a rule's log file; record a failure there before re-raising."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield log
+    except InputError as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception:
+        log.exception("failed")
+        raise
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def correlate(scores: Mapping[str, Path], out: str | Path) -> None:
+    """Rule correlate_dms: Spearman ρ of WT-marginal scores with DMS scores, per protein."""
+    table = aggregate.dms_correlation({protein: read_table(path, "scores") for protein, path in scores.items()})
+    write_csv(table, out)
+
+
+def patching_tables(patching: Mapping[tuple[str, int], Path], scores: Mapping[str, Path], top_n: int,
+                    labels_table: str | Path, out: Mapping[str, Path]) -> None:
+    """Rule tabulate_patching: control validation, layer progression and top mutations (labelled)."""
+    tables = {pair: aggregate.read_patching(path) for pair, path in patching.items()}
+    score_tables = {protein: read_table(path, "scores") for protein, path in scores.items()}
+    selected = {protein: int(t["selected"].sum()) for protein, t in score_tables.items()}
+    write_csv(aggregate.control_validation(tables), out["validation"])
+    write_csv(aggregate.layer_progression(tables, selected), out["progression"])
+    names = labels.label_lookup(read_table(labels_table, "feature_labels"))
+    write_csv(aggregate.top_mutations(tables, score_tables, top_n, names), out["top"])
+
+
+def ig_tables(ig: Mapping[tuple[str, int], Path], labels_table: str | Path, out: Mapping[str, Path],
+              consistency: Mapping[int, Path]) -> None:
+    """Rule tabulate_attributions: concentration, feature consistency per layer and universal features."""
+    results = {pair: Attributions.read(path) for pair, path in ig.items()}
+    names = labels.label_lookup(read_table(labels_table, "feature_labels"))
+    write_csv(attribution_tables.ig_concentration(results), out["concentration"])
+    write_csv(attribution_tables.concentration_by_mutant(results), out["concentration_mutants"])
+    write_csv(attribution_tables.universal_features(results, labels=names), out["universal"])
+    for layer, path in consistency.items():
+        at_layer = {p: r for (p, lay), r in results.items() if lay == layer}
+        write_csv(attribution_tables.feature_consistency(at_layer, labels=names), path)
+
+
+def circuit_sizes(sizes: Mapping[tuple[str, int], Path], labels_table: str | Path, out: str | Path) -> None:
+    """Rule tabulate_circuit_sizes: minimal circuit of every mutant, all proteins and layers, its features labelled."""
+    table = attribution_tables.circuit_sizes(read_table(path, "circuit_sizes") for path in sizes.values())
+    names = labels.label_lookup(read_table(labels_table, "feature_labels"))
+    table.insert(table.columns.get_loc("features") + 1, "labels",
+                 [" | ".join(names.get((int(layer), int(j)), "") for j in str(features).split(";") if j)
+                  for layer, features in zip(table["layer"], table["features"], strict=True)])
+    write_csv(table[TABLES["circuit_sizes_labelled"]], out)
+
+
+# -- figures: one mechanism; each figure says how its inputs are read and how it is drawn --------
+def _validation(inputs: Mapping[str, Path]) -> dict:
+    return {"validation": read_table(inputs["validation"], "control_validation")}
+
+
+def _patching(inputs: Mapping[str, Path]) -> dict:
+    return {"tables": {pair: aggregate.read_patching(path) for pair, path in keyed(inputs, "patching", PAIR).items()}}
+
+
+def _attributions(inputs: Mapping[str, Path]) -> dict:
+    return {"results": {pair: Attributions.read(path) for pair, path in keyed(inputs, "ig", PAIR).items()}}
+
+
+def _attributions_labelled(inputs: Mapping[str, Path]) -> dict:
+    return _attributions(inputs) | {"labels": labels.label_lookup(read_table(inputs["labels"], "feature_labels"))}
+
+
+def _curves(inputs: Mapping[str, Path]) -> dict:
+    curves = keyed(inputs, "curves", PAIR)
+    return {"curves": {pair: read_table(path, "circuit_curves") for pair, path in curves.items()}}
+
+
+def _sizes(inputs: Mapping[str, Path]) -> dict:
+    return {"sizes": read_table(inputs["sizes"], "circuit_sizes_labelled")}
+
+
+def _identity_share(inputs: Mapping[str, Path]) -> dict:
+    return {"table": read_table(inputs["mutants"], "identity_share_mutants")}
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure: `read` its named inputs through their types into keyword arguments, then
+    ``draw(**those, png=..., pdf=..., **options)``."""
+
+    read: Callable[[Mapping[str, Path]], dict]
+    draw: Callable[..., Any]
+
+
+PAIR = ("protein", "layer")
+FIGURES = {
+    "layer_effects": Figure(_validation, figures.layer_effects),
+    "controls": Figure(_validation, figures.controls),
+    "delta_vs_effect": Figure(_patching, figures.delta_vs_effect),
+    "ig_concentration": Figure(_attributions, attribution_figures.ig_concentration),
+    "universal_features": Figure(_attributions_labelled, attribution_figures.universal_features),
+    "circuit_faithfulness": Figure(_curves, attribution_figures.circuit_faithfulness),
+    "minimal_circuit_sizes": Figure(_sizes, attribution_figures.minimal_circuit_sizes),
+    "identity_share": Figure(_identity_share, feature_figures.identity_share),
+}
+
+
+def draw_figure(name: str, inputs: Mapping[str, Path], options: Mapping[str, Any], png: str | Path,
+                pdf: str | Path) -> None:
+    """Rules plot_<name>: one figure from its named inputs, as PNG and PDF."""
+    figure = FIGURES[name]
+    figure.draw(**figure.read(inputs), png=png, pdf=pdf, **options)
+
+
+def select_features(ig: Mapping[tuple[str, int], Path], patching: Mapping[tuple[str, int], Path],
+                    sizes: Mapping[tuple[str, int], Path], max_cards: int, out: str | Path) -> None:
+    """Rule select_features: every feature a table or figure shows, and which get a card."""
+    results = {pair: Attributions.read(path) for pair, path in ig.items()}
+    top: dict[int, Counter] = {}
+    for (_, layer), result in results.items():
+        for features in attribution_tables.top_n_features(result.attribution):
+            top.setdefault(layer, Counter()).update(features.tolist())
+    patches: dict[int, Counter] = {}
+    for (_, layer), path in patching.items():
+        real = aggregate.real_patches(aggregate.read_patching(path))
+        best = real.sort_values(["mutant", "abs_effect", "feature"], ascending=[True, False, True], kind="mergesort")
+        patches.setdefault(layer, Counter()).update(best.drop_duplicates("mutant")["feature"].astype(int).tolist())
+    circuits: dict[int, Counter] = {}
+    for (_, layer), path in sizes.items():
+        for features in read_table(path, "circuit_sizes")["features"].fillna(""):
+            circuits.setdefault(layer, Counter()).update(int(j) for j in str(features).split(";") if j)
+    universal = attribution_tables.universal_features(results)
+    table = shown_features(top, patches, universal, circuits, max_cards)
+    log.info("%d features shown in tables or figures over %d layers; %d get a card", len(table),
+             table["layer"].nunique(), int(table["card"].sum()))
+    write_csv(table, out)
+
+
+def label_features(activity: Mapping[int, Path], effects: Mapping[int, Path], identity_f1: float,
+                   out: str | Path) -> None:
+    """Rule label_features: every feature's statistics, output effect (where measured) and label."""
+    parts = []
+    for layer, path in sorted(activity.items()):
+        table = labels.feature_table(Activity.read(path), identity_f1, read_table(effects[layer], "output_effects"))
+        log.info("layer %d: %d identity features, %d dead", layer, int(table["identity"].sum()),
+                 int((table["n_active"] == 0).sum()))
+        parts.append(table)
+    write_csv(pd.concat(parts, ignore_index=True)[TABLES["feature_labels"]], out)
+
+
+def identity_share_tables(labels_table: str | Path, ig: Mapping[tuple[str, int], Path],
+                          out: Mapping[str, Path]) -> None:
+    """Rule tabulate_identity_share: per mutant and per protein × layer."""
+    table = read_table(labels_table, "feature_labels")
+    rows = []
+    for (protein, layer), path in ig.items():
+        result = Attributions.read(path)
+        masks = labels.identity_masks(table[table["layer"] == layer], result.attribution.shape[1])
+        for m, name in enumerate(result.mutant.tolist()):
+            wt, mut = labels.residues_of(name, "wt"), labels.residues_of(name, "mut")
+            share = labels.identity_share(result.attribution[m], result.error_attribution[m], result.abs_delta[m],
+                                          np.any([masks[a] for a in wt], axis=0),
+                                          np.any([masks[b] for b in mut], axis=0))
+            rows.append({"protein": protein, "layer": layer, "mutant": name, "wt": ":".join(sorted(wt)),
+                         "mut": ":".join(sorted(mut)), **share, "k": result.k, "d_sae": result.d_sae,
+                         "space": result.space})
+    mutants = pd.DataFrame(rows, columns=TABLES["identity_share_mutants"])
+    summary = []
+    for (protein, layer), part in mutants.groupby(["protein", "layer"], sort=False):
+        row = {"protein": protein, "layer": layer, "n_mutants": len(part),
+               "n_identity_features": int(table[(table["layer"] == layer)]["identity"].astype(bool).sum())}
+        for side in ("wt", "mut"):
+            for null in ("", "_null"):
+                column = f"{side}_identity_share{null}"
+                row[f"{column}_mean"], row[f"{column}_sem"] = mean_sem(part[column].to_numpy(dtype=np.float64))
+        summary.append(row | {c: part[c].iloc[0] for c in ("k", "d_sae", "space")})
+    write_csv(mutants, out["mutants"])
+    write_csv(pd.DataFrame(summary, columns=TABLES["identity_share"]), out["table"])
+
+
+def top_features_table(npz: str | Path, labels_table: str | Path, out: str | Path) -> None:
+    """Rule tabulate_top_features: a protein's 20 largest |A_j| per mutant at one layer, labelled."""
+    result = Attributions.read(npz)
+    names = labels.labels_by_feature(read_table(labels_table, "feature_labels"), result.layer)
+    rows = []
+    for m, mutant in enumerate(result.mutant.tolist()):
+        for rank, j in enumerate(attribution_tables.top_n_features(result.attribution[m:m + 1])[0], start=1):
+            rows.append({"mutant": mutant, "rank": rank, "feature": int(j), "label": names.get(int(j), ""),
+                         "attribution": float(result.attribution[m, j]), "abs_delta": float(result.abs_delta[m, j]),
+                         "layer": result.layer, "k": result.k, "d_sae": result.d_sae, "space": result.space})
+    write_csv(pd.DataFrame(rows, columns=TABLES["ig_top"]), out)
+
+
+def draw_feature_card(layer: int, feature: int, labels_table: str | Path, activity: str | Path,
+                      effects: str | Path, ig: Mapping[str, Path], png: str | Path, pdf: str | Path) -> None:
+    """Rule draw_feature_card: one feature's card (see esmsae.feature_figures.feature_card)."""
+    table = read_table(labels_table, "feature_labels")
+    row = table[(table["layer"] == layer) & (table["feature"] == feature)]
+    if row.empty:
+        raise InputError(f"{labels_table}: no feature {feature} at layer {layer}")
+    measured = read_table(effects, "output_effects")
+    effect = measured[measured["feature"] == feature]
+    mutants = []
+    for protein, path in ig.items():
+        result = Attributions.read(path)
+        for m, name in enumerate(result.mutant.tolist()):
+            a = result.attribution[m]
+            if a[feature] == 0:
+                continue
+            denominator = np.abs(a[result.abs_delta[m] > 0]).sum() + abs(result.error_attribution[m])
+            rank = int(np.sum(np.abs(a) > abs(a[feature]))) + 1
+            mutants.append({"protein": protein, "mutant": name, "attribution": float(a[feature]), "rank": rank,
+                            "share": abs(float(a[feature])) / denominator if denominator > 0 else np.nan})
+    mutants = pd.DataFrame(mutants, columns=["protein", "mutant", "attribution", "rank", "share"])
+    mutants = mutants.sort_values("attribution", key=np.abs, ascending=False, kind="mergesort")
+    feature_figures.feature_card(row.iloc[0], Activity.read(activity), effect.iloc[0] if len(effect) else None,
+                                 mutants, png, pdf)

@@ -1,0 +1,14 @@
+"""Rule draw_feature_card: one feature's card (activation by residue and along each WT, output effect, mutants)."""
+from esmsae import reports
+from esmsae.keys import keyed
+
+
+def main(smk):
+    with reports.log_to(smk.log[0]):
+        reports.draw_feature_card(int(smk.wildcards.layer), int(smk.wildcards.feature), smk.input.labels,
+                                   smk.input.activity, smk.input.effects, keyed(smk.input, "ig", ("protein",)),
+                                   smk.output.png, smk.output.pdf)
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821 (injected by Snakemake)
