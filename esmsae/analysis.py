@@ -41,6 +41,7 @@ class LayerMeta:
     layer: int
     k: int       # the SAE's TopK k
     d_sae: int
+    wt_seq: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,11 @@ def analyse(analysis: Analysis[S, R], splice: Splice, mutants: list[Mutant], set
     if not mutants:
         return []
     h = splice.hidden([m.apply(splice.wt_seq) for m in mutants])
-    space = settings.space
+    space = getattr(settings, "space", "latent")  # analyses that never touch the SAE's code have none
 
     def one(index: int) -> R:
         mutant = mutants[index]
-        view = splice.view(mutant, h[index, [s.pos for s in mutant.sites]], space)
+        view = splice.view(mutant, h[index], space)
         result = analysis.run(view, settings, context)
         log.info("%s L%d %s: %s", splice.protein, splice.layer, mutant.name, analysis.summary(result))
         return result

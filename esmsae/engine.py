@@ -206,13 +206,26 @@ class Splice:
                 start += part.shape[0]
         return torch.cat(out)
 
-    def view(self, mutant: Mutant, h_sites: Tensor, space: str) -> MutantView:
-        """The one view of `mutant` every analysis gets; `h_sites` is its own (S, d) states at its sites."""
+    def view(self, mutant: Mutant, states: Tensor, space: str) -> MutantView:
+        """The one view of `mutant` every analysis gets.
+
+        `states` is the mutant's own layer-ℓ residual stream: at every token (T, d), or only at
+        its sites (S, d) for analyses that look nowhere else.
+        """
         if space not in SPACES:
             raise ValueError(f"space must be one of {SPACES}, got {space!r}")
-        wt = self.wt_code([s.pos for s in mutant.sites])
-        return MutantView(engine=self, mutant=mutant, space=space, wt=wt, mut=self.mutant_code(h_sites, wt),
-                          spec=self.score_spec(mutant))
+        positions = [s.pos for s in mutant.sites]
+        full = states.shape[0] == self.h.shape[1]
+        wt = self.wt_code(positions)
+        return MutantView(engine=self, mutant=mutant, space=space, wt=wt,
+                          mut=self.mutant_code(states[positions] if full else states, wt),
+                          spec=self.score_spec(mutant), hidden=states if full else None)
+
+    def residual_effects(self, positions: Tensor, deltas: Tensor, spec: ScoreSpec) -> Effects:
+        """Scores of B raw changes `deltas` (B, P, d) of the residual stream at token `positions` (P,),
+        no SAE involved, against the unmodified run (the engine's batching policy)."""
+        scores, base = self._batched(deltas, lambda batch: self.run(positions, batch, spec))
+        return Effects(scores=scores, baseline=base, effects=scores - base)
 
     def latents(self, values: Tensor, space: str) -> Tensor:
         """Latent vectors from intervened values: as they are in `latent` space, re-TopK'd in `pre`."""
@@ -364,6 +377,7 @@ class MutantView:
     wt: SiteCode
     mut: SiteCode
     spec: ScoreSpec
+    hidden: Tensor | None = field(default=None, repr=False)  # the mutant's h_ℓ at every token (T, d)
 
     @property
     def protein(self) -> str:

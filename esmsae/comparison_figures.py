@@ -1,0 +1,124 @@
+"""Figures of the cheap-vs-exact agreement and of the spread over positions (no torch here).
+
+Built like ``esmsae.figures`` (``Figure`` objects without ``pyplot``, saved atomically without
+timestamps).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from esmsae.figures import save
+from esmsae.statistics import mean_sem
+
+PathLike = str | os.PathLike
+
+
+def _note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
+
+
+def attribution_agreement(table: pd.DataFrame, png: PathLike, pdf: PathLike) -> Figure:
+    """Spearman ρ and top-10 overlap of AtP (solid) and IG (dashed) against exact patching, by layer.
+
+    `table` is ``attribution_agreement_mutants.csv``; one colour per protein, mean ± s.e.m. over
+    mutants. Two ``Line2D`` per protein and panel, and in the overlap panel the chance level
+    (dotted): two random top-10s of the changed set share ``min(10, |C|) / |C|`` on average.
+    """
+    fig = Figure(figsize=(11, 4.4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    proteins = list(dict.fromkeys(table["protein"])) if len(table) else []
+    for ax, stat, title in ((axes[0], "spearman", "Spearman ρ with exact single-feature effects"),
+                            (axes[1], "top10", "top-10 overlap with exact patching")):
+        for i, protein in enumerate(proteins):
+            rows = table[table["protein"] == protein]
+            layers = sorted(set(rows["layer"].tolist()))
+            for method, style in (("atp", "-"), ("ig", "--")):
+                stats = [mean_sem(rows.loc[rows["layer"] == layer, f"{stat}_{method}"].to_numpy(dtype=np.float64))
+                         for layer in layers]
+                mean = np.array([m for m, _ in stats])
+                ax.plot(layers, mean, color=f"C{i}", linestyle=style, marker="o",
+                        label=f"{protein} {'AtP' if method == 'atp' else 'IG'}")
+                ax.errorbar(layers, mean, yerr=np.nan_to_num(np.array([e for _, e in stats]), nan=0.0), fmt="none",
+                            ecolor=f"C{i}", capsize=0)
+        if stat == "top10" and proteins:
+            chance = table.groupby("layer")["top10_chance"].mean()
+            ax.plot(chance.index.to_numpy(), chance.to_numpy(), color="0.5", linestyle=":", label="chance")
+        if not proteins:
+            _note(ax, "no layer has both patching and IG")
+        ax.set_title(title, fontsize="medium")
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_ylim(-1.05, 1.05)
+    axes[0].axhline(0, color="0.6", linewidth=0.8)
+    axes[1].set_ylim(0, 1.05)
+    if proteins:
+        axes[1].legend(fontsize="small")
+    fig.suptitle("Can cheap attribution stand in for exact patching? AtP (solid) and IG (dashed), "
+                 "mean ± s.e.m. over mutants")
+    save(fig, png, pdf)
+    return fig
+
+
+Keyed = Mapping[tuple[str, int], pd.DataFrame]
+
+
+def position_spread(positions: Keyed, summaries: Keyed, png: PathLike, pdf: PathLike) -> Figure:
+    """Where the mutant's representation change matters: one heatmap per protein, and the site share.
+
+    Each protein's panel: mean |P_p| over its mutants, positions (tokens; 0 is BOS) across, layers
+    down, the mutated positions marked with ▼. The last panel: the site share
+    ``Σ_sites P_site / P_all`` by layer, mean ± s.e.m. over mutants, one line per protein.
+    """
+    proteins = list(dict.fromkeys(p for p, _ in positions))
+    fig = Figure(figsize=(12, 2.4 * len(proteins) + 3.2), layout="constrained")
+    axes = fig.subplots(len(proteins) + 1, 1, squeeze=False)[:, 0]
+    for ax, protein in zip(axes, proteins, strict=False):
+        layers = sorted(layer for p, layer in positions if p == protein)
+        tables = [positions[(protein, layer)] for layer in layers]
+        width = max((int(t["position"].max()) + 1 for t in tables if len(t)), default=0)
+        matrix = np.full((len(layers), width), np.nan)
+        for row, table in enumerate(tables):
+            mean = table.assign(a=table["effect"].abs()).groupby("position")["a"].mean()
+            matrix[row, mean.index.to_numpy(dtype=int)] = mean.to_numpy()
+        if width:
+            image = ax.imshow(matrix, aspect="auto", cmap="magma", interpolation="nearest")
+            fig.colorbar(image, ax=ax, label="mean |P_p|", pad=0.01)
+            sites = sorted({int(p) for t in tables for m in t["mutant"].unique() for p in _sites(m)})
+            ax.scatter(sites, [-0.5] * len(sites), marker="v", color="C0", s=24, clip_on=False,
+                       label="mutated positions")
+            ax.set_ylim(len(layers) - 0.5, -0.5)  # the image's own extent; the marks sit on its top edge
+            ax.set_yticks(np.arange(len(layers)), labels=[str(layer) for layer in layers])
+        else:
+            _note(ax, "no positions")
+        ax.set_title(f"{protein}: where the mutant's layer-ℓ change moves the score", fontsize="medium", loc="left")
+        ax.set_ylabel("layer")
+        ax.set_xlabel("token position (0 = BOS; residue i is token i)")
+    ax = axes[-1]
+    for i, protein in enumerate(proteins):
+        layers = sorted(layer for p, layer in summaries if p == protein)
+        stats = [mean_sem(summaries[(protein, layer)]["site_share"].to_numpy(dtype=np.float64)) for layer in layers]
+        mean = np.array([m for m, _ in stats])
+        ax.plot(layers, mean, color=f"C{i}", marker="o", label=protein)
+        ax.errorbar(layers, mean, yerr=np.nan_to_num(np.array([e for _, e in stats]), nan=0.0), fmt="none",
+                    ecolor=f"C{i}", capsize=0)
+    if not proteins:
+        _note(ax, "no positions")
+    ax.axhline(1, color="0.6", linewidth=0.8, linestyle=":")
+    ax.set_title("site share Σ_sites P_site / P_all (mean ± s.e.m. over mutants)", fontsize="medium", loc="left")
+    ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if proteins:
+        ax.legend(fontsize="small")
+    save(fig, png, pdf)
+    return fig
+
+
+def _sites(mutant: str) -> list[int]:
+    return [int(site[1:-1]) for site in mutant.split(":")]
