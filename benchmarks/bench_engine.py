@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from esmsae.atp import attribution_patching
 from esmsae.circuits import circuit_curve
 from esmsae.demo import tiny_esm2
 from esmsae.engine import Splice
@@ -31,8 +32,10 @@ from esmsae.esm import EsmLM, resolve_device
 from esmsae.host import hold_freed_memory
 from esmsae.ig import attribute
 from esmsae.mutations import parse_mutant
+from esmsae.patching import changed_features, single_feature_patches
+from esmsae.positions import spread
 from esmsae.sae import random_sae
-from esmsae.settings import CircuitSettings, IGSettings
+from esmsae.settings import CircuitSettings, IGSettings, PositionSettings
 
 SHAPES = {  # layers, width, heads: ESM-2 checkpoints' shapes
     "tiny": (6, 64, 4),
@@ -146,12 +149,20 @@ def main() -> None:
     ig_settings = IGSettings(space="latent", steps=args.ig_steps, rule="gausslegendre", error_node=True)
     ig_view = splice.resized(max(args.ig_steps, 1)).view(mutant, h_mut, "latent")
     t_ig = timed(lambda: attribute(ig_view, ig_settings), device, 1)
-    circ = CircuitSettings(space="latent", recover=0.9, max_k=args.max_k)
+    circ = CircuitSettings(space="latent", recover=0.9, max_k=args.max_k, min_effect=0.0)
     circuit_view = splice.resized(args.max_k + 2).view(mutant, h_mut, "latent")
     # Rank like IG does: only features whose latent moved carry attribution.
     mut_code = splice.mutant_code(h_mut, code)
     attribution = (mut_code.z - code.z).abs().sum(0).float() + 1e-6 * torch.rand(args.d_sae, generator=gen).to(device)
     t_circ = timed(lambda: circuit_curve(circuit_view, circ, attribution), device, 1)
+
+    # AtP (one backward pass) against exact patching of the same mutant's changed set, and the spread
+    # over positions (one row per token and one for all of them), each through its analysis function.
+    mutant_view = splice.resized(None).view(mutant, splice.hidden([mutant.apply(SEQ)])[0], "latent")
+    n_changed = len(changed_features(mutant_view))
+    t_atp = timed(lambda: attribution_patching(mutant_view, ig_settings), device, args.repeats)
+    t_exact = timed(lambda: exact_effects(mutant_view), device, args.repeats)
+    t_positions = timed(lambda: spread(mutant_view, PositionSettings(min_effect=0.0)), device, 1)
 
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
@@ -168,12 +179,21 @@ def main() -> None:
     print(f"achieved         : {tflops:10.3f} TFLOP/s in the batched suffix{fraction}")
     print(f"IG               : {t_ig:10.3f} s per mutant ({args.ig_steps} steps, with gradients)")
     print(f"circuits         : {t_circ:10.3f} s per mutant (k = 0..{args.max_k})")
+    print(f"AtP              : {t_atp:10.3f} s per mutant (one backward pass); exact patching of its {n_changed} "
+          f"changed features {t_exact:.3f} s: {t_exact / t_atp:.1f} x the cost")
+    print(f"positions        : {t_positions:10.3f} s per mutant ({tokens + 1} engine rows: every token, and all)")
     print(f"peak memory      : {mem}")
     print(f"batched vs naive : {vs_naive:10.2e} max |Δ effect| over the {args.naive} naive interventions")
     print(f"batch 7 vs {args.batch:<5d} : {vs_size:10.2e} max |Δ effect| (0 on CPU at fp32)")
     if drift:
         print(f"vs fp32          : {drift[0]:10.2e} max |Δ effect|, {drift[1]:.2e} |Δ WT-marginal score| "
               f"({args.precision} against an fp32 copy of the same weights)")
+
+
+def exact_effects(view) -> torch.Tensor:
+    """Exact single-feature effects of a mutant's changed set (the real rows of patching), one engine batch."""
+    features = changed_features(view)
+    return view.effects(single_feature_patches(view.start, view.end, features)).effects
 
 
 def build_splice(args, layers: int, width: int, heads: int, layer: int, device: torch.device,

@@ -51,6 +51,18 @@ TABLES: dict[str, list[str]] = {
                             "space"],
     # then one freq_<protein> column per protein
     "universal_features": ["feature", "label", "layer", "proteins"],
+    # spread over positions (METHOD.md "Spread over positions")
+    "positions": ["mutant", "position", "residue", "effect", "layer"],
+    "positions_summary": ["mutant", "site_effect", "all_effect", "negligible", "site_share", "layer"],
+    "site_share": ["protein", "layer", "n_mutants", "n_negligible", "site_share_mean", "site_share_sem",
+                   "site_share_median", "all_effect_mean_abs", "site_effect_mean_abs"],
+    # attribution agreement (METHOD.md "Attribution agreement")
+    "agreement_mutants": ["protein", "layer", "mutant", "n_changed", "spearman_atp", "spearman_ig", "top10_atp",
+                          "top10_ig", "top10_chance", "atp_linear_error", "k", "d_sae", "space"],
+    "attribution_agreement": ["protein", "layer", "n_mutants", "spearman_atp_mean", "spearman_atp_sem",
+                              "spearman_ig_mean", "spearman_ig_sem", "top10_atp_mean", "top10_atp_sem",
+                              "top10_ig_mean", "top10_ig_sem", "top10_chance_mean", "atp_linear_error_median", "k",
+                              "d_sae", "space"],
     # feature labels (METHOD.md "Feature characterization")
     "feature_labels": ["layer", "feature", "n_active", "frequency", "max_activation", "top_residue", "precision",
                        "recall", "f1", "identity", "promotes", "promotes_effect", "suppresses", "suppresses_effect",

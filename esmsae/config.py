@@ -22,6 +22,7 @@ from esmsae.settings import (
     FeatureSettings,
     IGSettings,
     PatchSettings,
+    PositionSettings,
     Protein,
     Runtime,
     SelectionSettings,
@@ -56,7 +57,9 @@ def parse(config: Mapping) -> Study:
     """The typed settings of a validated config; each error names the config key."""
     patching_layers = tuple(config["patching"]["layers"])
     ig_layers = tuple(config["ig"]["layers"])
-    layers = sorted(set(patching_layers) | set(ig_layers))
+    positions_layers = tuple(config["positions"]["layers"] if config["positions"]["layers"] is not None
+                             else patching_layers)
+    layers = sorted(set(patching_layers) | set(ig_layers) | set(positions_layers))
     if not layers:
         raise InputError("config keys patching.layers and ig.layers: no layer to analyse")
     sae = config["sae"]
@@ -78,6 +81,8 @@ def parse(config: Mapping) -> Study:
         ig=IGSettings(space=space, steps=g["steps"], rule=g["rule"], error_node=g["error_node"]),
         circuits=CircuitSettings(space=space, recover=c["recover"], max_k=c["max_k"], min_effect=c["min_effect"]),
         features=FeatureSettings(**config["features"]),
+        positions=PositionSettings(min_effect=config["positions"]["min_effect"]),
+        positions_layers=positions_layers,
         top_n=p["top_n"],
         runtime=runtime(config),
     )

@@ -96,7 +96,9 @@ def write_attributions(results: list[Attribution], outputs: Mapping[str, Path], 
     log.info("%s L%d: %d mutants, steps=%d rule=%s space=%s error_node=%s, median completeness error %.3g",
              meta.protein, meta.layer, len(results), settings.steps, settings.rule, settings.space,
              settings.error_node, float(np.median(errors)) if len(errors) else float("nan"))
-    attributions_file(results, settings=settings, k=meta.k, d_sae=meta.d_sae, layer=meta.layer).write(outputs["npz"])
+    arrays = attributions_file(results, steps=settings.steps, rule=settings.rule, space=settings.space,
+                               error_node=settings.error_node, k=meta.k, d_sae=meta.d_sae, layer=meta.layer)
+    arrays.write(outputs["npz"])
 
 
 IG = Analysis(rule="integrate_gradients", settings=IGSettings, run=attribute, write=write_attributions,
@@ -109,9 +111,10 @@ def attribute_protein(splice: Splice, mutants: list[Mutant], settings: IGSetting
     return analyse(IG, splice, mutants, settings, work=work)
 
 
-def attributions_file(results: list[Attribution], *, settings: IGSettings, k: int, d_sae: int,
-                      layer: int) -> Attributions:
-    """One protein's results at one layer as its file type, with the settings that made them."""
+def attributions_file(results: list[Attribution], *, steps: int, rule: str, space: str, error_node: bool, k: int,
+                      d_sae: int, layer: int) -> Attributions:
+    """One protein's results at one layer as its file type, with the settings that made them
+    (the quadrature's `steps` and `rule`, the `space`, `error_node`, the SAE's `k` and `d_sae`)."""
     return Attributions(
         mutant=np.array([r.mutant for r in results], dtype=str),
         attribution=(torch.stack([r.attribution for r in results]).cpu().numpy().astype(np.float64)
@@ -122,6 +125,5 @@ def attributions_file(results: list[Attribution], *, settings: IGSettings, k: in
         total_effect=np.array([r.total_effect for r in results], dtype=np.float64),
         completeness_error=np.array([r.completeness_error for r in results], dtype=np.float64),
         quadrature_delta=np.array([r.quadrature_delta for r in results], dtype=np.float64),
-        steps=settings.steps, rule=settings.rule, space=settings.space, k=k, d_sae=d_sae,
-        error_node=settings.error_node, layer=layer,
+        steps=steps, rule=rule, space=space, k=k, d_sae=d_sae, error_node=error_node, layer=layer,
     )

@@ -19,7 +19,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from esmsae import aggregate, attribution_figures, attribution_tables, feature_figures, figures, labels
+from esmsae import (
+    aggregate,
+    agreement,
+    attribution_figures,
+    attribution_tables,
+    comparison_figures,
+    feature_figures,
+    figures,
+    labels,
+)
 from esmsae.arrays import Attributions
 from esmsae.columns import TABLES, read_table
 from esmsae.errors import InputError
@@ -125,6 +134,16 @@ def _identity_share(inputs: Mapping[str, Path]) -> dict:
     return {"table": read_table(inputs["mutants"], "identity_share_mutants")}
 
 
+def _agreement(inputs: Mapping[str, Path]) -> dict:
+    return {"table": read_table(inputs["mutants"], "agreement_mutants")}
+
+
+def _positions(inputs: Mapping[str, Path]) -> dict:
+    return {"positions": {key: read_table(path, "positions") for key, path in keyed(inputs, "positions", PAIR).items()},
+            "summaries": {key: read_table(path, "positions_summary")
+                          for key, path in keyed(inputs, "summary", PAIR).items()}}
+
+
 @dataclass(frozen=True)
 class Figure:
     """A figure: `read` its named inputs through their types into keyword arguments, then
@@ -144,6 +163,8 @@ FIGURES = {
     "circuit_faithfulness": Figure(_curves, attribution_figures.circuit_faithfulness),
     "minimal_circuit_sizes": Figure(_sizes, attribution_figures.minimal_circuit_sizes),
     "identity_share": Figure(_identity_share, feature_figures.identity_share),
+    "attribution_agreement": Figure(_agreement, comparison_figures.attribution_agreement),
+    "position_spread": Figure(_positions, comparison_figures.position_spread),
 }
 
 
@@ -257,3 +278,24 @@ def draw_feature_card(layer: int, feature: int, labels_table: str | Path, activi
     mutants = mutants.sort_values("attribution", key=np.abs, ascending=False, kind="mergesort")
     feature_figures.feature_card(row.iloc[0], Activity.read(activity), effect.iloc[0] if len(effect) else None,
                                  mutants, png, pdf)
+
+
+# -- attribution agreement and spread over positions ---------------------------------------------
+def agreement_tables(patching: Mapping[tuple[str, int], Path], ig: Mapping[tuple[str, int], Path],
+                     atp: Mapping[tuple[str, int], Path], out: Mapping[str, Path]) -> None:
+    """Rule tabulate_agreement: exact patching against AtP and IG, per mutant and per protein × layer."""
+    by_mutant = agreement.agreement_by_mutant({key: aggregate.read_patching(patching[key]) for key in atp},
+                                              {key: Attributions.read(ig[key]) for key in atp},
+                                              {key: Attributions.read(path) for key, path in atp.items()})
+    summary = agreement.agreement_summary(by_mutant)
+    log.info("agreement with exact patching over %d mutants:\n%s", len(by_mutant),
+             summary[["protein", "layer", "spearman_atp_mean", "spearman_ig_mean", "top10_atp_mean",
+                      "top10_ig_mean"]].to_string(index=False))
+    write_csv(by_mutant, out["mutants"])
+    write_csv(summary, out["table"])
+
+
+def site_share_tables(summaries: Mapping[tuple[str, int], Path], out: str | Path) -> None:
+    """Rule tabulate_site_share: the site share per protein × layer."""
+    write_csv(agreement.site_share_table({key: read_table(path, "positions_summary")
+                                          for key, path in summaries.items()}), out)

@@ -142,6 +142,13 @@ class FeatureSettings:
 
 
 @dataclass(frozen=True)
+class PositionSettings:
+    """The ``positions`` block's science (which layers run is the study's)."""
+
+    min_effect: float  # |P_all| below it: negligible, no site share (a ratio of near-zero numbers)
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     """The ``sae.train`` block: fit SAEs instead of reading released ones."""
 
@@ -193,13 +200,20 @@ class Study:
     ig: IGSettings
     circuits: CircuitSettings
     features: FeatureSettings
+    positions: PositionSettings
+    positions_layers: tuple[int, ...]  # layers of the spread over positions
     top_n: int                        # mutants per protein in tables/top_mutations.csv
     runtime: Runtime
 
     @property
     def layers(self) -> list[int]:
         """Every layer some analysis needs an SAE for, ascending."""
-        return sorted(set(self.patching_layers) | set(self.ig_layers))
+        return sorted(set(self.patching_layers) | set(self.ig_layers) | set(self.positions_layers))
+
+    @property
+    def agreement_layers(self) -> list[int]:
+        """Layers with both exact patching and IG: where AtP is compared with them."""
+        return sorted(set(self.patching_layers) & set(self.ig_layers))
 
     @property
     def wt_seqs(self) -> dict[str, str]:

@@ -156,7 +156,7 @@ def run_analysis(analysis: Analysis, settings, job: LayerJob, runtime: Runtime, 
     work = WorkFolder(next(iter(outputs.values())), _fingerprint(analysis, settings, job, mutants, inputs))
     results = analyse(analysis, splice, mutants, settings, context=context, work=work)
     analysis.write(results, outputs, settings, LayerMeta(protein=job.protein, layer=job.layer, k=sae.k,
-                                                         d_sae=sae.info.d_sae))
+                                                         d_sae=sae.info.d_sae, wt_seq=job.wt_seq))
     work.finish()
 
 

@@ -20,6 +20,8 @@ LAYERS = STUDY.layers
 IG_LAYERS = sorted(STUDY.ig_layers)
 PATCH_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.patching_layers]
 IG_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.ig_layers]
+AGREEMENT_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.agreement_layers]
+POSITION_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.positions_layers]
 SAE_FILE = STUDY.sae_file_pattern
 
 
@@ -63,6 +65,18 @@ def consistency_file(layer):
 
 def figure_file(name, ext="png"):
     return f"{OUTDIR}/figures/{name}.{ext}"
+
+
+def atp_file(protein, layer):
+    return f"{OUTDIR}/atp/{protein}_L{layer}.npz"
+
+
+def positions_file(protein, layer, suffix=".csv"):
+    return f"{OUTDIR}/positions/{protein}_L{layer}{suffix}"
+
+
+def position_summary_file(protein, layer):
+    return positions_file(protein, layer, "_summary.csv")
 
 
 def activity_file(layer):
@@ -179,7 +193,17 @@ FIGURES = {
         "category": "Feature labels",
         "input": {"mutants": table_file("identity_share_mutants")},
     },
+    "position_spread": {
+        "category": "Spread over positions",
+        "input": by_pair("positions", positions_file, POSITION_PAIRS)
+        | by_pair("summary", position_summary_file, POSITION_PAIRS),
+    },
 }
+if AGREEMENT_PAIRS:
+    FIGURES["attribution_agreement"] = {
+        "category": "Attribution",
+        "input": {"mutants": table_file("attribution_agreement_mutants")},
+    }
 
 
 def all_targets():
@@ -208,6 +232,13 @@ def all_targets():
         )
     ]
     targets += [consistency_file(layer) for layer in IG_LAYERS]
+    targets += [position_summary_file(p, layer) for p, layer in POSITION_PAIRS]
+    targets.append(table_file("site_share"))
+    if AGREEMENT_PAIRS:
+        targets += [
+            table_file(name)
+            for name in ("attribution_agreement", "attribution_agreement_mutants")
+        ]
     targets += [figure_file(name, ext) for name in FIGURES for ext in ("png", "pdf")]
     if DMS_PROTEINS:
         targets.append(table_file("dms_correlation"))

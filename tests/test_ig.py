@@ -178,7 +178,8 @@ def test_settings_refused():
 def test_npz_and_top_table_round_trip(splices, tmp_path):
     results = attribute_protein(splices[1], MUTANTS[:2], ig_settings(steps=4))
     path = tmp_path / "P_L1.npz"
-    attributions_file(results, settings=ig_settings(steps=4), k=8, d_sae=96, layer=1).write(path)
+    attributions_file(results, steps=4, rule="gausslegendre", space="latent", error_node=True, k=8, d_sae=96,
+                      layer=1).write(path)
     data = Attributions.read(path)
     assert data.mutant.tolist() == [m.name for m in MUTANTS[:2]]
     assert data.attribution.shape == (2, 96)

@@ -75,9 +75,11 @@ PATCH_LAYERS = DEMO["patching"]["layers"]
 IG_LAYERS = DEMO["ig"]["layers"]
 PATCHING_FIGURES = ["layer_effects", "controls", "delta_vs_effect"]
 ATTRIBUTION_FIGURES = ["ig_concentration", "circuit_faithfulness", "universal_features", "minimal_circuit_sizes",
-                       "identity_share"]
+                       "identity_share", "attribution_agreement", "position_spread"]
+AGREEMENT_LAYERS = sorted(set(PATCH_LAYERS) & set(IG_LAYERS))
 SINGLE_JOBS = ["build_demo_model", "measure_sae_quality", "tabulate_patching", "tabulate_circuit_sizes",
-               "tabulate_attributions", "select_features", "label_features", "tabulate_identity_share", "all"] + [
+               "tabulate_attributions", "select_features", "label_features", "tabulate_identity_share",
+               "tabulate_agreement", "tabulate_site_share", "all"] + [
     f"plot_{name}" for name in PATCHING_FIGURES + ATTRIBUTION_FIGURES]
 N_CARDS = DEMO["features"]["max_cards"]
 
@@ -86,7 +88,8 @@ def per_protein_layer_jobs() -> dict[str, int]:
     return {"score_mutations": len(WT), "patch_features": len(WT) * len(PATCH_LAYERS),
             "integrate_gradients": len(WT) * len(IG_LAYERS), "find_circuits": len(WT) * len(IG_LAYERS),
             "tabulate_top_features": len(WT) * len(IG_LAYERS), "characterize_features": len(DEMO_LAYERS),
-            "measure_output_effects": len(DEMO_LAYERS)}
+            "measure_output_effects": len(DEMO_LAYERS), "compute_atp": len(WT) * len(AGREEMENT_LAYERS),
+            "patch_positions": len(WT) * len(PATCH_LAYERS)}
 
 
 def test_demo_runs_every_job_once(demo):
@@ -196,6 +199,29 @@ def test_demo_feature_labels_cards_and_identity_share(demo):
     share = pd.read_csv(demo.outdir / "tables" / "identity_share.csv")
     assert len(share) == len(WT) * len(IG_LAYERS) and (share["n_mutants"] == DEMO["mutations"]["n"]).all()
     assert share[["wt_identity_share_mean", "mut_identity_share_mean"]].notna().all().all()
+
+
+def test_demo_agreement_and_spread_over_positions(demo):
+    agreement = pd.read_csv(demo.outdir / "tables" / "attribution_agreement.csv")
+    assert len(agreement) == len(WT) * len(AGREEMENT_LAYERS)
+    assert (agreement["n_mutants"] == DEMO["mutations"]["n"]).all()
+    per_mutant = pd.read_csv(demo.outdir / "tables" / "attribution_agreement_mutants.csv")
+    for row in per_mutant.itertuples():  # the changed set is the patching table's real rows
+        table = pd.read_csv(demo.outdir / "patching" / f"{row.protein}_L{row.layer}.csv")
+        assert row.n_changed == ((table["mutant"] == row.mutant) & (table["control"] == "real")).sum()
+    assert per_mutant[["spearman_atp", "spearman_ig", "top10_atp", "top10_ig"]].apply(
+        lambda c: c.between(-1, 1)).all().all()
+    for protein in WT:
+        for layer in PATCH_LAYERS:
+            rows = pd.read_csv(demo.outdir / "positions" / f"{protein}_L{layer}.csv")
+            summary = pd.read_csv(demo.outdir / "positions" / f"{protein}_L{layer}_summary.csv")
+            assert list(rows.columns) == ["mutant", "position", "residue", "effect", "layer"]
+            assert len(rows) == DEMO["mutations"]["n"] * (len(WT[protein]) + 2)
+            assert list(summary.columns) == ["mutant", "site_effect", "all_effect", "negligible", "site_share", "layer"]
+            sites = rows[rows["position"] == rows["mutant"].str[1:-1].astype(int)]
+            assert (sites.set_index("mutant")["effect"] - summary.set_index("mutant")["site_effect"]).abs().max() < 1e-9
+    share = pd.read_csv(demo.outdir / "tables" / "site_share.csv")
+    assert len(share) == len(WT) * len(PATCH_LAYERS)
 
 
 @pytest.mark.parametrize("name", PATCHING_FIGURES + ATTRIBUTION_FIGURES)
