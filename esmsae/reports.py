@@ -8,10 +8,8 @@ imports makes each of the many small table and figure jobs start in about a seco
 from __future__ import annotations
 
 import logging
-import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,32 +33,10 @@ from esmsae.errors import InputError
 from esmsae.io import write_csv
 from esmsae.keys import keyed
 from esmsae.labels import Activity, shown_features
+from esmsae.logs import log_to  # noqa: F401 (the rule scripts' log set-up, re-exported)
 from esmsae.statistics import mean_sem
 
 log = logging.getLogger("esmsae")
-
-
-@contextmanager
-def log_to(path: str | Path) -> Iterator[logging.Logger]:
-    """Send the package's log to a rule's log file; record a failure there before re-raising."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="w")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        yield log
-    except InputError as err:
-        log.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except Exception:
-        log.exception("failed")
-        raise
-    finally:
-        root.removeHandler(handler)
-        handler.close()
 
 
 def correlate(scores: Mapping[str, Path], out: str | Path) -> None:

@@ -27,9 +27,9 @@ from esmsae.features import feature_activity, output_effects
 from esmsae.host import hold_freed_memory
 from esmsae.io import write_csv
 from esmsae.labels import Activity
+from esmsae.logs import log_to  # noqa: F401 (the rule scripts' log set-up, re-exported)
 from esmsae.mutations import AMINO_ACIDS, Mutant, Site, parse_mutant
 from esmsae.quality import residue_activations, sae_quality
-from esmsae.reports import log_to  # noqa: F401 (the rule scripts' log set-up, re-exported)
 from esmsae.resume import WorkFolder, file_identity, fingerprint, run_items
 from esmsae.sae import TopKSAE, load_sae, save_sae, train_sae
 from esmsae.scoring import read_scores, scores_table
