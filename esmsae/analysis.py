@@ -49,8 +49,8 @@ class Analysis(Generic[S, R]):
     """One per-mutant analysis, as the shared job runs it.
 
     `context`, when given, reads the job's extra inputs (those beside the checkpoint,
-    the SAE and the scores, e.g. IG results for circuits) once per job; `run` gets
-    what it returns.
+    the SAE and the scores, e.g. IG results for circuits) once per job, given the
+    inputs, the mutants and the settings; `run` gets what it returns.
     """
 
     rule: str                                                    # the rule that runs it; names its work
@@ -58,7 +58,7 @@ class Analysis(Generic[S, R]):
     run: Callable[[MutantView, S, Any], R]
     write: Callable[[list[R], Mapping[str, Path], S, LayerMeta], None]
     summary: Callable[[R], str]
-    context: Callable[[Mapping[str, Path], list[Mutant]], Any] | None = None
+    context: Callable[[Mapping[str, Path], list[Mutant], S], Any] | None = None
 
 
 def analyse(analysis: Analysis[S, R], splice: Splice, mutants: list[Mutant], settings: S, *, context: Any = None,

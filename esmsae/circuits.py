@@ -107,7 +107,7 @@ def ranked_by_ig(view: MutantView, settings: CircuitSettings, attributions: Mapp
     return circuit_curve(view, settings, attributions[view.mutant.name])
 
 
-def read_ig(inputs: Mapping[str, Path], mutants: list[Mutant]) -> dict[str, Tensor]:
+def read_ig(inputs: Mapping[str, Path], mutants: list[Mutant], settings: CircuitSettings) -> dict[str, Tensor]:
     """The job's IG attributions by mutant; they must be of exactly the selected mutants."""
     ig = Attributions.read(inputs["npz"])
     if [m.name for m in mutants] != ig.mutant.tolist():

@@ -63,6 +63,16 @@ TABLES: dict[str, list[str]] = {
                               "spearman_ig_mean", "spearman_ig_sem", "top10_atp_mean", "top10_atp_sem",
                               "top10_ig_mean", "top10_ig_sem", "top10_chance_mean", "atp_linear_error_median", "k",
                               "d_sae", "space"],
+    # cross-layer feature graphs (METHOD.md "Cross-layer feature graph")
+    "graph_nodes": ["mutant", "layer", "feature", "effect", "layer_up", "layer_down"],
+    "graph_edges": ["mutant", "layer_up", "up", "layer_down", "down", "w", "linear", "mediated", "held_effect",
+                    "chosen", "n_candidates"],
+    "graph_shares": ["mutant", "layer_up", "up", "effect", "held", "held_effect", "mediated_share", "layer_down"],
+    "graph_aggregate": ["layer_up", "up", "up_label", "layer_down", "down", "down_label", "n_mutants", "mean_w",
+                        "mean_mediated", "mean_abs_mediated"],
+    "mediated_shares": ["protein", "layer_up", "layer_down", "n_mutants", "mediated_fraction_mean",
+                        "mediated_fraction_sem", "median_feature_share", "atp_spearman_mean", "atp_missed",
+                        "atp_checked"],
     # feature labels (METHOD.md "Feature characterization")
     "feature_labels": ["layer", "feature", "n_active", "frequency", "max_activation", "top_residue", "precision",
                        "recall", "f1", "identity", "promotes", "promotes_effect", "suppresses", "suppresses_effect",
@@ -81,6 +91,8 @@ TEXT = {
     "scores": {"position": str, "wt": str, "mut": str},
     "patching": {"position": str, "control": str, "mutant": str, "space": str},
     "circuit_sizes": {"features": str},
+    "graph_shares": {"held": str},
+    "graph_edges": {"chosen": str, "mutant": str},
 }
 
 SCORE_COLUMNS = TABLES["scores"]

@@ -20,6 +20,7 @@ from esmsae.settings import (
     CircuitSettings,
     DemoSettings,
     FeatureSettings,
+    GraphSettings,
     IGSettings,
     PatchSettings,
     PositionSettings,
@@ -59,7 +60,9 @@ def parse(config: Mapping) -> Study:
     ig_layers = tuple(config["ig"]["layers"])
     positions_layers = tuple(config["positions"]["layers"] if config["positions"]["layers"] is not None
                              else patching_layers)
-    layers = sorted(set(patching_layers) | set(ig_layers) | set(positions_layers))
+    graph = config["graph"]
+    graph_layers = tuple(sorted(graph["layers"] if graph["layers"] is not None else patching_layers))
+    layers = sorted(set(patching_layers) | set(ig_layers) | set(positions_layers) | set(graph_layers))
     if not layers:
         raise InputError("config keys patching.layers and ig.layers: no layer to analyse")
     sae = config["sae"]
@@ -83,6 +86,8 @@ def parse(config: Mapping) -> Study:
         features=FeatureSettings(**config["features"]),
         positions=PositionSettings(min_effect=config["positions"]["min_effect"]),
         positions_layers=positions_layers,
+        graph=GraphSettings(layers=graph_layers, max_edges=graph["max_edges"], check_edges=graph["check_edges"],
+                            hold=graph["hold"], top_edges=graph["top_edges"], seed=graph["seed"]),
         top_n=p["top_n"],
         runtime=runtime(config),
     )

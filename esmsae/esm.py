@@ -295,6 +295,15 @@ class EsmLM:
             out[self.num_layers] = self.model.emb_layer_norm_after(x).transpose(0, 1)
         return out
 
+    def between(self, h: Tensor, start: int, end: int) -> Tensor:
+        """``h_end`` from ``h_start`` (B, T, E): blocks start+1..end, and the final norm when end = N."""
+        x = h.transpose(0, 1)
+        for block in self.model.layers[start:end]:
+            x, _ = block(x, self_attn_padding_mask=None, need_head_weights=False)
+        if end == self.num_layers and start < end:
+            x = self.model.emb_layer_norm_after(x)
+        return x.transpose(0, 1)
+
     def head(self, h: Tensor, layer: int, positions: Tensor | None = None) -> Tensor:
         """``F_ℓ(h)``: logits (B, P, V) at token `positions` (all positions when None).
 

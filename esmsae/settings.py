@@ -149,6 +149,34 @@ class PositionSettings:
 
 
 @dataclass(frozen=True)
+class GraphSettings:
+    """The ``graph`` block: cross-layer feature graphs between consecutive layers of ``layers``."""
+
+    layers: tuple[int, ...]
+    max_edges: int      # candidate edges per mutant and layer pair measured exactly (ranked by AtP)
+    check_edges: int    # further candidates measured at random, to see what AtP's cut missed
+    hold: int           # downstream features held together for an upstream feature's mediated share
+    top_edges: int      # edges kept in each mutant's graph (largest |M|)
+    seed: int
+
+
+@dataclass(frozen=True)
+class PairSettings:
+    """One graph job's science: the ``graph`` block's, the shared ``space``, and the downstream layer."""
+
+    space: str
+    max_edges: int
+    check_edges: int
+    hold: int
+    seed: int
+    layer2: int
+    k2: int             # the downstream SAE's TopK k
+
+    def __post_init__(self):
+        _check_space(self.space)
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     """The ``sae.train`` block: fit SAEs instead of reading released ones."""
 
@@ -202,13 +230,15 @@ class Study:
     features: FeatureSettings
     positions: PositionSettings
     positions_layers: tuple[int, ...]  # layers of the spread over positions
+    graph: GraphSettings
     top_n: int                        # mutants per protein in tables/top_mutations.csv
     runtime: Runtime
 
     @property
     def layers(self) -> list[int]:
         """Every layer some analysis needs an SAE for, ascending."""
-        return sorted(set(self.patching_layers) | set(self.ig_layers) | set(self.positions_layers))
+        return sorted(set(self.patching_layers) | set(self.ig_layers) | set(self.positions_layers)
+                      | set(self.graph.layers))
 
     @property
     def agreement_layers(self) -> list[int]:
@@ -224,6 +254,19 @@ class Study:
     def sae_file_pattern(self) -> str:
         """The SAE file path with a ``{layer}`` wildcard."""
         return str(Path(self.sae_dir) / self.sae_pattern)
+
+    @property
+    def graph_pairs(self) -> list[tuple[int, int]]:
+        """Consecutive layers of ``graph.layers``: (ℓ1, ℓ2)."""
+        layers = sorted(self.graph.layers)
+        return list(zip(layers[:-1], layers[1:], strict=True))
+
+    def pair_settings(self, layer: int) -> PairSettings:
+        """The graph job from `layer` to the next graph layer."""
+        down = dict(self.graph_pairs)[int(layer)]
+        g = self.graph
+        return PairSettings(space=self.ig.space, max_edges=g.max_edges, check_edges=g.check_edges, hold=g.hold,
+                            seed=g.seed, layer2=down, k2=self.sae_k[down])
 
     def layer_job(self, protein: str, layer: int) -> LayerJob:
         return LayerJob(protein=protein, wt_seq=self.proteins[protein].wt_seq, layer=int(layer),

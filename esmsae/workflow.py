@@ -152,7 +152,7 @@ def run_analysis(analysis: Analysis, settings, job: LayerJob, runtime: Runtime, 
     sae = open_sae(inputs["sae"], job.k, lm, job.layer)
     mutants = selected_mutants(job.wt_seq, inputs["scores"])
     splice = Splice(lm, sae, job.wt_seq, job.layer, runtime.batch_size, protein=job.protein)
-    context = analysis.context(inputs, mutants) if analysis.context else None
+    context = analysis.context(inputs, mutants, settings) if analysis.context else None
     work = WorkFolder(next(iter(outputs.values())), _fingerprint(analysis, settings, job, mutants, inputs))
     results = analyse(analysis, splice, mutants, settings, context=context, work=work)
     analysis.write(results, outputs, settings, LayerMeta(protein=job.protein, layer=job.layer, k=sae.k,

@@ -1,0 +1,227 @@
+"""Cross-layer feature graphs: the two-SAE splice against fair-esm, and the graph's bookkeeping in closed form."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import xml.etree.ElementTree as ElementTree
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from esmsae.engine import Effects, LayerPair
+from esmsae.graph import PairContext, link
+from esmsae.graph_tables import aggregate_edges, edge_ranking_agreement, graphml, mediation_table, mutant_graph
+from esmsae.mutations import parse_mutant
+from esmsae.patching import changed_features, single_feature_patches
+from esmsae.scoring import wt_log_probs, wt_marginal
+from esmsae.settings import PairSettings
+
+from .conftest import LAYERS, WT, splice_every_layer
+from .reference import hooked_logits, score_from_logits
+
+SEQ = WT["PR40A_HUMAN"]
+PAIRS = [(a, b) for a in LAYERS for b in LAYERS if a < b]
+MUTANT = parse_mutant("K7P", SEQ)
+DOUBLE = parse_mutant("W4A:N38Y", SEQ)
+
+
+@pytest.fixture(scope="module")
+def splices(lm, saes):
+    return splice_every_layer(lm, saes, SEQ)
+
+
+def full_view(splice, mutant):
+    return splice.view(mutant, splice.hidden([mutant.apply(SEQ)])[0], "latent")
+
+
+def settings(layer2: int, **changes) -> PairSettings:
+    values = dict(space="latent", max_edges=12, check_edges=6, hold=3, seed=0, layer2=layer2, k2=8)
+    return PairSettings(**(values | changes))
+
+
+def hooked_two_layers(lm, layer1, replace1, layer2, edit2):
+    """fair-esm's forward with h_ℓ1 replaced at positions (`replace1`) and h_ℓ2 edited by `edit2(h)`."""
+    model = lm.model
+
+    def module(layer):
+        return model.layers[layer - 1] if layer < model.num_layers else model.emb_layer_norm_after
+
+    def first(_m, _i, output):
+        x = (output[0] if isinstance(output, tuple) else output).clone()
+        for pos, vec in replace1.items():
+            x[pos, 0] = vec
+        return (x, *output[1:]) if isinstance(output, tuple) else x
+
+    def second(_m, _i, output):
+        x = (output[0] if isinstance(output, tuple) else output).clone()
+        x = edit2(x)
+        return (x, *output[1:]) if isinstance(output, tuple) else x
+
+    handles = [module(layer1).register_forward_hook(first), module(layer2).register_forward_hook(second)]
+    try:
+        with torch.no_grad():
+            return model(lm.tokenize([SEQ]))["logits"][0]
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("layer1,layer2", PAIRS)
+def test_the_two_sae_splice_is_the_model_when_nothing_changes(lm, saes, splices, layer1, layer2):
+    pair = LayerPair(splices[layer1], saes[layer2], layer2)
+    with torch.no_grad():
+        logits = lm.head(lm.between(splices[layer1].h, layer1, layer2), layer2)
+        assert torch.equal(logits, lm.logits(splices[layer1].tokens))  # bit for bit
+    view = full_view(splices[layer1], MUTANT)
+    effects, w = pair.links(view, view.start.unsqueeze(0), torch.zeros(1, saes[layer2].info.d_sae, dtype=torch.bool))
+    assert float(effects.effects[0]) == 0.0 and bool((w == 0).all())
+    assert float(effects.baseline[0]) == wt_marginal(lm, wt_log_probs(lm, SEQ), [MUTANT])[0]
+
+
+@pytest.mark.parametrize("layer1,layer2", PAIRS)
+def test_holding_nothing_is_the_one_layer_patch_exactly(saes, splices, layer1, layer2):
+    pair = LayerPair(splices[layer1], saes[layer2], layer2)
+    for mutant in (MUTANT, DOUBLE):
+        view = full_view(splices[layer1], mutant)
+        up = changed_features(view)
+        patches = single_feature_patches(view.start, view.end, up)
+        two, _ = pair.links(view, patches, torch.zeros(len(up), saes[layer2].info.d_sae, dtype=torch.bool))
+        one = view.effects(patches)
+        assert torch.equal(two.effects, one.effects)
+
+
+@pytest.mark.parametrize("layer1,layer2", PAIRS)
+def test_edges_and_held_effects_equal_hooked_fair_esm(lm, saes, splices, layer1, layer2):
+    """w(a→b): encode a hooked forward's h_ℓ2 with the ℓ2 SAE; effect_a|b: a hooked forward with both edits."""
+    pair = LayerPair(splices[layer1], saes[layer2], layer2)
+    view = full_view(splices[layer1], MUTANT)
+    site = MUTANT.sites[0].pos
+    sae1, sae2 = saes[layer1], saes[layer2]
+    up = changed_features(view)[:3]
+    z2_wt = pair.code2([site]).z[0]
+    base = score_from_logits(hooked_logits(lm, SEQ, layer1, {}), lm, MUTANT)
+    for a in up.tolist():
+        z = view.wt.z[0].clone()
+        z[a] = view.mut.z[0, a]
+        vec1 = sae1.decode(z, view.wt.mu[0], view.wt.sigma[0]) + view.wt.error[0]
+        captured = {}
+
+        def capture(h, captured=captured):
+            captured["h2"] = h[site, 0].clone()
+            return h
+
+        hooked_two_layers(lm, layer1, {site: vec1}, layer2, capture)
+        _, z2_a, _, sigma_a = sae2.encode(captured["h2"])
+        w_ref = z2_a - z2_wt
+        b = int(torch.argmax(w_ref.abs()))
+        effects, w = pair.links(view, single_feature_patches(view.start, view.end, torch.tensor([a, a])),
+                                torch.stack([torch.zeros(sae2.info.d_sae, dtype=torch.bool),
+                                             torch.nn.functional.one_hot(torch.tensor(b), sae2.info.d_sae).bool()]))
+        assert (w[0, 0] - w_ref).abs().max() <= 1e-5
+
+        def hold(h, b=b, w_ref=w_ref, sigma_a=sigma_a):
+            h[site, 0] = h[site, 0] - w_ref[b] * sae2.w_dec[b] * sigma_a[0]
+            return h
+
+        held = hooked_two_layers(lm, layer1, {site: vec1}, layer2, hold)
+        assert abs(float(effects.effects[1]) - (score_from_logits(held, lm, MUTANT) - base)) <= 1e-5
+
+
+def linear_context(lm, saes, splices, layer1, layer2, seed=0):
+    """A stand-in for the two-SAE splice whose mediated effects are known in closed form:
+    ``effect_a|H = c_a + Σ_{b ∉ H} W[a, b] g_b``, with g the real ∂S/∂z_b at the WT at ℓ2 (so AtP's linear
+    estimate ``W[a, b] g_b`` is exact: M(a→b) = W[a, b] g_b)."""
+    view = full_view(splices[layer1], MUTANT)
+    ctx = PairContext(saes[layer2], settings(layer2))
+    _, lower = ctx.for_engine(splices[layer1])
+    with torch.no_grad():
+        states2 = lm.between(view.hidden.unsqueeze(0), layer1, layer2)[0]
+    view2 = lower.view(MUTANT, states2, "latent")
+    v = view2.start.unsqueeze(0).clone().requires_grad_(True)
+    slope = view2.differentiate(lambda score: torch.autograd.grad(score(v).sum(), v)[0][0]).sum(0)
+    up, down = changed_features(view), changed_features(view2)
+    d1, d2 = saes[layer1].info.d_sae, saes[layer2].info.d_sae
+    rng = np.random.default_rng(seed)
+    W = torch.zeros(d1, d2, dtype=torch.float64)
+    W[np.ix_(up.numpy(), down.numpy())] = torch.tensor(rng.normal(size=(len(up), len(down))) *
+                                                       (rng.random((len(up), len(down))) < 0.5))
+    c = torch.tensor(rng.normal(size=d1) * 0.01)
+
+    class Linear:
+        sae2 = SimpleNamespace(info=SimpleNamespace(d_sae=d2))
+
+        def links(self, view, values, hold):
+            a = torch.nonzero(values != view.start.unsqueeze(0))[:, 2]  # the one feature each row patches
+            through = W[a] * slope.double()
+            effects = c[a] + (through * ~hold).sum(-1)
+            return Effects(scores=effects, baseline=torch.zeros_like(effects), effects=effects), W[a].unsqueeze(1)
+
+    ctx._built[id(splices[layer1])] = (Linear(), lower)
+    return view, ctx, W, c, slope.double(), up
+
+
+@pytest.mark.parametrize("layer1,layer2", [(1, 2), (2, 4)])
+def test_mediated_effects_and_shares_in_closed_form(lm, saes, splices, layer1, layer2):
+    view, ctx, W, c, g, up = linear_context(lm, saes, splices, layer1, layer2)
+    result = link(view, settings(layer2), ctx)
+    M = W * g  # M(a→b) = W[a, b] g_b
+    for r in result.edges.itertuples():
+        assert r.mediated == pytest.approx(float(M[r.up, r.down]), abs=1e-12)
+        assert r.linear == pytest.approx(float(M[r.up, r.down]), abs=1e-9)  # AtP exact for a linear model
+        assert r.w == pytest.approx(float(W[r.up, r.down]))
+    kept = result.edges[result.edges["chosen"] == "atp"]
+    candidates = int((W[up] != 0).sum())
+    assert result.n_candidates == candidates and len(kept) == min(12, candidates)
+    assert kept["mediated"].abs().min() >= result.edges.loc[result.edges["chosen"] == "check", "mediated"].abs().max()
+    for r in result.shares.itertuples():
+        held = [int(b) for b in r.held.split(";")]
+        expected_top = kept[kept["up"] == r.up].sort_values("mediated", key=np.abs, ascending=False)["down"][:3]
+        assert held == expected_top.tolist()
+        effect = float(c[r.up] + M[r.up].sum())
+        assert r.effect == pytest.approx(effect, abs=1e-12)
+        assert r.mediated_share == pytest.approx(float(M[r.up, held].sum()) / effect, rel=1e-9)
+    agreement = edge_ranking_agreement(result.edges.assign(mutant=MUTANT.name, layer_up=layer1, layer_down=layer2))
+    assert agreement["spearman"].iloc[0] == pytest.approx(1.0) and agreement["n_missed"].iloc[0] == 0
+
+
+def test_check_edges_are_seeded_and_outside_the_kept_ones(lm, saes, splices):
+    view, ctx, *_ = linear_context(lm, saes, splices, 1, 3)
+    one = link(view, settings(3, max_edges=5, check_edges=4), ctx)
+    two = link(view, settings(3, max_edges=5, check_edges=4), ctx)
+    other = link(view, settings(3, max_edges=5, check_edges=4, seed=9), ctx)
+    pd.testing.assert_frame_equal(one.edges, two.edges)
+    keys = {(r.up, r.down) for r in one.edges.itertuples() if r.chosen == "atp"}
+    checks = {(r.up, r.down) for r in one.edges.itertuples() if r.chosen == "check"}
+    assert len(checks) == 4 and not keys & checks
+    assert checks != {(r.up, r.down) for r in other.edges.itertuples() if r.chosen == "check"}
+
+
+def test_graph_files_and_tables_by_hand():
+    nodes = pd.DataFrame({"layer": [2, 2, 4], "feature": [1, 5, 7], "effect": [0.5, -0.2, 0.1]})
+    edges = pd.DataFrame({"mutant": "A1C", "layer_up": 2, "up": [1, 5, 1], "layer_down": 4, "down": [7, 7, 9],
+                          "w": [0.3, -0.1, 0.2], "linear": [0.1, 0.05, 0.0], "mediated": [0.2, -0.4, 0.01],
+                          "held_effect": [0.3, 0.2, 0.49], "chosen": ["atp", "atp", "check"]})
+    one = mutant_graph("P", "A1C", nodes, edges, {(2, 1): "L-identity; promotes L"}, top_edges=1)
+    assert [e["M"] for e in one["edges"]] == [-0.4]  # the largest |M| among measured edges; checks never drawn
+    assert {n["id"] for n in one["nodes"]} == {"L2_F5", "L4_F7"}
+    assert json.loads(json.dumps(one))["nodes"][0]["effect"] == -0.2
+    root = ElementTree.fromstring(graphml(mutant_graph("P", "A1C", nodes, edges, {(2, 1): "L & <x>"}, 5)))
+    ns = {"g": "http://graphml.graphdrawing.org/xmlns"}
+    assert len(root.findall(".//g:node", ns)) == 3 and len(root.findall(".//g:edge", ns)) == 2
+    assert any(d.text == "L & <x>" for d in root.findall(".//g:data", ns))  # labels escaped, read back
+    second = edges.assign(mutant="D2E", mediated=[0.4, -0.2, 0.3])
+    table = aggregate_edges(pd.concat([edges, second]), {})
+    assert table[["up", "down", "n_mutants"]].values.tolist() == [[1, 7, 2], [5, 7, 2]]
+    assert table.loc[0, "mean_mediated"] == pytest.approx(0.3)
+    shares = pd.DataFrame({"mutant": ["A1C", "A1C", "D2E"], "layer_up": 2, "up": [1, 5, 1], "effect": [0.5, -0.2, 1.0],
+                           "held": ["7", "7", "7"], "held_effect": [0.3, 0.2, 0.5], "mediated_share": [0.4, 2.0, 0.5],
+                           "layer_down": 4})
+    summary = mediation_table({"P": shares}, {"P": pd.concat([edges, second])}).iloc[0]
+    # per mutant Σ|effect − held| / Σ|effect|: A1C (0.2 + 0.4) / 0.7, D2E 0.5 / 1.0
+    assert summary["mediated_fraction_mean"] == pytest.approx((0.6 / 0.7 + 0.5) / 2)
+    assert summary["atp_checked"] == 2 and summary["atp_missed"] == 1  # D2E's check (|M| 0.3) beats its kept 0.2
+    assert dataclasses.is_dataclass(settings(2))
