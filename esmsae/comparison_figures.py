@@ -122,3 +122,45 @@ def position_spread(positions: Keyed, summaries: Keyed, png: PathLike, pdf: Path
 
 def _sites(mutant: str) -> list[int]:
     return [int(site[1:-1]) for site in mutant.split(":")]
+
+
+def feature_graph(aggregate: pd.DataFrame, layers: list[int], png: PathLike, pdf: PathLike, protein: str = "",
+                  top: int = 15) -> Figure:
+    """A protein's strongest paths: layers as columns, the `top` aggregate edges (most mutants, then
+    largest mean |M|), nodes named by feature and label, edge width by mean |M| (red: M > 0, blue: M < 0),
+    the number of mutants beside each edge. `aggregate` is ``graph/{protein}_aggregate.csv``."""
+    edges = aggregate.head(top)
+    fig = Figure(figsize=(4.2 * max(len(layers), 2), 7.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.axis("off")
+    column = {layer: i for i, layer in enumerate(sorted(layers))}
+    nodes: dict[int, list[tuple[int, str]]] = {layer: [] for layer in column}
+    for r in edges.itertuples():
+        for layer, feature, label in ((r.layer_up, r.up, r.up_label), (r.layer_down, r.down, r.down_label)):
+            if (feature, label) not in nodes.setdefault(int(layer), []):
+                nodes[int(layer)].append((int(feature), str(label) if isinstance(label, str) else ""))
+    place = {}
+    for layer, members in nodes.items():
+        for i, (feature, _) in enumerate(members):
+            place[(layer, feature)] = (column.get(layer, 0), 1 - (i + 0.5) / max(len(members), 1))
+    widest = float(edges["mean_abs_mediated"].max()) if len(edges) else 1.0
+    for r in edges.itertuples():
+        (x1, y1), (x2, y2) = place[(int(r.layer_up), int(r.up))], place[(int(r.layer_down), int(r.down))]
+        width = 0.5 + 6 * float(r.mean_abs_mediated) / widest if widest > 0 else 1
+        ax.plot([x1, x2], [y1, y2], color="C3" if r.mean_mediated > 0 else "C0", linewidth=width, alpha=0.6,
+                solid_capstyle="round", zorder=1)
+        ax.text((x1 + x2) / 2, (y1 + y2) / 2, f"{int(r.n_mutants)}", fontsize="x-small", color="0.3", ha="center")
+    for (layer, feature), (x, y) in place.items():
+        label = dict(nodes[layer]).get(feature, "")
+        ax.scatter([x], [y], s=60, color="0.15", zorder=2)
+        ax.text(x + 0.03, y, f"F{feature}  {label[:34]}", fontsize="small", va="center", zorder=3)
+    for layer, x in column.items():
+        ax.text(x, 1.03, f"layer {layer}", ha="center", fontsize="medium", fontweight="bold")
+    if not len(edges):
+        _note(ax, "no measured edges")
+    ax.set_xlim(-0.2, max(len(column) - 1, 1) + 0.9)
+    ax.set_ylim(-0.02, 1.08)
+    fig.suptitle(f"{protein}: strongest mediated paths across mutants (width: mean |M|; red M > 0, blue M < 0; "
+                 "numbers: mutants with the edge)")
+    save(fig, png, pdf)
+    return fig

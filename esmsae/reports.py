@@ -25,6 +25,7 @@ from esmsae import (
     comparison_figures,
     feature_figures,
     figures,
+    graph_tables,
     labels,
 )
 from esmsae.arrays import Attributions
@@ -110,6 +111,10 @@ def _identity_share(inputs: Mapping[str, Path]) -> dict:
     return {"table": read_table(inputs["mutants"], "identity_share_mutants")}
 
 
+def _graph(inputs: Mapping[str, Path]) -> dict:
+    return {"aggregate": read_table(inputs["aggregate"], "graph_aggregate")}
+
+
 def _agreement(inputs: Mapping[str, Path]) -> dict:
     return {"table": read_table(inputs["mutants"], "agreement_mutants")}
 
@@ -141,6 +146,7 @@ FIGURES = {
     "identity_share": Figure(_identity_share, feature_figures.identity_share),
     "attribution_agreement": Figure(_agreement, comparison_figures.attribution_agreement),
     "position_spread": Figure(_positions, comparison_figures.position_spread),
+    "feature_graph": Figure(_graph, comparison_figures.feature_graph),
 }
 
 
@@ -275,3 +281,45 @@ def site_share_tables(summaries: Mapping[tuple[str, int], Path], out: str | Path
     """Rule tabulate_site_share: the site share per protein × layer."""
     write_csv(agreement.site_share_table({key: read_table(path, "positions_summary")
                                           for key, path in summaries.items()}), out)
+
+
+# -- cross-layer feature graphs ------------------------------------------------------------------
+def assemble_graphs(protein: str, nodes: Mapping[int, Path], edges: Mapping[int, Path], labels_table: str | Path,
+                    top_edges: int, out_dir: str | Path, aggregate_csv: str | Path,
+                    aggregate_graphml: str | Path) -> None:
+    """Rule assemble_graphs: each mutant's graph over every layer pair (JSON and GraphML), and the
+    protein's aggregate: edges recurring across mutants, with counts."""
+    names = labels.label_lookup(read_table(labels_table, "feature_labels"))
+    all_nodes = pd.concat([read_table(path, "graph_nodes") for path in nodes.values()], ignore_index=True)
+    all_edges = pd.concat([read_table(path, "graph_edges") for path in edges.values()], ignore_index=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mutants = list(dict.fromkeys(all_nodes["mutant"].tolist()))
+    for mutant in mutants:
+        one = graph_tables.mutant_graph(protein, mutant, all_nodes[all_nodes["mutant"] == mutant],
+                                 all_edges[all_edges["mutant"] == mutant], names, top_edges)
+        graph_tables.write_json(one, out_dir / f"{protein}_{mutant}.json")
+        graph_tables.write_text(graph_tables.graphml(one), out_dir / f"{protein}_{mutant}.graphml")
+    table = graph_tables.aggregate_edges(all_edges, names)
+    write_csv(table, aggregate_csv)
+    top = table.head(top_edges)
+    keys = sorted({(r.layer_up, r.up) for r in top.itertuples()} | {(r.layer_down, r.down) for r in top.itertuples()})
+    aggregate = {"protein": protein, "mutant": "aggregate",
+                 "nodes": [{"id": f"L{la}_F{f}", "layer": la, "feature": f, "label": names.get((la, f), "")}
+                           for la, f in keys],
+                 "edges": [{"source": f"L{r.layer_up}_F{r.up}", "target": f"L{r.layer_down}_F{r.down}",
+                            "w": r.mean_w, "M": r.mean_mediated, "n_mutants": r.n_mutants} for r in top.itertuples()]}
+    graph_tables.write_text(graph_tables.graphml(aggregate), aggregate_graphml)
+    log.info("%s: graphs of %d mutants; %d distinct measured edges, the most recurrent in %d mutants", protein,
+             len(mutants), len(table), int(table["n_mutants"].max()) if len(table) else 0)
+
+
+def mediation_tables(shares: Mapping[tuple[str, int], Path], edges: Mapping[tuple[str, int], Path],
+                     out: str | Path) -> None:
+    """Rule tabulate_mediation: mediated shares by protein and layer pair, and AtP's edge ranking."""
+    proteins = list(dict.fromkeys(p for p, _ in shares))
+
+    def by_protein(files: Mapping[tuple[str, int], Path], kind: str) -> dict[str, pd.DataFrame]:
+        return {p: pd.concat([read_table(path, kind) for (q, _), path in files.items() if q == p]) for p in proteins}
+
+    write_csv(graph_tables.mediation_table(by_protein(shares, "graph_shares"), by_protein(edges, "graph_edges")), out)

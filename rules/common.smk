@@ -22,6 +22,8 @@ PATCH_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.patching_layers]
 IG_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.ig_layers]
 AGREEMENT_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.agreement_layers]
 POSITION_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.positions_layers]
+# Graph jobs: one per protein and upstream layer (every graph layer but the last).
+GRAPH_PAIRS = [(p, up) for p in PROTEINS for up, _ in STUDY.graph_pairs]
 SAE_FILE = STUDY.sae_file_pattern
 
 
@@ -77,6 +79,37 @@ def positions_file(protein, layer, suffix=".csv"):
 
 def position_summary_file(protein, layer):
     return positions_file(protein, layer, "_summary.csv")
+
+
+def graph_pair_file(protein, layer, kind):
+    return f"{OUTDIR}/graph/pairs/{protein}_L{layer}_{kind}.csv"
+
+
+def graph_shares_file(protein, layer):
+    return graph_pair_file(protein, layer, "shares")
+
+
+def graph_edges_file(protein, layer):
+    return graph_pair_file(protein, layer, "edges")
+
+
+def downstream_sae(wildcards):
+    """The SAE of the next graph layer after the job's."""
+    return {"sae2": sae_file(STUDY.pair_settings(wildcards.layer).layer2)}
+
+
+def pair_params(wildcards):
+    """Params: the graph job's science (its downstream layer and that SAE's k included)."""
+    return as_params(STUDY.pair_settings(wildcards.layer))
+
+
+def graph_pair_inputs(wildcards):
+    """One protein's graph tables of every layer pair, keyed by kind and upstream layer."""
+    return {
+        key(kind, up): graph_pair_file(wildcards.protein, up, kind)
+        for up, _ in STUDY.graph_pairs
+        for kind in ("nodes", "edges")
+    }
 
 
 def activity_file(layer):
@@ -199,6 +232,14 @@ FIGURES = {
         | by_pair("summary", position_summary_file, POSITION_PAIRS),
     },
 }
+for graph_protein in PROTEINS if GRAPH_PAIRS else []:
+    FIGURES[f"feature_graph_{graph_protein}"] = {
+        "category": "Feature graphs",
+        "draw": "feature_graph",
+        "input": {"aggregate": f"{OUTDIR}/graph/{graph_protein}_aggregate.csv"},
+        "options": {"layers": list(STUDY.graph.layers), "protein": graph_protein},
+        "caption": "feature_graph",
+    }
 if AGREEMENT_PAIRS:
     FIGURES["attribution_agreement"] = {
         "category": "Attribution",
@@ -233,6 +274,10 @@ def all_targets():
     ]
     targets += [consistency_file(layer) for layer in IG_LAYERS]
     targets += [position_summary_file(p, layer) for p, layer in POSITION_PAIRS]
+    if GRAPH_PAIRS:
+        targets.append(table_file("mediated_shares"))
+        targets += [f"{OUTDIR}/graph/{p}" for p in PROTEINS]
+        targets += [f"{OUTDIR}/graph/{p}_aggregate.graphml" for p in PROTEINS]
     targets.append(table_file("site_share"))
     if AGREEMENT_PAIRS:
         targets += [

@@ -9,7 +9,7 @@ for name, spec in FIGURES.items():
         output:
             png=report(
                 figure_file(name),
-                caption=f"report/{name}.rst",
+                caption=f"report/{spec.get('caption', name)}.rst",
                 category=spec["category"],
             ),
             pdf=figure_file(name, "pdf"),
@@ -19,7 +19,7 @@ for name, spec in FIGURES.items():
             f"{OUTDIR}/benchmarks/figures/{name}.tsv"
         localrule: True
         params:
-            figure=name,
+            figure=spec.get("draw", name),
             options=spec.get("options", {}),
         script:
             "../workflow_scripts/plot_figure.py"

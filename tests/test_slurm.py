@@ -47,13 +47,14 @@ GPU_RULES = sorted(PROFILE["set-resources"])
 
 
 def is_local(rule: str) -> bool:
-    return rule in ("all", "correlate_dms", "select_features", "label_features", "draw_feature_card") or \
+    return rule in ("all", "correlate_dms", "select_features", "label_features", "draw_feature_card",
+                    "assemble_graphs") or \
         rule.startswith(("tabulate_", "plot_"))
 
 
 # The demo at one layer (every rule, 25 jobs instead of 43): the plugin polls job states at
 # growing intervals, so each step of the DAG costs half a minute here whatever its size.
-ONE_LAYER = {"patching": {"layers": [2]}, "ig": {"layers": [2]}}
+ONE_LAYER = {"patching": {"layers": [2]}, "ig": {"layers": [2]}, "graph": {"layers": [2, 4]}}
 # A 2-core machine: a few jobs at a time, one thread each (as in the demo profile), and status
 # polls from 1 s on instead of the plugin's 40 s. Resources stay the profile's.
 SMALL_MACHINE = ("--jobs", "6", "--set-threads", *(f"{rule}=1" for rule in GPU_RULES),

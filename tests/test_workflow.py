@@ -75,11 +75,13 @@ PATCH_LAYERS = DEMO["patching"]["layers"]
 IG_LAYERS = DEMO["ig"]["layers"]
 PATCHING_FIGURES = ["layer_effects", "controls", "delta_vs_effect"]
 ATTRIBUTION_FIGURES = ["ig_concentration", "circuit_faithfulness", "universal_features", "minimal_circuit_sizes",
-                       "identity_share", "attribution_agreement", "position_spread"]
+                       "identity_share", "attribution_agreement", "position_spread",
+                       *(f"feature_graph_{protein}" for protein in WT)]
+GRAPH_LAYERS = sorted(DEMO["graph"]["layers"])
 AGREEMENT_LAYERS = sorted(set(PATCH_LAYERS) & set(IG_LAYERS))
 SINGLE_JOBS = ["build_demo_model", "measure_sae_quality", "tabulate_patching", "tabulate_circuit_sizes",
                "tabulate_attributions", "select_features", "label_features", "tabulate_identity_share",
-               "tabulate_agreement", "tabulate_site_share", "all"] + [
+               "tabulate_agreement", "tabulate_site_share", "tabulate_mediation", "all"] + [
     f"plot_{name}" for name in PATCHING_FIGURES + ATTRIBUTION_FIGURES]
 N_CARDS = DEMO["features"]["max_cards"]
 
@@ -89,7 +91,8 @@ def per_protein_layer_jobs() -> dict[str, int]:
             "integrate_gradients": len(WT) * len(IG_LAYERS), "find_circuits": len(WT) * len(IG_LAYERS),
             "tabulate_top_features": len(WT) * len(IG_LAYERS), "characterize_features": len(DEMO_LAYERS),
             "measure_output_effects": len(DEMO_LAYERS), "compute_atp": len(WT) * len(AGREEMENT_LAYERS),
-            "patch_positions": len(WT) * len(PATCH_LAYERS)}
+            "patch_positions": len(WT) * len(PATCH_LAYERS), "link_layers": len(WT) * (len(GRAPH_LAYERS) - 1),
+            "assemble_graphs": len(WT)}
 
 
 def test_demo_runs_every_job_once(demo):
@@ -222,6 +225,28 @@ def test_demo_agreement_and_spread_over_positions(demo):
             assert (sites.set_index("mutant")["effect"] - summary.set_index("mutant")["site_effect"]).abs().max() < 1e-9
     share = pd.read_csv(demo.outdir / "tables" / "site_share.csv")
     assert len(share) == len(WT) * len(PATCH_LAYERS)
+
+
+def test_demo_graphs_for_every_mutant(demo):
+    import json
+    import xml.etree.ElementTree as ElementTree
+
+    labels = pd.read_csv(demo.outdir / "tables" / "feature_labels.csv")
+    names = {(r.layer, r.feature): r.label for r in labels.itertuples()}
+    for protein in WT:
+        scores = pd.read_csv(demo.outdir / "scores" / f"{protein}.csv")
+        for mutant in scores.loc[scores["selected"], "mutant"]:
+            graph = json.loads((demo.outdir / "graph" / protein / f"{protein}_{mutant}.json").read_text())
+            assert graph["mutant"] == mutant and 0 < len(graph["edges"]) <= DEMO["graph"].get("top_edges", 20)
+            assert {n["layer"] for n in graph["nodes"]} <= set(GRAPH_LAYERS)
+            assert all(n["label"] == names[(n["layer"], n["feature"])] for n in graph["nodes"])
+            root = ElementTree.parse(demo.outdir / "graph" / protein / f"{protein}_{mutant}.graphml").getroot()
+            assert len(root.findall(".//{http://graphml.graphdrawing.org/xmlns}edge")) == len(graph["edges"])
+        aggregate = pd.read_csv(demo.outdir / "graph" / f"{protein}_aggregate.csv")
+        assert aggregate["n_mutants"].max() >= 2  # edges recur across mutants
+    shares = pd.read_csv(demo.outdir / "tables" / "mediated_shares.csv")
+    assert len(shares) == len(WT) * (len(GRAPH_LAYERS) - 1)
+    assert shares["atp_checked"].min() > 0 and shares["mediated_fraction_mean"].between(0, 10).all()
 
 
 @pytest.mark.parametrize("name", PATCHING_FIGURES + ATTRIBUTION_FIGURES)
