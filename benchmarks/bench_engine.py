@@ -29,13 +29,14 @@ from esmsae.circuits import circuit_curve
 from esmsae.demo import tiny_esm2
 from esmsae.engine import Splice
 from esmsae.esm import EsmLM, resolve_device
+from esmsae.graph import PairContext, link
 from esmsae.host import hold_freed_memory
 from esmsae.ig import attribute
 from esmsae.mutations import parse_mutant
 from esmsae.patching import changed_features, single_feature_patches
 from esmsae.positions import spread
 from esmsae.sae import random_sae
-from esmsae.settings import CircuitSettings, IGSettings, PositionSettings
+from esmsae.settings import CircuitSettings, IGSettings, PairSettings, PositionSettings
 
 SHAPES = {  # layers, width, heads: ESM-2 checkpoints' shapes
     "tiny": (6, 64, 4),
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--ig-steps", type=int, default=32)
     parser.add_argument("--max-k", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--graph-gap", type=int, default=2, help="blocks between the graph's two layers")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak for this precision, for the fraction")
     args = parser.parse_args()
@@ -164,6 +166,17 @@ def main() -> None:
     t_exact = timed(lambda: exact_effects(mutant_view), device, args.repeats)
     t_positions = timed(lambda: spread(mutant_view, PositionSettings(min_effect=0.0)), device, 1)
 
+    # The cross-layer graph to a second random SAE `--graph-gap` blocks later (the demo's gap): every
+    # changed feature at both layers alone, the measured edges and the held sets, all engine rows.
+    layer2 = min(layer + args.graph_gap, layers)
+    pair_settings = PairSettings(space="latent", max_edges=64, check_edges=16, hold=3, seed=0, layer2=layer2,
+                                 k2=args.k)
+    context = PairContext(random_sae(width, args.d_sae, args.k, seed=2).to(splice.sae.w_dec.dtype).to(device),
+                          pair_settings)
+    graph = link(mutant_view, pair_settings, context)
+    t_graph = timed(lambda: link(mutant_view, pair_settings, context), device, 1)
+    graph_rows = len(graph.nodes) + len(graph.edges) + 2 * len(graph.shares)
+
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
         mem = f"{peak:.0f} MiB GPU (max allocated)"
@@ -182,6 +195,10 @@ def main() -> None:
     print(f"AtP              : {t_atp:10.3f} s per mutant (one backward pass); exact patching of its {n_changed} "
           f"changed features {t_exact:.3f} s: {t_exact / t_atp:.1f} x the cost")
     print(f"positions        : {t_positions:10.3f} s per mutant ({tokens + 1} engine rows: every token, and all)")
+    n_up = int((graph.nodes["layer"] == layer).sum())
+    print(f"graph            : {t_graph:10.3f} s per mutant, layers {layer} -> {layer2} ({graph_rows} engine rows: "
+          f"{n_up} + {len(graph.nodes) - n_up} changed features, {len(graph.edges)} measured edges of "
+          f"{graph.n_candidates}, {len(graph.shares)} x 2 held sets; one backward pass)")
     print(f"peak memory      : {mem}")
     print(f"batched vs naive : {vs_naive:10.2e} max |Δ effect| over the {args.naive} naive interventions")
     print(f"batch 7 vs {args.batch:<5d} : {vs_size:10.2e} max |Δ effect| (0 on CPU at fp32)")

@@ -16,22 +16,18 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from esmsae.attribution_tables import TOP_N, Results, concentration_by_mutant, feature_consistency, ordered_results
 from esmsae.columns import SIZE_COLUMNS
-from esmsae.figures import save
+from esmsae.figures import note, save
 from esmsae.labels import Labels
 from esmsae.statistics import mean_sem
 
 PathLike = str | os.PathLike
 MAX_ROWS = 30
 
-
-def _note(ax: Axes, text: str) -> None:
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
 
 
 def ig_concentration(results: Results, png: PathLike, pdf: PathLike) -> Figure:
@@ -67,7 +63,7 @@ def ig_concentration(results: Results, png: PathLike, pdf: PathLike) -> Figure:
             ax.plot(layers, mean, color=color, linestyle=style, marker="o", label=label)
             ax.errorbar(layers, mean, yerr=sem, fmt="none", ecolor=color, capsize=0)
         if not layers:
-            _note(ax, "no IG attributions")
+            note(ax, "no IG attributions")
         ax.set_title(title, fontsize="medium")
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -124,7 +120,7 @@ def circuit_faithfulness(curves: Mapping[tuple[str, int], pd.DataFrame], png: Pa
             ax.plot(median.index.to_numpy(), median.to_numpy(), color=f"C{i}", linestyle=style,
                     marker="." if style == "-" else None, label=f"layer {layer}{suffix}")
     if not by_layer:
-        _note(ax, "no circuit curves")
+        note(ax, "no circuit curves")
     ax.axhline(0, color="0.6", linewidth=0.8)
     ax.legend(fontsize="small")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -179,7 +175,7 @@ def universal_features(results: Results, png: PathLike, pdf: PathLike, n: int = 
         ax.set_ylabel("SAE feature")
         ax.set_title(f"Top-{n} features shared across proteins, layer {peak}")
     else:
-        _note(ax, "no IG attributions")
+        note(ax, "no IG attributions")
         ax.set_title("Top features shared across proteins")
     save(fig, png, pdf)
     return fig
@@ -225,7 +221,7 @@ def minimal_circuit_sizes(sizes: pd.DataFrame, png: PathLike, pdf: PathLike, max
         ax.set_xticks(positions, labels=[str(layer) for layer in layers])
         ax.set_ylim(-0.5, max_k * 1.15 + 3)
     else:
-        _note(ax, "no circuit sizes")
+        note(ax, "no circuit sizes")
     ax.set_xlabel("layer")
     ax.set_ylabel(f"minimal circuit size, n features (≤ {max_k})")
     ax.set_title("Minimal circuit sizes")

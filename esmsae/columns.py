@@ -14,6 +14,8 @@ import pandas as pd
 from esmsae.errors import InputError
 
 CONTROLS = ("real", "noop", "stable", "random")
+# what a graph table records of its two SAEs: the upstream one's k and d_sae, the downstream one's
+PAIR_SETTINGS = ["k", "d_sae", "k_down", "d_sae_down", "space"]
 
 TABLES: dict[str, list[str]] = {
     # per protein
@@ -64,15 +66,17 @@ TABLES: dict[str, list[str]] = {
                               "top10_ig_mean", "top10_ig_sem", "top10_chance_mean", "atp_linear_error_median", "k",
                               "d_sae", "space"],
     # cross-layer feature graphs (METHOD.md "Cross-layer feature graph")
-    "graph_nodes": ["mutant", "layer", "feature", "effect", "layer_up", "layer_down"],
+    "graph_nodes": ["mutant", "layer", "feature", "effect", "layer_up", "layer_down", *PAIR_SETTINGS],
     "graph_edges": ["mutant", "layer_up", "up", "layer_down", "down", "w", "linear", "mediated", "held_effect",
-                    "chosen", "n_candidates"],
-    "graph_shares": ["mutant", "layer_up", "up", "effect", "held", "held_effect", "mediated_share", "layer_down"],
+                    "chosen", "n_candidates", *PAIR_SETTINGS],
+    "graph_shares": ["mutant", "layer_up", "up", "effect", "held", "held_effect", "mediated_share", "null_held",
+                     "null_held_effect", "null_share", "layer_down", *PAIR_SETTINGS],
     "graph_aggregate": ["layer_up", "up", "up_label", "layer_down", "down", "down_label", "n_mutants", "mean_w",
                         "mean_mediated", "mean_abs_mediated"],
     "mediated_shares": ["protein", "layer_up", "layer_down", "n_mutants", "mediated_fraction_mean",
-                        "mediated_fraction_sem", "median_feature_share", "atp_spearman_mean", "atp_missed",
-                        "atp_checked"],
+                        "mediated_fraction_sem", "null_fraction_mean", "null_fraction_sem", "frac_mutants_above_null",
+                        "wilcoxon_p", "median_feature_share", "median_null_share", "atp_spearman_mean", "atp_missed",
+                        "atp_checked", *PAIR_SETTINGS],
     # feature labels (METHOD.md "Feature characterization")
     "feature_labels": ["layer", "feature", "n_active", "frequency", "max_activation", "top_residue", "precision",
                        "recall", "f1", "identity", "promotes", "promotes_effect", "suppresses", "suppresses_effect",
@@ -91,8 +95,9 @@ TEXT = {
     "scores": {"position": str, "wt": str, "mut": str},
     "patching": {"position": str, "control": str, "mutant": str, "space": str},
     "circuit_sizes": {"features": str},
-    "graph_shares": {"held": str},
-    "graph_edges": {"chosen": str, "mutant": str},
+    "graph_nodes": {"mutant": str, "space": str},
+    "graph_shares": {"held": str, "null_held": str, "mutant": str, "space": str},
+    "graph_edges": {"chosen": str, "mutant": str, "space": str},
 }
 
 SCORE_COLUMNS = TABLES["scores"]

@@ -7,21 +7,20 @@ timestamps).
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from esmsae.figures import save
+from esmsae.figures import note, save
 from esmsae.statistics import mean_sem
 
 PathLike = str | os.PathLike
 
-
-def _note(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
 
 
 def attribution_agreement(table: pd.DataFrame, png: PathLike, pdf: PathLike) -> Figure:
@@ -51,7 +50,7 @@ def attribution_agreement(table: pd.DataFrame, png: PathLike, pdf: PathLike) -> 
             chance = table.groupby("layer")["top10_chance"].mean()
             ax.plot(chance.index.to_numpy(), chance.to_numpy(), color="0.5", linestyle=":", label="chance")
         if not proteins:
-            _note(ax, "no layer has both patching and IG")
+            note(ax, "no layer has both patching and IG")
         ax.set_title(title, fontsize="medium")
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -96,7 +95,7 @@ def position_spread(positions: Keyed, summaries: Keyed, png: PathLike, pdf: Path
             ax.set_ylim(len(layers) - 0.5, -0.5)  # the image's own extent; the marks sit on its top edge
             ax.set_yticks(np.arange(len(layers)), labels=[str(layer) for layer in layers])
         else:
-            _note(ax, "no positions")
+            note(ax, "no positions")
         ax.set_title(f"{protein}: where the mutant's layer-ℓ change moves the score", fontsize="medium", loc="left")
         ax.set_ylabel("layer")
         ax.set_xlabel("token position (0 = BOS; residue i is token i)")
@@ -109,7 +108,7 @@ def position_spread(positions: Keyed, summaries: Keyed, png: PathLike, pdf: Path
         ax.errorbar(layers, mean, yerr=np.nan_to_num(np.array([e for _, e in stats]), nan=0.0), fmt="none",
                     ecolor=f"C{i}", capsize=0)
     if not proteins:
-        _note(ax, "no positions")
+        note(ax, "no positions")
     ax.axhline(1, color="0.6", linewidth=0.8, linestyle=":")
     ax.set_title("site share Σ_sites P_site / P_all (mean ± s.e.m. over mutants)", fontsize="medium", loc="left")
     ax.set_xlabel("layer")
@@ -125,42 +124,54 @@ def _sites(mutant: str) -> list[int]:
 
 
 def feature_graph(aggregate: pd.DataFrame, layers: list[int], png: PathLike, pdf: PathLike, protein: str = "",
-                  top: int = 15) -> Figure:
-    """A protein's strongest paths: layers as columns, the `top` aggregate edges (most mutants, then
-    largest mean |M|), nodes named by feature and label, edge width by mean |M| (red: M > 0, blue: M < 0),
-    the number of mutants beside each edge. `aggregate` is ``graph/{protein}_aggregate.csv``."""
-    edges = aggregate.head(top)
-    fig = Figure(figsize=(4.2 * max(len(layers), 2), 7.5), layout="constrained")
+                  per_pair: int = 8) -> Figure:
+    """A protein's strongest paths: layers as columns, each layer pair's `per_pair` aggregate edges that
+    recur in the most mutants (then largest mean |M|), nodes named by feature and label, edge width by
+    mean |M| (red: M > 0, blue: M < 0), the number of mutants with the edge on it. `aggregate` is
+    ``graph/{protein}_aggregate.csv``, sorted that way."""
+    edges = aggregate.groupby("layer_up", sort=True).head(per_pair)
+    fig = Figure(figsize=(4.6 * max(len(layers), 2), 8), layout="constrained")
     ax = fig.add_subplot()
     ax.axis("off")
     column = {layer: i for i, layer in enumerate(sorted(layers))}
-    nodes: dict[int, list[tuple[int, str]]] = {layer: [] for layer in column}
+    nodes: dict[int, dict[int, str]] = {layer: {} for layer in column}
     for r in edges.itertuples():
         for layer, feature, label in ((r.layer_up, r.up, r.up_label), (r.layer_down, r.down, r.down_label)):
-            if (feature, label) not in nodes.setdefault(int(layer), []):
-                nodes[int(layer)].append((int(feature), str(label) if isinstance(label, str) else ""))
-    place = {}
-    for layer, members in nodes.items():
-        for i, (feature, _) in enumerate(members):
-            place[(layer, feature)] = (column.get(layer, 0), 1 - (i + 0.5) / max(len(members), 1))
+            nodes.setdefault(int(layer), {})[int(feature)] = label if isinstance(label, str) else ""
+    place: dict[tuple[int, int], tuple[float, float]] = {}
+    for layer in sorted(nodes):  # each column ordered by its upstream neighbours' heights: fewer crossings
+        def height(feature: int, layer: int = layer) -> float:
+            above = [place[(int(r.layer_up), int(r.up))][1] for r in edges.itertuples()
+                     if (int(r.layer_down), int(r.down)) == (layer, feature) and (int(r.layer_up), int(r.up)) in place]
+            return -float(np.mean(above)) if above else 0.0
+
+        members = sorted(nodes[layer], key=height)
+        place.update({(layer, f): (column.get(layer, 0), 1 - (i + 0.5) / len(members)) for i, f in enumerate(members)})
     widest = float(edges["mean_abs_mediated"].max()) if len(edges) else 1.0
+    box = {"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
     for r in edges.itertuples():
         (x1, y1), (x2, y2) = place[(int(r.layer_up), int(r.up))], place[(int(r.layer_down), int(r.down))]
-        width = 0.5 + 6 * float(r.mean_abs_mediated) / widest if widest > 0 else 1
-        ax.plot([x1, x2], [y1, y2], color="C3" if r.mean_mediated > 0 else "C0", linewidth=width, alpha=0.6,
+        width = 0.8 + 7 * float(r.mean_abs_mediated) / widest if widest > 0 else 1
+        ax.plot([x1, x2], [y1, y2], color="C3" if r.mean_mediated > 0 else "C0", linewidth=width, alpha=0.55,
                 solid_capstyle="round", zorder=1)
-        ax.text((x1 + x2) / 2, (y1 + y2) / 2, f"{int(r.n_mutants)}", fontsize="x-small", color="0.3", ha="center")
+        ax.text(x1 + 0.62 * (x2 - x1), y1 + 0.62 * (y2 - y1), f"{int(r.n_mutants)}", fontsize="x-small",
+                color="0.25", ha="center", va="center", bbox=box, zorder=2)
     for (layer, feature), (x, y) in place.items():
-        label = dict(nodes[layer]).get(feature, "")
-        ax.scatter([x], [y], s=60, color="0.15", zorder=2)
-        ax.text(x + 0.03, y, f"F{feature}  {label[:34]}", fontsize="small", va="center", zorder=3)
+        ax.scatter([x], [y], s=70, color="0.15", zorder=3)
+        label = "\n".join(textwrap.fill(part, 30) for part in nodes[layer][feature].split("; ") if part)
+        ax.text(x, y - 0.025, f"L{layer} F{feature}" + (f"\n{label}" if label else ""), fontsize="small",
+                ha="center", va="top", bbox=box, zorder=4)
     for layer, x in column.items():
-        ax.text(x, 1.03, f"layer {layer}", ha="center", fontsize="medium", fontweight="bold")
+        ax.text(x, 1.04, f"layer {layer}", ha="center", fontsize="large", fontweight="bold")
     if not len(edges):
-        _note(ax, "no measured edges")
-    ax.set_xlim(-0.2, max(len(column) - 1, 1) + 0.9)
-    ax.set_ylim(-0.02, 1.08)
-    fig.suptitle(f"{protein}: strongest mediated paths across mutants (width: mean |M|; red M > 0, blue M < 0; "
-                 "numbers: mutants with the edge)")
+        note(ax, "no measured edges")
+    ax.set_xlim(-0.35, max(len(column) - 1, 1) + 0.35)
+    ax.set_ylim(-0.06, 1.08)
+    ax.legend(handles=[Line2D([], [], color="C3", linewidth=4, alpha=0.55, label="M > 0"),
+                       Line2D([], [], color="C0", linewidth=4, alpha=0.55, label="M < 0")],
+              loc="lower center", bbox_to_anchor=(0.5, -0.06), ncol=2, frameon=False,
+              title="width: mean |M| over the mutants with the edge; number on an edge: how many mutants have it")
+    fig.suptitle(f"{protein}: per layer pair, the {per_pair} edges most recurrent across mutants "
+                 "(then by mean |M|), upstream to downstream")
     save(fig, png, pdf)
     return fig

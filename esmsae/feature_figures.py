@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from esmsae.figures import save
+from esmsae.figures import note, save
 from esmsae.labels import Activity
 from esmsae.mutations import AMINO_ACIDS
 from esmsae.statistics import mean_sem
@@ -21,9 +21,6 @@ from esmsae.statistics import mean_sem
 PathLike = str | os.PathLike
 CARD_MUTANTS = 12
 
-
-def _note(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
 
 
 def feature_card(row: pd.Series, activity: Activity, effect: pd.Series | None, mutants: pd.DataFrame,
@@ -70,7 +67,7 @@ def feature_card(row: pd.Series, activity: Activity, effect: pd.Series | None, m
         ax_out.set_title(f"(c) output effect, mean over {int(effect['n_positions'])} WT positions",
                          fontsize="medium")
     else:
-        _note(ax_out, "output effect not measured")
+        note(ax_out, "output effect not measured")
         ax_out.set_title("(c) output effect", fontsize="medium")
     ax_out.set_xticks(x, labels=list(AMINO_ACIDS))
     ax_out.set_ylabel("log p(a) − log p'(a), feature removed")
@@ -86,7 +83,7 @@ def feature_card(row: pd.Series, activity: Activity, effect: pd.Series | None, m
         table.set_fontsize(8)
         table.scale(1, 1.2)
     else:
-        _note(ax_mut, "no mutant's attribution at this layer gives it weight")
+        note(ax_mut, "no mutant's attribution at this layer gives it weight")
     ax_mut.set_title(f"(d) mutants it carries effect for ({len(mutants)}; rank by |A_j| within the mutant)",
                      fontsize="medium")
     frequency = float(row["frequency"]) if pd.notna(row["frequency"]) else float("nan")
@@ -123,7 +120,7 @@ def identity_share(table: pd.DataFrame, png: PathLike, pdf: PathLike) -> Figure:
                 ax.errorbar(layers, mean, yerr=np.nan_to_num(np.array([e for _, e in stats]), nan=0.0), fmt="none",
                             ecolor=f"C{i}", capsize=0)
         if not proteins:
-            _note(ax, "no identity shares")
+            note(ax, "no identity shares")
         ax.set_title(title, fontsize="medium")
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

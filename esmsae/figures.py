@@ -37,7 +37,8 @@ def save(fig: Figure, png: PathLike, pdf: PathLike) -> None:
         fig.savefig(tmp, format="pdf", metadata={"CreationDate": None, "Creator": None, "Producer": None})
 
 
-def _note(ax: Axes, text: str) -> None:
+def note(ax: Axes, text: str) -> None:
+    """Say in the middle of an empty panel why it is empty."""
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
 
 
@@ -77,7 +78,7 @@ def layer_effects(validation: pd.DataFrame, png: PathLike, pdf: PathLike) -> Fig
     if proteins:
         ax.legend(title="protein")
     if not proteins or not np.isfinite(real["mean_abs_effect"].to_numpy(dtype=np.float64)).any():
-        _note(ax, "no real patches")
+        note(ax, "no real patches")
     _layer_axis(ax)
     ax.set_ylabel("mean |effect| of real patches (± s.e.m. over mutants)")
     ax.set_title("Patch effect by layer")
@@ -96,7 +97,7 @@ def controls(validation: pd.DataFrame, png: PathLike, pdf: PathLike) -> Figure:
     fig = Figure(figsize=(4.6 * ncols, 3.6 * nrows), layout="constrained")
     if not proteins:
         ax = fig.add_subplot()
-        _note(ax, "no patching data")
+        note(ax, "no patching data")
         _layer_axis(ax)
         ax.set_ylabel("mean |effect|")
     for i, protein in enumerate(proteins):
@@ -110,7 +111,7 @@ def controls(validation: pd.DataFrame, png: PathLike, pdf: PathLike) -> Figure:
             ax.errorbar(layers, mean, yerr=np.nan_to_num(part["sem_abs_effect"].to_numpy(dtype=np.float64), nan=0.0),
                         fmt="none", ecolor=color, capsize=0)
         if not np.isfinite(rows["mean_abs_effect"].to_numpy(dtype=np.float64)).any():
-            _note(ax, "no patches")
+            note(ax, "no patches")
         ax.set_title(protein)
         _layer_axis(ax)
         ax.set_ylabel("mean |effect|")
@@ -135,7 +136,7 @@ def delta_vs_effect(tables: Mapping[tuple[str, int], pd.DataFrame], png: PathLik
     fig = Figure(figsize=(4.2 * ncols, 3.6 * nrows), layout="constrained")
     if not layers:
         ax = fig.add_subplot()
-        _note(ax, "no patching data")
+        note(ax, "no patching data")
         ax.set_xlabel("|Δ latent|")
         ax.set_ylabel("|effect|")
     for i, layer in enumerate(layers):
@@ -156,7 +157,7 @@ def delta_vs_effect(tables: Mapping[tuple[str, int], pd.DataFrame], png: PathLik
             ax.legend(title="protein", fontsize="small")
         else:
             rho = float("nan")
-            _note(ax, "no real patches")
+            note(ax, "no real patches")
         ax.set_title(f"layer {layer}: ρ = {'n/a' if np.isnan(rho) else f'{rho:.2f}'}")
         ax.set_xlabel("|Δ latent|")
         ax.set_ylabel("|effect|")

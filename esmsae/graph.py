@@ -12,7 +12,9 @@ Through the engine's two-SAE splice (:class:`esmsae.engine.LayerPair`), exactly:
    ``check_edges`` more drawn at random from the rest (seeded) to see what the cut missed;
 3. for each upstream feature with measured edges, its mediated share
    ``(effect_a − effect_a|B) / effect_a`` with ``B`` its top ``hold`` downstream features by ``|M|``
-   held all at once (mediation is not additive).
+   held all at once (mediation is not additive), beside its null: as many of ``a``'s linked downstream
+   features (``w ≠ 0``) drawn at random and held the same way. Holding any downstream feature ``a``
+   that ``a`` moves may remove some of its effect; the top ones carry it only where they beat that.
 
 Downstream nodes get their own one-layer patch effect at ℓ2. All rows go through the engine's
 batching policy.
@@ -51,8 +53,9 @@ class Link:
     layer_down: int
     nodes: pd.DataFrame   # layer, feature, effect (one-layer patch effect at its layer)
     edges: pd.DataFrame   # up, down, w, linear, mediated, held_effect, chosen ("atp" or "check")
-    shares: pd.DataFrame  # up, effect, held, held_effect, mediated_share
+    shares: pd.DataFrame  # up, effect, held, held_effect, mediated_share, and the same for a random hold
     n_candidates: int
+    d_sae_down: int       # the downstream SAE's width
 
 
 class PairContext:
@@ -129,25 +132,37 @@ def link(view: MutantView, settings: PairSettings, context: PairContext) -> Link
         "held_effect": held_effect, "chosen": ["atp"] * len(chosen) + ["check"] * len(check),
     })
 
-    # 3. each upstream feature's mediated share through its top `hold` downstream features
+    # 3. each upstream feature's mediated share through its top `hold` downstream features, beside a
+    #    null: as many of its linked downstream features (w ≠ 0) drawn at random, held the same way
     kept = edges[edges["chosen"] == "atp"]
     groups = [(a, part.reindex(part["mediated"].abs().sort_values(ascending=False, kind="mergesort").index)
                ["down"].head(settings.hold).tolist()) for a, part in kept.groupby("up", sort=True)]
     index = {a: i for i, a in enumerate(up_list)}
-    shares = pd.DataFrame(columns=["up", "effect", "held", "held_effect", "mediated_share"])
+    linked = {a: [b for i, b in candidates if up_list[i] == a] for a, _ in groups}
+    nulls = [sorted(rng.choice(linked[a], size=len(bs), replace=False).tolist()) for a, bs in groups]
+    shares = pd.DataFrame(columns=["up", "effect", "held", "held_effect", "mediated_share", "null_held",
+                                   "null_held_effect", "null_share"])
     if groups:
-        together, _ = pair.links(view, patches[[index[a] for a, _ in groups]], hold_mask([bs for _, bs in groups]))
+        rows_up = [index[a] for a, _ in groups] * 2
+        together, _ = pair.links(view, patches[rows_up], hold_mask([bs for _, bs in groups] + nulls))
         effect_held = together.effects.double().cpu().numpy()
+        effect_held, effect_null = effect_held[: len(groups)], effect_held[len(groups):]
+        effect_a = np.array([effect_up[index[a]] for a, _ in groups])
+
+        def share(held_effect: np.ndarray) -> np.ndarray:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.where(effect_a != 0, (effect_a - held_effect) / effect_a, np.nan)
+
         shares = pd.DataFrame({
-            "up": [a for a, _ in groups], "effect": [effect_up[index[a]] for a, _ in groups],
+            "up": [a for a, _ in groups], "effect": effect_a,
             "held": [";".join(map(str, bs)) for _, bs in groups], "held_effect": effect_held,
-            "mediated_share": [(effect_up[index[a]] - e) / effect_up[index[a]] if effect_up[index[a]] != 0
-                               else np.nan for (a, _), e in zip(groups, effect_held, strict=True)],
+            "mediated_share": share(effect_held), "null_held": [";".join(map(str, bs)) for bs in nulls],
+            "null_held_effect": effect_null, "null_share": share(effect_null),
         })
     nodes = pd.DataFrame({"layer": [view.layer] * len(up_list) + [settings.layer2] * len(down_list),
                           "feature": up_list + down_list, "effect": np.concatenate([effect_up, nodes_down])})
     return Link(mutant=view.mutant.name, layer_up=view.layer, layer_down=settings.layer2, nodes=nodes, edges=edges,
-                shares=shares, n_candidates=len(candidates))
+                shares=shares, n_candidates=len(candidates), d_sae_down=d_sae2)
 
 
 def summary(link: Link) -> str:
@@ -158,7 +173,9 @@ def summary(link: Link) -> str:
 
 def link_tables(results: list[Link], meta: LayerMeta, settings: PairSettings) -> dict[str, pd.DataFrame]:
     """The job's three tables: nodes, measured edges, mediated shares (one row each per mutant's item)."""
-    common = {"layer_up": meta.layer, "layer_down": settings.layer2}
+    common = {"layer_up": meta.layer, "layer_down": settings.layer2, "k": meta.k, "d_sae": meta.d_sae,
+              "k_down": settings.k2, "d_sae_down": results[0].d_sae_down if results else None,
+              "space": settings.space}
 
     def frame(kind: str, attribute: str) -> pd.DataFrame:
         parts = [getattr(r, attribute).assign(mutant=r.mutant, **common) for r in results]

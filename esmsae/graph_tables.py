@@ -12,9 +12,9 @@ from xml.sax.saxutils import escape
 import numpy as np
 import pandas as pd
 
-from esmsae.columns import TABLES
+from esmsae.columns import PAIR_SETTINGS, TABLES
 from esmsae.io import atomic_path
-from esmsae.statistics import mean_sem, spearman
+from esmsae.statistics import mean_sem, spearman, wilcoxon_p
 
 
 def mutant_graph(protein: str, mutant: str, nodes: pd.DataFrame, edges: pd.DataFrame, labels: Mapping,
@@ -41,7 +41,7 @@ def graphml(graph: dict) -> str:
     """GraphML (Cytoscape, Gephi) of a graph as :func:`mutant_graph` builds it."""
     keys = [("layer", "node", "int"), ("feature", "node", "int"), ("label", "node", "string"),
             ("effect", "node", "double"), ("w", "edge", "double"), ("M", "edge", "double"),
-            ("linear", "edge", "double")]
+            ("linear", "edge", "double"), ("n_mutants", "edge", "int")]
     lines = ['<?xml version="1.0" encoding="UTF-8"?>',
              '<graphml xmlns="http://graphml.graphdrawing.org/xmlns">']
     lines += [f'  <key id="{name}" for="{kind}" attr.name="{name}" attr.type="{kind_type}"/>'
@@ -54,7 +54,8 @@ def graphml(graph: dict) -> str:
         lines.append("    </node>")
     for i, edge in enumerate(graph["edges"]):
         lines.append(f'    <edge id="e{i}" source="{edge["source"]}" target="{edge["target"]}">')
-        lines += [f'      <data key="{k}">{edge[k]!r}</data>' for k in ("w", "M", "linear") if k in edge]
+        lines += [f'      <data key="{k}">{float(edge[k])!r}</data>' for k in ("w", "M", "linear") if k in edge]
+        lines += [f'      <data key="n_mutants">{int(edge["n_mutants"])}</data>'] if "n_mutants" in edge else []
         lines.append("    </edge>")
     lines += ["  </graph>", "</graphml>"]
     return "\n".join(lines) + "\n"
@@ -103,22 +104,41 @@ def edge_ranking_agreement(edges: pd.DataFrame) -> pd.DataFrame:
                                        "n_missed"])
 
 
+def mediated_fractions(shares: pd.DataFrame) -> pd.DataFrame:
+    """Per mutant of one layer pair: the share of its upstream features' effects their top downstream
+    features carry, ``Σ_a |effect_a − effect_a|B| / Σ_a |effect_a|``, and the same with the random hold
+    (the null). NaN where no upstream feature with measured edges moves the score."""
+    rows = []
+    for mutant, part in shares.groupby("mutant", sort=False):
+        total = part["effect"].abs().sum()
+        rows.append({"mutant": mutant,
+                     "mediated_fraction": (part["effect"] - part["held_effect"]).abs().sum() / total
+                     if total > 0 else np.nan,
+                     "null_fraction": (part["effect"] - part["null_held_effect"]).abs().sum() / total
+                     if total > 0 else np.nan})
+    return pd.DataFrame(rows, columns=["mutant", "mediated_fraction", "null_fraction"])
+
+
 def mediation_table(shares: Mapping[str, pd.DataFrame], edges: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Per protein and layer pair, the mutant as the unit: the share of upstream effects their top
-    downstream features carry, ``Σ_a |effect_a − effect_a|B| / Σ_a |effect_a|`` per mutant (mean ± s.e.m.
-    over mutants), the median per-feature mediated share, and how well AtP ranked the edges."""
+    """Per protein and layer pair, the mutant as the unit: the mediated fraction beside its null (mean ±
+    s.e.m. over mutants, the share of mutants above the null, paired Wilcoxon p), the median per-feature
+    mediated share, and how well AtP ranked the edges."""
     rows = []
     for protein, table in shares.items():
         agreement = edge_ranking_agreement(edges[protein])
         for (layer_up, layer_down), part in table.groupby(["layer_up", "layer_down"], sort=True):
-            per_mutant = part.groupby("mutant").apply(
-                lambda g: (g["effect"] - g["held_effect"]).abs().sum() / g["effect"].abs().sum()
-                if g["effect"].abs().sum() > 0 else np.nan, include_groups=False)
-            mean, sem = mean_sem(per_mutant.to_numpy(dtype=np.float64))
+            fractions = mediated_fractions(part).dropna()
+            real, null = (fractions[c].to_numpy(dtype=np.float64) for c in ("mediated_fraction", "null_fraction"))
             ranking = agreement[(agreement["layer_up"] == layer_up) & (agreement["layer_down"] == layer_down)]
             rows.append({"protein": protein, "layer_up": int(layer_up), "layer_down": int(layer_down),
-                         "n_mutants": len(per_mutant), "mediated_fraction_mean": mean, "mediated_fraction_sem": sem,
+                         "n_mutants": len(fractions),
+                         **dict(zip(["mediated_fraction_mean", "mediated_fraction_sem"], mean_sem(real), strict=True)),
+                         **dict(zip(["null_fraction_mean", "null_fraction_sem"], mean_sem(null), strict=True)),
+                         "frac_mutants_above_null": float(np.mean(real > null)) if len(real) else np.nan,
+                         "wilcoxon_p": wilcoxon_p(real - null),
                          "median_feature_share": float(part["mediated_share"].median()),
+                         "median_null_share": float(part["null_share"].median()),
                          "atp_spearman_mean": mean_sem(ranking["spearman"].to_numpy(dtype=np.float64))[0],
-                         "atp_missed": int(ranking["n_missed"].sum()), "atp_checked": int(ranking["n_checked"].sum())})
+                         "atp_missed": int(ranking["n_missed"].sum()), "atp_checked": int(ranking["n_checked"].sum()),
+                         **{c: part[c].iloc[0] for c in PAIR_SETTINGS}})
     return pd.DataFrame(rows, columns=TABLES["mediated_shares"])

@@ -184,6 +184,10 @@ def test_mediated_effects_and_shares_in_closed_form(lm, saes, splices, layer1, l
         effect = float(c[r.up] + M[r.up].sum())
         assert r.effect == pytest.approx(effect, abs=1e-12)
         assert r.mediated_share == pytest.approx(float(M[r.up, held].sum()) / effect, rel=1e-9)
+        null = [int(b) for b in r.null_held.split(";")]  # as many linked features, drawn at random
+        assert len(null) == len(set(null)) == len(held) and all(W[r.up, b] != 0 for b in null)
+        assert r.null_share == pytest.approx(float(M[r.up, null].sum()) / effect, rel=1e-9)
+        assert r.null_held_effect == pytest.approx(effect - float(M[r.up, null].sum()), abs=1e-12)
     agreement = edge_ranking_agreement(result.edges.assign(mutant=MUTANT.name, layer_up=layer1, layer_down=layer2))
     assert agreement["spearman"].iloc[0] == pytest.approx(1.0) and agreement["n_missed"].iloc[0] == 0
 
@@ -217,11 +221,44 @@ def test_graph_files_and_tables_by_hand():
     table = aggregate_edges(pd.concat([edges, second]), {})
     assert table[["up", "down", "n_mutants"]].values.tolist() == [[1, 7, 2], [5, 7, 2]]
     assert table.loc[0, "mean_mediated"] == pytest.approx(0.3)
-    shares = pd.DataFrame({"mutant": ["A1C", "A1C", "D2E"], "layer_up": 2, "up": [1, 5, 1], "effect": [0.5, -0.2, 1.0],
-                           "held": ["7", "7", "7"], "held_effect": [0.3, 0.2, 0.5], "mediated_share": [0.4, 2.0, 0.5],
-                           "layer_down": 4})
+    counted = {"nodes": [], "edges": [{"source": "L2_F1", "target": "L4_F7", "w": 0.5, "M": 0.3, "n_mutants": 2}]}
+    edge = ElementTree.fromstring(graphml(counted)).find(".//g:edge", ns)
+    assert {d.get("key"): d.text for d in edge} == {"w": "0.5", "M": "0.3", "n_mutants": "2"}  # the aggregate's counts
+    shares = pd.DataFrame({"mutant": ["A1C", "A1C", "D2E", "E3F"], "layer_up": 2, "up": [1, 5, 1, 1],
+                           "effect": [0.5, -0.2, 1.0, 0.0], "held": "7", "held_effect": [0.3, 0.2, 0.5, 0.1],
+                           "mediated_share": [0.4, 2.0, 0.5, np.nan], "null_held": "9",
+                           "null_held_effect": [0.5, -0.1, 0.9, 0.0], "null_share": [0.0, 0.5, 0.1, np.nan],
+                           "layer_down": 4, "k": 8, "d_sae": 64, "k_down": 4, "d_sae_down": 32, "space": "latent"})
     summary = mediation_table({"P": shares}, {"P": pd.concat([edges, second])}).iloc[0]
-    # per mutant Σ|effect − held| / Σ|effect|: A1C (0.2 + 0.4) / 0.7, D2E 0.5 / 1.0
+    # per mutant Σ|effect − held| / Σ|effect|: A1C (0.2 + 0.4) / 0.7, D2E 0.5 / 1.0; E3F moves nothing: left out
+    assert summary["n_mutants"] == 2
     assert summary["mediated_fraction_mean"] == pytest.approx((0.6 / 0.7 + 0.5) / 2)
+    assert summary["mediated_fraction_sem"] == pytest.approx(abs(0.6 / 0.7 - 0.5) / 2)  # sd/√2 of two values
+    # the null: A1C (0 + 0.1) / 0.7, D2E 0.1 / 1.0; both mutants above it
+    assert summary["null_fraction_mean"] == pytest.approx((0.1 / 0.7 + 0.1) / 2)
+    assert summary["frac_mutants_above_null"] == 1.0
+    assert summary["median_feature_share"] == pytest.approx(0.5) and summary["median_null_share"] == pytest.approx(0.1)
+    assert (summary["k"], summary["d_sae"], summary["k_down"], summary["d_sae_down"]) == (8, 64, 4, 32)
     assert summary["atp_checked"] == 2 and summary["atp_missed"] == 1  # D2E's check (|M| 0.3) beats its kept 0.2
     assert dataclasses.is_dataclass(settings(2))
+
+
+def test_graph_figure_draws_each_layer_pair_strongest_edges(tmp_path):
+    from esmsae.columns import TABLES
+    from esmsae.comparison_figures import feature_graph
+
+    rows = [{"layer_up": 2, "up": i, "up_label": "E-identity; promotes D", "layer_down": 4, "down": 50 + i % 3,
+             "down_label": "", "n_mutants": 10 - i, "mean_w": 0.1, "mean_mediated": (-1) ** i * 0.1 * (i + 1),
+             "mean_abs_mediated": 0.1 * (i + 1)} for i in range(10)]
+    rows += [{**rows[0], "layer_up": 4, "up": 50, "up_label": "", "layer_down": 6, "down": 7 + i, "n_mutants": 3}
+             for i in range(3)]
+    aggregate = pd.DataFrame(rows, columns=TABLES["graph_aggregate"])
+    fig = feature_graph(aggregate, [2, 4, 6], tmp_path / "g.png", tmp_path / "g.pdf", protein="P", per_pair=4)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 4 + 3  # the first four of the 2→4 pair (most mutants), all three of 4→6
+    texts = [t.get_text() for t in ax.texts]
+    assert "L2 F0\nE-identity\npromotes D" in texts and "L2 F4\nE-identity\npromotes D" not in texts
+    assert {"L4 F50", "L6 F7", "L6 F9"} <= set(texts)
+    assert (tmp_path / "g.png").stat().st_size > 0 and (tmp_path / "g.pdf").stat().st_size > 0
+    empty = feature_graph(aggregate.iloc[:0], [2, 4], tmp_path / "e.png", tmp_path / "e.pdf")
+    assert "no measured edges" in [t.get_text() for t in empty.axes[0].texts]
