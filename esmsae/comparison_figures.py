@@ -17,6 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from esmsae.figures import note, save
+from esmsae.graph_tables import strongest_paths
 from esmsae.statistics import mean_sem
 
 PathLike = str | os.PathLike
@@ -124,23 +125,44 @@ def _sites(mutant: str) -> list[int]:
 
 
 def feature_graph(aggregate: pd.DataFrame, layers: list[int], png: PathLike, pdf: PathLike, protein: str = "",
-                  per_pair: int = 8) -> Figure:
-    """A protein's strongest paths: layers as columns, each layer pair's `per_pair` aggregate edges that
-    recur in the most mutants (then largest mean |M|), nodes named by feature and label, edge width by
-    mean |M| (red: M > 0, blue: M < 0), the number of mutants with the edge on it. `aggregate` is
-    ``graph/{protein}_aggregate.csv``, sorted that way."""
-    edges = aggregate.groupby("layer_up", sort=True).head(per_pair)
-    fig = Figure(figsize=(4.6 * max(len(layers), 2), 8), layout="constrained")
-    ax = fig.add_subplot()
-    ax.axis("off")
+                  paths: int = 8, per_pair: int = 8) -> Figure:
+    """A protein's strongest paths: layers as columns, the `paths` strongest paths from the first graph
+    layer to the last (:func:`esmsae.graph_tables.strongest_paths`: a path is as strong as its weakest
+    edge's Σ|M| over mutants), nodes named by feature and label, edge width by mean |M| (red: M > 0,
+    blue: M < 0), the number of mutants with the edge on it. Where no path spans every layer, each layer
+    pair's `per_pair` most recurrent edges instead, and the title says so. `aggregate` is
+    ``graph/{protein}_aggregate.csv``."""
+    found = strongest_paths(aggregate, layers, paths)
+    rank: dict[tuple[int, int], float] = {}  # a node's height: the best path through it (upstream, fallback)
+    if found:
+        steps = {(a, b) for _, path in found for a, b in zip(path, path[1:], strict=False)}
+        keys = list(zip(aggregate["layer_up"].astype(int), aggregate["up"].astype(int),
+                        aggregate["layer_down"].astype(int), aggregate["down"].astype(int), strict=True))
+        edges = aggregate[[((lu, u), (ld, d)) in steps for lu, u, ld, d in keys]]
+        for i, (_, path) in enumerate(found):
+            for node in path:
+                rank.setdefault(node, i)
+        title = (f"{protein}: the {len(found)} strongest paths from layer {min(layers)} to {max(layers)} "
+                 "(a path is as strong as its weakest edge's Σ|M| over mutants)")
+    else:
+        edges = aggregate.sort_values(["n_mutants", "mean_abs_mediated"], ascending=False, kind="mergesort")
+        edges = edges.groupby("layer_up", sort=True).head(per_pair)
+        title = (f"{protein}: no path spans every layer; per layer pair, the {per_pair} edges most recurrent "
+                 "across mutants (then by mean |M|)")
     column = {layer: i for i, layer in enumerate(sorted(layers))}
     nodes: dict[int, dict[int, str]] = {layer: {} for layer in column}
     for r in edges.itertuples():
         for layer, feature, label in ((r.layer_up, r.up, r.up_label), (r.layer_down, r.down, r.down_label)):
             nodes.setdefault(int(layer), {})[int(feature)] = label if isinstance(label, str) else ""
+    tallest = max((len(members) for members in nodes.values()), default=0)  # room for each three-line name
+    fig = Figure(figsize=(4.2 * max(len(layers), 2), max(7.0, 0.8 * tallest + 2.0)), layout="constrained")
+    ax = fig.add_subplot()
+    ax.axis("off")
     place: dict[tuple[int, int], tuple[float, float]] = {}
-    for layer in sorted(nodes):  # each column ordered by its upstream neighbours' heights: fewer crossings
+    for layer in sorted(nodes):  # each column by path rank, else by its upstream neighbours' heights
         def height(feature: int, layer: int = layer) -> float:
+            if (layer, feature) in rank:
+                return rank[(layer, feature)]
             above = [place[(int(r.layer_up), int(r.up))][1] for r in edges.itertuples()
                      if (int(r.layer_down), int(r.down)) == (layer, feature) and (int(r.layer_up), int(r.up)) in place]
             return -float(np.mean(above)) if above else 0.0
@@ -154,7 +176,7 @@ def feature_graph(aggregate: pd.DataFrame, layers: list[int], png: PathLike, pdf
         width = 0.8 + 7 * float(r.mean_abs_mediated) / widest if widest > 0 else 1
         ax.plot([x1, x2], [y1, y2], color="C3" if r.mean_mediated > 0 else "C0", linewidth=width, alpha=0.55,
                 solid_capstyle="round", zorder=1)
-        ax.text(x1 + 0.62 * (x2 - x1), y1 + 0.62 * (y2 - y1), f"{int(r.n_mutants)}", fontsize="x-small",
+        ax.text(x1 + 0.62 * (x2 - x1), y1 + 0.62 * (y2 - y1), f"{int(r.n_mutants)}", fontsize="small",
                 color="0.25", ha="center", va="center", bbox=box, zorder=2)
     for (layer, feature), (x, y) in place.items():
         ax.scatter([x], [y], s=70, color="0.15", zorder=3)
@@ -171,7 +193,6 @@ def feature_graph(aggregate: pd.DataFrame, layers: list[int], png: PathLike, pdf
                        Line2D([], [], color="C0", linewidth=4, alpha=0.55, label="M < 0")],
               loc="lower center", bbox_to_anchor=(0.5, -0.06), ncol=2, frameon=False,
               title="width: mean |M| over the mutants with the edge; number on an edge: how many mutants have it")
-    fig.suptitle(f"{protein}: per layer pair, the {per_pair} edges most recurrent across mutants "
-                 "(then by mean |M|), upstream to downstream")
+    fig.suptitle(title)
     save(fig, png, pdf)
     return fig

@@ -85,6 +85,36 @@ def aggregate_edges(edges: pd.DataFrame, labels: Mapping) -> pd.DataFrame:
                              ignore_index=True)
 
 
+def strongest_paths(aggregate: pd.DataFrame, layers: list[int], n: int) -> list[tuple[float, list[tuple[int, int]]]]:
+    """The `n` strongest paths from the first graph layer to the last through the aggregate's edges.
+
+    An edge's strength is its Σ|M| over the protein's mutants (``n_mutants × mean_abs_mediated``: both
+    recurring and large count); a path's is its weakest edge's. Returns ``(strength, [(layer, feature),
+    …])``, strongest first, ties broken by the nodes so row order never matters. Exact: a path only
+    weakens as it grows, so the top `n` paths into a node extend the top `n` into its upstream nodes.
+    """
+    layers = sorted(layers)
+    if len(layers) < 2 or not len(aggregate) or n < 1:
+        return []
+    strength: dict[tuple[int, int], dict[tuple[int, int], float]] = {}
+    for r in aggregate.itertuples():
+        strength.setdefault((int(r.layer_up), int(r.up)), {})[(int(r.layer_down), int(r.down))] = \
+            float(r.n_mutants) * float(r.mean_abs_mediated)
+
+    def top(paths):
+        return sorted(paths, key=lambda t: (-t[0], t[1]))[:n]
+
+    best = {node: [(np.inf, [node])] for node in strength if node[0] == layers[0]}
+    for upper in layers[1:]:
+        into: dict[tuple[int, int], list] = {}
+        for node, paths in best.items():
+            for target, edge in strength.get(node, {}).items():
+                if target[0] == upper:
+                    into.setdefault(target, []).extend((min(score, edge), path + [target]) for score, path in paths)
+        best = {node: top(paths) for node, paths in into.items()}
+    return top([path for paths in best.values() for path in paths])
+
+
 def edge_ranking_agreement(edges: pd.DataFrame) -> pd.DataFrame:
     """Per mutant and layer pair: does AtP's ranking of candidate edges agree with the exact one?
 

@@ -243,22 +243,55 @@ def test_graph_files_and_tables_by_hand():
     assert dataclasses.is_dataclass(settings(2))
 
 
-def test_graph_figure_draws_each_layer_pair_strongest_edges(tmp_path):
+def hand_aggregate(rows):
     from esmsae.columns import TABLES
+
+    return pd.DataFrame([{"layer_up": lu, "up": u, "up_label": "", "layer_down": ld, "down": d, "down_label": "",
+                          "n_mutants": n, "mean_w": 0.1, "mean_mediated": m, "mean_abs_mediated": abs(m)}
+                         for lu, u, ld, d, n, m in rows], columns=TABLES["graph_aggregate"])
+
+
+# strength = n_mutants × mean |M|: 2:1→4:7 1.0, 2:2→4:7 0.3, 2:1→4:8 1.2, 4:7→6:9 0.8, 4:8→6:9 0.2,
+# 4:9→6:1 5.0 (4:9 has no upstream edge, so no path spans the layers through it)
+PATH_EDGES = [(2, 1, 4, 7, 2, 0.5), (2, 2, 4, 7, 1, -0.3), (2, 1, 4, 8, 3, 0.4), (4, 7, 6, 9, 2, -0.4),
+              (4, 8, 6, 9, 1, 0.2), (4, 9, 6, 1, 5, 1.0)]
+
+
+def test_strongest_paths_by_hand():
+    from esmsae.graph_tables import strongest_paths
+
+    aggregate = hand_aggregate(PATH_EDGES)
+    # 1→7→9: min(1.0, 0.8) = 0.8; 2→7→9: min(0.3, 0.8) = 0.3; 1→8→9: min(1.2, 0.2) = 0.2
+    expected = [(0.8, [(2, 1), (4, 7), (6, 9)]), (0.3, [(2, 2), (4, 7), (6, 9)]), (0.2, [(2, 1), (4, 8), (6, 9)])]
+    for n in (1, 2, 3, 10):
+        found = strongest_paths(aggregate, [6, 2, 4], n)
+        assert [(round(s, 12), p) for s, p in found] == expected[:n]
+    assert strongest_paths(aggregate.iloc[::-1], [2, 4, 6], 3) == strongest_paths(aggregate, [2, 4, 6], 3)
+    assert [p for _, p in strongest_paths(aggregate, [4, 6], 1)] == [[(4, 9), (6, 1)]]  # one pair: its top edge
+    assert strongest_paths(aggregate, [2], 3) == [] and strongest_paths(aggregate.iloc[:0], [2, 4], 3) == []
+
+
+def test_graph_figure_draws_the_strongest_paths(tmp_path):
     from esmsae.comparison_figures import feature_graph
 
-    rows = [{"layer_up": 2, "up": i, "up_label": "E-identity; promotes D", "layer_down": 4, "down": 50 + i % 3,
-             "down_label": "", "n_mutants": 10 - i, "mean_w": 0.1, "mean_mediated": (-1) ** i * 0.1 * (i + 1),
-             "mean_abs_mediated": 0.1 * (i + 1)} for i in range(10)]
-    rows += [{**rows[0], "layer_up": 4, "up": 50, "up_label": "", "layer_down": 6, "down": 7 + i, "n_mutants": 3}
-             for i in range(3)]
-    aggregate = pd.DataFrame(rows, columns=TABLES["graph_aggregate"])
-    fig = feature_graph(aggregate, [2, 4, 6], tmp_path / "g.png", tmp_path / "g.pdf", protein="P", per_pair=4)
+    aggregate = hand_aggregate(PATH_EDGES).assign(up_label="E-identity; promotes D")
+    fig = feature_graph(aggregate, [2, 4, 6], tmp_path / "g.png", tmp_path / "g.pdf", protein="P", paths=2)
     ax = fig.axes[0]
-    assert len(ax.lines) == 4 + 3  # the first four of the 2→4 pair (most mutants), all three of 4→6
+    assert len(ax.lines) == 3  # 1→7, 2→7, 7→9: the two strongest paths' distinct edges
     texts = [t.get_text() for t in ax.texts]
-    assert "L2 F0\nE-identity\npromotes D" in texts and "L2 F4\nE-identity\npromotes D" not in texts
-    assert {"L4 F50", "L6 F7", "L6 F9"} <= set(texts)
+    assert "L2 F1\nE-identity\npromotes D" in texts and not any(t.startswith("L4 F8") for t in texts)
+    assert "2 strongest paths from layer 2 to 6" in fig._suptitle.get_text()
     assert (tmp_path / "g.png").stat().st_size > 0 and (tmp_path / "g.pdf").stat().st_size > 0
-    empty = feature_graph(aggregate.iloc[:0], [2, 4], tmp_path / "e.png", tmp_path / "e.pdf")
+
+
+def test_graph_figure_without_a_spanning_path_draws_each_pair_top_edges(tmp_path):
+    from esmsae.comparison_figures import feature_graph
+
+    rows = [(2, i, 4, 50 + i % 3, 10 - i, (-1) ** i * 0.1 * (i + 1)) for i in range(10)]
+    rows += [(4, 60, 6, 7 + i, 3, 0.1) for i in range(3)]  # 4:60 has no upstream edge: no path spans 2→6
+    fig = feature_graph(hand_aggregate(rows), [2, 4, 6], tmp_path / "g.png", tmp_path / "g.pdf", per_pair=4)
+    assert len(fig.axes[0].lines) == 4 + 3  # the four 2→4 edges in the most mutants, all three 4→6
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "L2 F3" in texts and "L2 F4" not in texts and "no path spans every layer" in fig._suptitle.get_text()
+    empty = feature_graph(hand_aggregate([]), [2, 4], tmp_path / "e.png", tmp_path / "e.pdf")
     assert "no measured edges" in [t.get_text() for t in empty.axes[0].texts]
