@@ -196,3 +196,42 @@ def feature_graph(aggregate: pd.DataFrame, layers: list[int], png: PathLike, pdf
     fig.suptitle(title)
     save(fig, png, pdf)
     return fig
+
+
+def mediated_fraction(fractions: pd.DataFrame, png: PathLike, pdf: PathLike) -> Figure:
+    """Per layer pair, each mutant's mediated fraction beside its null, one panel per protein.
+
+    `fractions` has ``protein, layer_up, layer_down, mutant, mediated_fraction, null_fraction``
+    (:func:`esmsae.graph_tables.mediated_fractions` of every graph job's shares). A thin line joins a
+    mutant's null (hollow, left) to its fraction (filled, right); the bars are the means ± s.e.m. over
+    mutants. The top downstream features carry the effect only where the fractions clear the nulls.
+    """
+    proteins = list(dict.fromkeys(fractions["protein"])) or [""]
+    pairs = sorted({(int(u), int(d)) for u, d in zip(fractions["layer_up"], fractions["layer_down"], strict=True)})
+    fig = Figure(figsize=(max(4.5, 1.6 * len(pairs) + 1.5) * len(proteins), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(proteins), sharey=True, squeeze=False)[0]
+    for ax, protein in zip(axes, proteins, strict=True):
+        part = fractions[fractions["protein"] == protein]
+        for x, (up, down) in enumerate(pairs):
+            one = part[(part["layer_up"] == up) & (part["layer_down"] == down)]
+            real, null = one["mediated_fraction"].to_numpy(float), one["null_fraction"].to_numpy(float)
+            for r, n in zip(real, null, strict=True):
+                ax.plot([x - 0.15, x + 0.15], [n, r], color="0.7", linewidth=0.8, zorder=1)
+            ax.scatter(np.full(len(null), x - 0.15), null, facecolors="none", edgecolors="0.35", s=22, zorder=2)
+            ax.scatter(np.full(len(real), x + 0.15), real, color="C3", s=22, zorder=2)
+            for offset, values, color in ((-0.3, null, "0.35"), (0.3, real, "C3")):
+                mean, sem = mean_sem(values)
+                ax.errorbar([x + offset], [mean], yerr=[sem], fmt="_", color=color, markersize=14, capsize=3)
+        ax.set_xticks(range(len(pairs)), [f"{u} → {d}" for u, d in pairs])
+        ax.set_xlabel("layer pair")
+        ax.set_title(protein)
+        ax.axhline(0, color="0.85", linewidth=0.8, zorder=0)
+        if not len(part):
+            note(ax, "no mediated shares")
+    axes[0].set_ylabel("mediated fraction of the upstream effects")
+    axes[-1].legend(handles=[Line2D([], [], marker="o", color="C3", linestyle="", label="top downstream held"),
+                             Line2D([], [], marker="o", markerfacecolor="none", color="0.35", linestyle="",
+                                    label="null: as many, at random")], loc="best", fontsize="small")
+    fig.suptitle("How much of the upstream features' effects their top downstream features carry (one line per mutant)")
+    save(fig, png, pdf)
+    return fig

@@ -135,18 +135,18 @@ def edge_ranking_agreement(edges: pd.DataFrame) -> pd.DataFrame:
 
 
 def mediated_fractions(shares: pd.DataFrame) -> pd.DataFrame:
-    """Per mutant of one layer pair: the share of its upstream features' effects their top downstream
+    """Per mutant and layer pair: the share of its upstream features' effects their top downstream
     features carry, ``Σ_a |effect_a − effect_a|B| / Σ_a |effect_a|``, and the same with the random hold
     (the null). NaN where no upstream feature with measured edges moves the score."""
     rows = []
-    for mutant, part in shares.groupby("mutant", sort=False):
+    for (layer_up, layer_down, mutant), part in shares.groupby(["layer_up", "layer_down", "mutant"], sort=False):
         total = part["effect"].abs().sum()
-        rows.append({"mutant": mutant,
+        rows.append({"layer_up": int(layer_up), "layer_down": int(layer_down), "mutant": mutant,
                      "mediated_fraction": (part["effect"] - part["held_effect"]).abs().sum() / total
                      if total > 0 else np.nan,
                      "null_fraction": (part["effect"] - part["null_held_effect"]).abs().sum() / total
                      if total > 0 else np.nan})
-    return pd.DataFrame(rows, columns=["mutant", "mediated_fraction", "null_fraction"])
+    return pd.DataFrame(rows, columns=["layer_up", "layer_down", "mutant", "mediated_fraction", "null_fraction"])
 
 
 def mediation_table(shares: Mapping[str, pd.DataFrame], edges: Mapping[str, pd.DataFrame]) -> pd.DataFrame:

@@ -115,6 +115,14 @@ def _graph(inputs: Mapping[str, Path]) -> dict:
     return {"aggregate": read_table(inputs["aggregate"], "graph_aggregate")}
 
 
+def _mediation(inputs: Mapping[str, Path]) -> dict:
+    parts = [graph_tables.mediated_fractions(read_table(path, "graph_shares")).assign(protein=protein)
+             for (protein, _), path in keyed(inputs, "shares", PAIR).items()]
+    columns = ["protein", "layer_up", "layer_down", "mutant", "mediated_fraction", "null_fraction"]
+    return {"fractions": pd.concat(parts, ignore_index=True).reindex(columns=columns) if parts
+            else pd.DataFrame(columns=columns)}
+
+
 def _agreement(inputs: Mapping[str, Path]) -> dict:
     return {"table": read_table(inputs["mutants"], "agreement_mutants")}
 
@@ -147,6 +155,7 @@ FIGURES = {
     "attribution_agreement": Figure(_agreement, comparison_figures.attribution_agreement),
     "position_spread": Figure(_positions, comparison_figures.position_spread),
     "feature_graph": Figure(_graph, comparison_figures.feature_graph),
+    "mediated_fraction": Figure(_mediation, comparison_figures.mediated_fraction),
 }
 
 

@@ -232,9 +232,16 @@ FIGURES = {
         | by_pair("summary", position_summary_file, POSITION_PAIRS),
     },
 }
+if GRAPH_PAIRS:
+    FIGURES["mediated_fraction"] = {
+        "category": "Feature graphs",
+        "subcategory": "all proteins",
+        "input": by_pair("shares", graph_shares_file, GRAPH_PAIRS),
+    }
 for graph_protein in PROTEINS if GRAPH_PAIRS else []:
     FIGURES[f"feature_graph_{graph_protein}"] = {
         "category": "Feature graphs",
+        "subcategory": graph_protein,
         "draw": "feature_graph",
         "input": {"aggregate": f"{OUTDIR}/graph/{graph_protein}_aggregate.csv"},
         "options": {"layers": list(STUDY.graph.layers), "protein": graph_protein},

@@ -11,6 +11,7 @@ for name, spec in FIGURES.items():
                 figure_file(name),
                 caption=f"report/{spec.get('caption', name)}.rst",
                 category=spec["category"],
+                subcategory=spec.get("subcategory"),
             ),
             pdf=figure_file(name, "pdf"),
         log:

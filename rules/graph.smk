@@ -28,9 +28,25 @@ rule assemble_graphs:
         unpack(graph_pair_inputs),
         labels=table_file("feature_labels"),
     output:
-        graphs=directory(f"{OUTDIR}/graph/{{protein}}"),
-        aggregate=f"{OUTDIR}/graph/{{protein}}_aggregate.csv",
-        graphml=f"{OUTDIR}/graph/{{protein}}_aggregate.graphml",
+        graphs=report(
+            directory(f"{OUTDIR}/graph/{{protein}}"),
+            patterns=["{name}.json", "{name}.graphml"],
+            caption="report/mutant_graphs.rst",
+            category="Feature graphs",
+            subcategory="{protein}: per mutant",
+        ),
+        aggregate=report(
+            f"{OUTDIR}/graph/{{protein}}_aggregate.csv",
+            caption="report/graph_aggregate.rst",
+            category="Feature graphs",
+            subcategory="{protein}",
+        ),
+        graphml=report(
+            f"{OUTDIR}/graph/{{protein}}_aggregate.graphml",
+            caption="report/graph_aggregate.rst",
+            category="Feature graphs",
+            subcategory="{protein}",
+        ),
     log:
         f"{OUTDIR}/logs/assemble_graphs/{{protein}}.log",
     benchmark:
@@ -47,7 +63,12 @@ rule tabulate_mediation:
         **by_pair("shares", graph_shares_file, GRAPH_PAIRS),
         **by_pair("edges", graph_edges_file, GRAPH_PAIRS),
     output:
-        table=table_file("mediated_shares"),
+        table=report(
+            table_file("mediated_shares"),
+            caption="report/mediated_shares.rst",
+            category="Feature graphs",
+            subcategory="all proteins",
+        ),
     log:
         f"{OUTDIR}/logs/tabulate_mediation.log",
     benchmark:

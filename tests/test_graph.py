@@ -295,3 +295,23 @@ def test_graph_figure_without_a_spanning_path_draws_each_pair_top_edges(tmp_path
     assert "L2 F3" in texts and "L2 F4" not in texts and "no path spans every layer" in fig._suptitle.get_text()
     empty = feature_graph(hand_aggregate([]), [2, 4], tmp_path / "e.png", tmp_path / "e.pdf")
     assert "no measured edges" in [t.get_text() for t in empty.axes[0].texts]
+
+
+def test_mediated_fraction_figure_pairs_each_mutant_with_its_null(tmp_path):
+    from esmsae.comparison_figures import mediated_fraction
+    from esmsae.graph_tables import mediated_fractions
+
+    shares = pd.DataFrame({"mutant": ["A1C", "A1C", "D2E"], "layer_up": 2, "layer_down": 4, "up": [1, 5, 1],
+                           "effect": [0.5, -0.2, 1.0], "held_effect": [0.3, 0.2, 0.5],
+                           "null_held_effect": [0.5, -0.1, 0.9]})
+    fractions = mediated_fractions(shares).assign(protein="P")
+    assert fractions[["mediated_fraction", "null_fraction"]].values.ravel().tolist() == pytest.approx(
+        [0.6 / 0.7, 0.1 / 0.7, 0.5, 0.1])
+    fig = mediated_fraction(fractions, tmp_path / "m.png", tmp_path / "m.pdf")
+    ax = fig.axes[0]
+    joins = [line for line in ax.lines if len(line.get_xdata()) == 2 and np.isclose(np.ptp(line.get_xdata()), 0.3)]
+    assert len(joins) == 2  # one line per mutant, null (left) to fraction (right)
+    assert sorted(tuple(np.round(line.get_ydata(), 9)) for line in joins) == sorted(
+        [(round(0.1 / 0.7, 9), round(0.6 / 0.7, 9)), (0.1, 0.5)])
+    empty = mediated_fraction(fractions.iloc[:0], tmp_path / "e.png", tmp_path / "e.pdf")
+    assert "no mediated shares" in [t.get_text() for t in empty.axes[0].texts]

@@ -76,7 +76,7 @@ IG_LAYERS = DEMO["ig"]["layers"]
 PATCHING_FIGURES = ["layer_effects", "controls", "delta_vs_effect"]
 ATTRIBUTION_FIGURES = ["ig_concentration", "circuit_faithfulness", "universal_features", "minimal_circuit_sizes",
                        "identity_share", "attribution_agreement", "position_spread",
-                       *(f"feature_graph_{protein}" for protein in WT)]
+                       "mediated_fraction", *(f"feature_graph_{protein}" for protein in WT)]
 GRAPH_LAYERS = sorted(DEMO["graph"]["layers"])
 AGREEMENT_LAYERS = sorted(set(PATCH_LAYERS) & set(IG_LAYERS))
 SINGLE_JOBS = ["build_demo_model", "measure_sae_quality", "tabulate_patching", "tabulate_circuit_sizes",
@@ -247,6 +247,9 @@ def test_demo_graphs_for_every_mutant(demo):
     shares = pd.read_csv(demo.outdir / "tables" / "mediated_shares.csv")
     assert len(shares) == len(WT) * (len(GRAPH_LAYERS) - 1)
     assert shares["atp_checked"].min() > 0 and shares["mediated_fraction_mean"].between(0, 10).all()
+    assert shares["null_fraction_mean"].notna().all() and shares["frac_mutants_above_null"].between(0, 1).all()
+    assert (shares["layer_down"] - shares["layer_up"]).isin(np.diff(GRAPH_LAYERS)).all()
+    assert {"k", "d_sae", "k_down", "d_sae_down"} <= set(shares.columns) and set(shares["space"]) == {"latent"}
 
 
 @pytest.mark.parametrize("name", PATCHING_FIGURES + ATTRIBUTION_FIGURES)
