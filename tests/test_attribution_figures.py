@@ -1,7 +1,7 @@
 """Attribution figures: both files written, valid, reproducible, with the artists each figure promises.
 
 Where a figure draws numbers, they are checked against values worked out by hand (the CASES of
-tests.test_attribution_tables, each derived there in a comment) or computed with numpy here.
+tests.attribution_cases, each derived there in a comment) or computed with numpy here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from esmsae import attribution_figures as af
 from esmsae.attribution_tables import circuit_sizes, ig_concentration
 from esmsae.columns import CURVE_COLUMNS, read_table
-from tests.test_attribution_tables import CASES, case_result, planted, result, sizes_frame
+from tests.attribution_cases import CASES, case_result, planted, result, sizes_frame
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
