@@ -19,7 +19,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from esmsae.attribution_tables import TOP_N, Results, concentration_by_mutant, feature_consistency, ordered_results
+from esmsae.attribution_tables import (
+    TOP_N,
+    Results,
+    concentration_by_mutant,
+    feature_consistency,
+    negligible,
+    ordered_results,
+)
 from esmsae.columns import SIZE_COLUMNS
 from esmsae.figures import note, save
 from esmsae.labels import Labels
@@ -88,17 +95,17 @@ def ig_concentration(results: Results, png: PathLike, pdf: PathLike) -> Figure:
 
 
 def circuit_faithfulness(curves: Mapping[tuple[str, int], pd.DataFrame], png: PathLike, pdf: PathLike,
-                         recover: float = 0.9) -> Figure:
+                         recover: float = 0.9, min_effect: float = 0.05) -> Figure:
     """Median sufficiency r_n (solid) and necessity c_n (dashed) against n, one colour per layer.
 
-    Proteins are pooled; negligible mutants (``negligible``) are left out, and the legend says
-    how many. The shaded band is ``1 ± (1 − recover)``: a circuit is minimal at the first n whose
+    Proteins are pooled; negligible mutants (|``full_effect``| < `min_effect`) are left out, and
+    the legend says how many. The shaded band is ``1 ± (1 − recover)``: a circuit is minimal at the first n whose
     r_n falls inside it. Two ``Line2D`` per layer with curve rows (``layer <ℓ>`` and
     ``layer <ℓ> without``).
     """
     by_layer: dict[int, list[pd.DataFrame]] = {}
     for (protein, layer), table in curves.items():
-        missing = [c for c in ("mutant", "n_features", "recovered_fraction", "complement_fraction", "negligible")
+        missing = [c for c in ("mutant", "n_features", "recovered_fraction", "complement_fraction", "full_effect")
                    if c not in table.columns]
         if missing:
             raise ValueError(f"circuit curves ({protein!r}, layer {layer}): missing columns {missing}")
@@ -108,7 +115,7 @@ def circuit_faithfulness(curves: Mapping[tuple[str, int], pd.DataFrame], png: Pa
     ax = fig.add_subplot()
     ax.axhspan(recover, 2 - recover, color="0.9", label=f"within ±{1 - recover:.0%} of the full effect")
     for i, layer in enumerate(sorted(by_layer)):
-        tables = [t.assign(negligible=t["negligible"].astype(str).str.lower() == "true") for t in by_layer[layer]]
+        tables = [t.assign(negligible=negligible(t["full_effect"], min_effect)) for t in by_layer[layer]]
         n_mutants = sum(t["mutant"].nunique() for t in tables)  # per protein: names repeat across proteins
         n_negligible = sum(t.loc[t["negligible"], "mutant"].nunique() for t in tables)
         pooled = pd.concat(tables, ignore_index=True)

@@ -3,8 +3,8 @@
 METHOD.md "Concentration and universality" and "Minimal circuit". The inputs are the IG results
 per (protein, layer), each an :class:`esmsae.arrays.Attributions` (or a dict of the same arrays,
 checked into one: ``mutant``, ``attribution`` of shape ``(n, d_sae)``, ``error_attribution``,
-``total_effect``, ``completeness_error``; ``n`` may be 0), and the circuit-size tables of
-``esmsae.circuits.sizes_table``.
+``total_effect``, ``completeness_error``; ``n`` may be 0), and the circuit curves of
+``esmsae.circuits.curves_table``, from which the minimal circuits are read.
 
 Proteins keep the order of their first appearance among the keys; layers are ascending. A
 mutant's top-n features are the n largest ``|A_j|`` with ties going to the lower feature index
@@ -24,6 +24,7 @@ import pandas as pd
 from esmsae.arrays import Attributions
 from esmsae.columns import CONCENTRATION_COLUMNS, CONCENTRATION_MUTANT_COLUMNS, CONSISTENCY_COLUMNS, SIZE_COLUMNS
 from esmsae.labels import Labels
+from esmsae.settings import CircuitSizeSettings
 from esmsae.statistics import gini, k90, mean_sem, top_share, wilcoxon_p
 
 TOP_N = 20
@@ -195,6 +196,53 @@ def universal_features(results: Results, n: int = TOP_N, labels: Labels | None =
     for column in freq:
         frame[column] = frame[column].astype(np.float64)
     return frame[columns]
+
+
+def minimal_size(recovered: np.ndarray, recover: float) -> float:
+    """The smallest n whose ``r_n`` is within ``1 − recover`` of 1 (both ways), NaN if none.
+
+    With recover 0.9: ``[0, 0.5, 1.3, 0.95]`` gives 3 (1.3 overshoots by 30 %), ``[0, 0.89]`` none.
+    """
+    r = np.asarray(recovered, dtype=np.float64)
+    within = np.abs(r - 1) <= (1 - recover) + 1e-12  # a fraction exactly on the bound is within it
+    hits = np.flatnonzero(within & np.isfinite(r))
+    return float(hits[0]) if len(hits) else float("nan")
+
+
+def negligible(full_effect, min_effect: float):
+    """``|F| < min_effect``: a mutant whose ratios would divide by almost nothing (elementwise)."""
+    return np.abs(np.asarray(full_effect, dtype=np.float64)) < min_effect
+
+
+def circuit_sizes_from_curves(curves: pd.DataFrame, protein: str, settings: CircuitSizeSettings) -> pd.DataFrame:
+    """Each mutant's minimal circuit, read off its curves (METHOD.md "Minimal circuit").
+
+    `curves` is one (protein, layer)'s table of ``esmsae.circuits.curves_table`` (rows n = 0..max_k
+    per mutant, ``feature`` the one joining at n). One row per mutant, in the table's order: its
+    ``full_effect``, ``negligible`` (|F| < ``min_effect``), ``n_features`` (the smallest n with
+    ``|r_n − 1| ≤ 1 − recover``; empty if negligible or none), the ``recovered_fraction`` r_n there
+    and the circuit's ``features`` (``;``-joined, ascending), with the curves' settings. Example:
+    r = [0, 0.5, 1.3, 0.95] joined by features 7, 2, 9 gives n 3, r 0.95, features ``2;7;9``.
+    """
+    rows = []
+    for mutant, part in curves.groupby("mutant", sort=False):
+        part = part.sort_values("n_features", kind="stable")
+        if not np.array_equal(part["n_features"].to_numpy(), np.arange(len(part))):
+            raise ValueError(f"circuit curves of {protein} {mutant}: n_features is not 0, 1, ..., n")
+        first = part.iloc[0]
+        small = bool(negligible(first["full_effect"], settings.min_effect))
+        size = float("nan") if small else minimal_size(part["recovered_fraction"].to_numpy(), settings.recover)
+        joined = part["feature"].to_numpy()[1:]
+        features = [] if np.isnan(size) else sorted(int(j) for j in joined[: int(size)])
+        rows.append({"protein": protein, "layer": int(first["layer"]), "mutant": mutant,
+                     "full_effect": float(first["full_effect"]), "negligible": small, "n_features": size,
+                     "recovered_fraction": (float("nan") if np.isnan(size)
+                                            else float(part["recovered_fraction"].iloc[int(size)])),
+                     "features": ";".join(str(j) for j in features), "k": int(first["k"]),
+                     "d_sae": int(first["d_sae"]), "space": first["space"]})
+    table = pd.DataFrame(rows, columns=SIZE_COLUMNS)
+    table["n_features"] = table["n_features"].astype("Int64")
+    return table
 
 
 def circuit_sizes(sizes: Iterable[pd.DataFrame]) -> pd.DataFrame:

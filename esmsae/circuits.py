@@ -9,16 +9,15 @@ WT). For n = 0, 1, …, ``max_k`` features:
 * necessity: every feature *but* the top-n patched, ``S_−n``; ``c_n = (S_−n − S(m)) / F``
   (what is left without the circuit).
 
-The minimal circuit is the smallest n with ``|r_n − 1| ≤ 1 − recover`` (within ±10 %
-of the full effect by default; an overshoot is not a recovery), none if no n up to
-``max_k`` gets there. A mutant with ``|F| < min_effect`` is negligible: its ratios
-divide by almost nothing, so it gets no size. All n of a mutant, both curves, go
-through the engine as one batch.
+All n of a mutant, both curves, go through the engine as one batch. The curves
+record which feature joins the circuit at each n, so the minimal circuit — the smallest
+n with ``|r_n − 1| ≤ 1 − recover``, none for a negligible mutant (``|F| < min_effect``) —
+is read off them by :func:`esmsae.attribution_tables.circuit_sizes_from_curves`
+without the model: changing those thresholds never reruns this measurement.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from torch import Tensor
 
 from esmsae.analysis import Analysis, LayerMeta
 from esmsae.arrays import Attributions
-from esmsae.columns import CURVE_COLUMNS, SIZE_COLUMNS
+from esmsae.columns import CURVE_COLUMNS
 from esmsae.engine import MutantView
 from esmsae.errors import InputError
 from esmsae.io import write_csv
@@ -40,30 +39,17 @@ from esmsae.settings import CircuitSettings
 
 @dataclass(frozen=True)
 class Curve:
-    """One mutant's circuit curves and minimal circuit."""
+    """One mutant's circuit curves."""
 
     mutant: str
     n_features: np.ndarray           # 0..max_k (capped at d_sae)
+    feature: np.ndarray              # the feature ranked n-th by |A_j|, which joins the circuit at n (-1 at n = 0)
     patched_score: np.ndarray        # S_n: the top-n features patched
     recovered_fraction: np.ndarray   # r_n (NaN when F = 0)
     complement_score: np.ndarray     # S_−n: every feature but the top-n patched
     complement_fraction: np.ndarray  # c_n (NaN when F = 0)
     baseline_score: float            # S(m)
     full_effect: float               # F = S_all − S(m)
-    negligible: bool                 # |F| < min_effect
-    minimal_size: float              # the smallest n with |r_n − 1| ≤ 1 − recover; NaN if none or negligible
-    features: tuple[int, ...]        # the minimal circuit's features, ascending (empty if no size)
-
-
-def minimal_size(recovered: np.ndarray, recover: float) -> float:
-    """The smallest n whose ``r_n`` is within ``1 − recover`` of 1 (both ways), NaN if none.
-
-    With recover 0.9: ``[0, 0.5, 1.3, 0.95]`` gives 3 (1.3 overshoots by 30 %), ``[0, 0.89]`` none.
-    """
-    r = np.asarray(recovered, dtype=np.float64)
-    within = np.abs(r - 1) <= (1 - recover) + 1e-12  # a fraction exactly on the bound is within it
-    hits = np.flatnonzero(within & np.isfinite(r))
-    return float(hits[0]) if len(hits) else math.nan
 
 
 def top_k_patches(start: Tensor, end: Tensor, attribution: Tensor, max_k: int) -> Tensor:
@@ -92,14 +78,11 @@ def circuit_curve(view: MutantView, settings: CircuitSettings, attribution: Tens
         recovered, complement = (effects[:n] / full).numpy(), (effects[n:2 * n] / full).numpy()
     else:
         recovered = complement = np.full(n, np.nan)
-    negligible = abs(full) < settings.min_effect
-    size = math.nan if negligible else minimal_size(recovered, settings.recover)
-    order = torch.argsort(ranked.abs(), descending=True, stable=True)
-    features = () if math.isnan(size) else tuple(sorted(order[: int(size)].tolist()))
-    return Curve(mutant=view.mutant.name, n_features=np.arange(n), patched_score=scores[:n],
+    order = torch.argsort(ranked.abs(), descending=True, stable=True)  # the order top_k_patches adds them in
+    joining = np.concatenate([[-1], order[: n - 1].cpu().numpy()]).astype(np.int64)
+    return Curve(mutant=view.mutant.name, n_features=np.arange(n), feature=joining, patched_score=scores[:n],
                  recovered_fraction=recovered, complement_score=scores[n:2 * n], complement_fraction=complement,
-                 baseline_score=float(out.baseline[-1]), full_effect=full, negligible=negligible,
-                 minimal_size=size, features=features)
+                 baseline_score=float(out.baseline[-1]), full_effect=full)
 
 
 def ranked_by_ig(view: MutantView, settings: CircuitSettings, attributions: Mapping[str, Tensor]) -> Curve:
@@ -118,42 +101,27 @@ def read_ig(inputs: Mapping[str, Path], mutants: list[Mutant], settings: Circuit
 
 
 def summary(c: Curve) -> str:
-    size = "negligible" if c.negligible else ("none" if math.isnan(c.minimal_size) else int(c.minimal_size))
-    return f"full effect {c.full_effect:.4g}, minimal circuit {size}"
+    n = int(c.n_features[-1])
+    return f"full effect {c.full_effect:.4g}, top-{n} recover r = {c.recovered_fraction[-1]:.3g}"
 
 
 def curves_table(curves: list[Curve], meta: LayerMeta, space: str) -> pd.DataFrame:
     """Both curves of every mutant, one row per (mutant, n_features), with the settings."""
     frames = [pd.DataFrame({
-        "mutant": c.mutant, "n_features": c.n_features, "patched_score": c.patched_score,
+        "mutant": c.mutant, "n_features": c.n_features,
+        "feature": pd.array([pd.NA if f < 0 else int(f) for f in c.feature], dtype="Int64"),
+        "patched_score": c.patched_score,
         "recovered_fraction": c.recovered_fraction, "complement_score": c.complement_score,
-        "complement_fraction": c.complement_fraction, "full_effect": c.full_effect, "negligible": c.negligible,
+        "complement_fraction": c.complement_fraction, "full_effect": c.full_effect,
         "layer": meta.layer, "k": meta.k, "d_sae": meta.d_sae, "space": space,
     }, columns=CURVE_COLUMNS) for c in curves]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CURVE_COLUMNS)
 
 
-def sizes_table(curves: list[Curve], meta: LayerMeta, space: str) -> pd.DataFrame:
-    """One row per mutant: its full effect, whether it is negligible, and the minimal circuit's size
-    (``n_features``, empty if none within max_k or negligible) with the fraction it recovers."""
-    rows = []
-    for c in curves:
-        size = c.minimal_size
-        rows.append({"protein": meta.protein, "layer": meta.layer, "mutant": c.mutant, "full_effect": c.full_effect,
-                     "negligible": c.negligible, "n_features": size,
-                     "recovered_fraction": math.nan if math.isnan(size) else float(c.recovered_fraction[int(size)]),
-                     "features": ";".join(str(j) for j in c.features), "k": meta.k, "d_sae": meta.d_sae,
-                     "space": space})
-    table = pd.DataFrame(rows, columns=SIZE_COLUMNS)
-    table["n_features"] = table["n_features"].astype("Int64")
-    return table
-
-
 def write_curves(curves: list[Curve], outputs: Mapping[str, Path], settings: CircuitSettings,
                  meta: LayerMeta) -> None:
-    """Rule find_circuits's outputs: the curves and the minimal sizes."""
+    """Rule find_circuits's output: the curves."""
     write_csv(curves_table(curves, meta, settings.space), outputs["curves"])
-    write_csv(sizes_table(curves, meta, settings.space), outputs["sizes"])
 
 
 CIRCUITS = Analysis(rule="find_circuits", settings=CircuitSettings, run=ranked_by_ig, write=write_curves,

@@ -24,8 +24,8 @@ TABLES: dict[str, list[str]] = {
     "patching": ["mutant", "position", "layer", "feature", "control", "wt_pre", "mut_pre", "wt_latent",
                  "mut_latent", "patched_value", "baseline_score", "patched_score", "effect", "k", "d_sae", "space"],
     "ig_top": ["mutant", "rank", "feature", "label", "attribution", "abs_delta", "layer", "k", "d_sae", "space"],
-    "circuit_curves": ["mutant", "n_features", "patched_score", "recovered_fraction", "complement_score",
-                       "complement_fraction", "full_effect", "negligible", "layer", "k", "d_sae", "space"],
+    "circuit_curves": ["mutant", "n_features", "feature", "patched_score", "recovered_fraction", "complement_score",
+                       "complement_fraction", "full_effect", "layer", "k", "d_sae", "space"],
     "circuit_sizes": ["protein", "layer", "mutant", "full_effect", "negligible", "n_features", "recovered_fraction",
                       "features", "k", "d_sae", "space"],
     # the study's tables
@@ -39,7 +39,7 @@ TABLES: dict[str, list[str]] = {
                           "space"],
     "top_mutations": ["protein", "mutant", "layer", "feature", "label", "effect", "abs_effect", "wt_marginal",
                       "dms_score", "k", "d_sae", "space"],
-    # tables/circuit_sizes.csv: the circuit_sizes files of every protein and layer, with the features' labels
+    # tables/circuit_sizes.csv: the minimal circuits read off every protein and layer's curves, labelled
     "circuit_sizes_labelled": ["protein", "layer", "mutant", "full_effect", "negligible", "n_features",
                                "recovered_fraction", "features", "labels", "k", "d_sae", "space"],
     "ig_concentration": ["protein", "layer", "n_mutants",

@@ -18,6 +18,7 @@ from esmsae.errors import InputError
 from esmsae.mutations import check_wt_sequence
 from esmsae.settings import (
     CircuitSettings,
+    CircuitSizeSettings,
     DemoSettings,
     FeatureSettings,
     GraphSettings,
@@ -82,7 +83,8 @@ def parse(config: Mapping) -> Study:
         ig_layers=ig_layers,
         patching=PatchSettings(space=space, features=p["features"], n=p["n"], stable_n=p["stable_n"], seed=p["seed"]),
         ig=IGSettings(space=space, steps=g["steps"], rule=g["rule"], error_node=g["error_node"]),
-        circuits=CircuitSettings(space=space, recover=c["recover"], max_k=c["max_k"], min_effect=c["min_effect"]),
+        circuits=CircuitSettings(space=space, max_k=c["max_k"]),
+        circuit_sizes=CircuitSizeSettings(recover=c["recover"], min_effect=c["min_effect"]),
         features=FeatureSettings(**config["features"]),
         positions=PositionSettings(min_effect=config["positions"]["min_effect"]),
         positions_layers=positions_layers,

@@ -35,6 +35,7 @@ from esmsae.io import write_csv
 from esmsae.keys import keyed
 from esmsae.labels import Activity, shown_features
 from esmsae.logs import log_to  # noqa: F401 (the rule scripts' log set-up, re-exported)
+from esmsae.settings import CircuitSizeSettings
 from esmsae.statistics import mean_sem
 
 log = logging.getLogger("esmsae")
@@ -71,9 +72,17 @@ def ig_tables(ig: Mapping[tuple[str, int], Path], labels_table: str | Path, out:
         write_csv(attribution_tables.feature_consistency(at_layer, labels=names), path)
 
 
-def circuit_sizes(sizes: Mapping[tuple[str, int], Path], labels_table: str | Path, out: str | Path) -> None:
+def minimal_circuits(curves: Mapping[tuple[str, int], Path], settings: CircuitSizeSettings) -> pd.DataFrame:
+    """Every mutant's minimal circuit at every (protein, layer), read off the curves find_circuits measured."""
+    return attribution_tables.circuit_sizes(
+        attribution_tables.circuit_sizes_from_curves(read_table(path, "circuit_curves"), protein, settings)
+        for (protein, _), path in curves.items())
+
+
+def circuit_sizes(curves: Mapping[tuple[str, int], Path], settings: CircuitSizeSettings, labels_table: str | Path,
+                  out: str | Path) -> None:
     """Rule tabulate_circuit_sizes: minimal circuit of every mutant, all proteins and layers, its features labelled."""
-    table = attribution_tables.circuit_sizes(read_table(path, "circuit_sizes") for path in sizes.values())
+    table = minimal_circuits(curves, settings)
     names = labels.label_lookup(read_table(labels_table, "feature_labels"))
     table.insert(table.columns.get_loc("features") + 1, "labels",
                  [" | ".join(names.get((int(layer), int(j)), "") for j in str(features).split(";") if j)
@@ -167,7 +176,8 @@ def draw_figure(name: str, inputs: Mapping[str, Path], options: Mapping[str, Any
 
 
 def select_features(ig: Mapping[tuple[str, int], Path], patching: Mapping[tuple[str, int], Path],
-                    sizes: Mapping[tuple[str, int], Path], max_cards: int, out: str | Path) -> None:
+                    curves: Mapping[tuple[str, int], Path], sizes: CircuitSizeSettings, max_cards: int,
+                    out: str | Path) -> None:
     """Rule select_features: every feature a table or figure shows, and which get a card."""
     results = {pair: Attributions.read(path) for pair, path in ig.items()}
     top: dict[int, Counter] = {}
@@ -180,9 +190,9 @@ def select_features(ig: Mapping[tuple[str, int], Path], patching: Mapping[tuple[
         best = real.sort_values(["mutant", "abs_effect", "feature"], ascending=[True, False, True], kind="mergesort")
         patches.setdefault(layer, Counter()).update(best.drop_duplicates("mutant")["feature"].astype(int).tolist())
     circuits: dict[int, Counter] = {}
-    for (_, layer), path in sizes.items():
-        for features in read_table(path, "circuit_sizes")["features"].fillna(""):
-            circuits.setdefault(layer, Counter()).update(int(j) for j in str(features).split(";") if j)
+    minimal = minimal_circuits(curves, sizes)
+    for layer, features in zip(minimal["layer"], minimal["features"], strict=True):
+        circuits.setdefault(int(layer), Counter()).update(int(j) for j in str(features).split(";") if j)
     universal = attribution_tables.universal_features(results)
     table = shown_features(top, patches, universal, circuits, max_cards)
     log.info("%d features shown in tables or figures over %d layers; %d get a card", len(table),

@@ -113,19 +113,30 @@ class IGSettings:
 
 @dataclass(frozen=True)
 class CircuitSettings:
-    """The ``circuits`` block, with the shared ``space``."""
+    """What rule find_circuits measures: the curves up to ``circuits.max_k``, in the shared ``space``."""
 
     space: str
-    recover: float
     max_k: int
-    min_effect: float
 
     def __post_init__(self):
         _check_space(self.space)
-        if not 0 < self.recover <= 1:
-            raise InputError(f"config key circuits.recover: {self.recover} must be in (0, 1]")
         if self.max_k < 1:
             raise InputError(f"config key circuits.max_k: {self.max_k} must be >= 1")
+
+
+@dataclass(frozen=True)
+class CircuitSizeSettings:
+    """How a minimal circuit is read off the measured curves (``circuits.recover``, ``circuits.min_effect``).
+
+    Thresholds only: changing them reruns the tables and figures, never the measurement.
+    """
+
+    recover: float
+    min_effect: float
+
+    def __post_init__(self):
+        if not 0 < self.recover <= 1:
+            raise InputError(f"config key circuits.recover: {self.recover} must be in (0, 1]")
         if self.min_effect < 0:
             raise InputError(f"config key circuits.min_effect: {self.min_effect} must be >= 0")
 
@@ -227,6 +238,7 @@ class Study:
     patching: PatchSettings
     ig: IGSettings
     circuits: CircuitSettings
+    circuit_sizes: CircuitSizeSettings
     features: FeatureSettings
     positions: PositionSettings
     positions_layers: tuple[int, ...]  # layers of the spread over positions

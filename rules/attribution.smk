@@ -28,7 +28,6 @@ rule find_circuits:
         npz=ig_file("{protein}", "{layer}"),
     output:
         curves=circuits_file("{protein}", "{layer}"),
-        sizes=circuits_file("{protein}", "{layer}", "_sizes.csv"),
     log:
         f"{OUTDIR}/logs/find_circuits/{{protein}}_L{{layer}}.log",
     benchmark:
@@ -43,7 +42,7 @@ rule find_circuits:
 
 rule tabulate_circuit_sizes:
     input:
-        **by_pair("sizes", circuit_sizes_file, IG_PAIRS),
+        **by_pair("curves", circuits_file, IG_PAIRS),
         labels=table_file("feature_labels"),
     output:
         table=table_file("circuit_sizes"),
@@ -52,6 +51,8 @@ rule tabulate_circuit_sizes:
     benchmark:
         f"{OUTDIR}/benchmarks/tabulate_circuit_sizes.tsv"
     localrule: True
+    params:
+        settings=as_params(STUDY.circuit_sizes),
     script:
         "../workflow_scripts/tabulate_circuit_sizes.py"
 

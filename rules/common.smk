@@ -49,12 +49,8 @@ def ig_file(protein, layer, suffix=".npz"):
     return f"{OUTDIR}/ig/{protein}_L{layer}{suffix}"
 
 
-def circuits_file(protein, layer, suffix=".csv"):
-    return f"{OUTDIR}/circuits/{protein}_L{layer}{suffix}"
-
-
-def circuit_sizes_file(protein, layer):
-    return circuits_file(protein, layer, "_sizes.csv")
+def circuits_file(protein, layer):
+    return f"{OUTDIR}/circuits/{protein}_L{layer}.csv"
 
 
 def table_file(name):
@@ -215,7 +211,10 @@ FIGURES = {
     "circuit_faithfulness": {
         "category": "Circuits",
         "input": by_pair("curves", circuits_file, IG_PAIRS),
-        "options": {"recover": STUDY.circuits.recover},
+        "options": {
+            "recover": STUDY.circuit_sizes.recover,
+            "min_effect": STUDY.circuit_sizes.min_effect,
+        },
     },
     "minimal_circuit_sizes": {
         "category": "Circuits",

@@ -26,7 +26,7 @@ checkpoint select_features:
     input:
         **by_pair("ig", ig_file, IG_PAIRS),
         **by_pair("patching", patching_file, PATCH_PAIRS),
-        **by_pair("sizes", circuit_sizes_file, IG_PAIRS),
+        **by_pair("curves", circuits_file, IG_PAIRS),
     output:
         shown=SHOWN_FILE,
     log:
@@ -35,6 +35,7 @@ checkpoint select_features:
         f"{OUTDIR}/benchmarks/select_features.tsv"
     localrule: True
     params:
+        sizes=as_params(STUDY.circuit_sizes),
         max_cards=STUDY.features.max_cards,
     script:
         "../workflow_scripts/select_features.py"

@@ -85,6 +85,10 @@ def circuit_settings(**changes):
     return dataclasses.replace(DEFAULTS.circuits, **changes)
 
 
+def circuit_size_settings(**changes):
+    return dataclasses.replace(DEFAULTS.circuit_sizes, **changes)
+
+
 def watch_passes(monkeypatch, splice, fits: int | None = None) -> list[tuple[int, bool]]:
     """Record each pass `splice.run` makes as (rows, gradients on); with `fits`, a pass of more
     rows raises a simulated out-of-memory error instead of running."""

@@ -54,14 +54,15 @@ def pooled(layer, stat):
     return values.mean(), values.std(ddof=1) / np.sqrt(values.size)
 
 
-def curve(mutant, recovered, complement, negligible=False, full_effect=1.0, layer=1):
-    """One mutant's circuit curves as esmsae.circuits.curves_table writes them."""
+def curve(mutant, recovered, complement, full_effect=1.0, layer=1):
+    """One mutant's circuit curves as esmsae.circuits.curves_table writes them (negligible: a tiny full_effect)."""
     n = len(recovered)
     return pd.DataFrame({
-        "mutant": mutant, "n_features": np.arange(n, dtype=np.int64), "patched_score": 0.0,
+        "mutant": mutant, "n_features": np.arange(n, dtype=np.int64),
+        "feature": pd.array([pd.NA, *range(n - 1)] if n else [], dtype="Int64"), "patched_score": 0.0,
         "recovered_fraction": np.asarray(recovered, dtype=np.float64), "complement_score": 0.0,
         "complement_fraction": np.asarray(complement, dtype=np.float64), "full_effect": full_effect,
-        "negligible": negligible, "layer": layer, "k": 8, "d_sae": 30, "space": "latent",
+        "layer": layer, "k": 8, "d_sae": 30, "space": "latent",
     }, columns=CURVE_COLUMNS)
 
 
@@ -72,7 +73,7 @@ def curves():
         ("P", 4): pd.concat([curve("A1C", [0.0, 0.5, 1.0], [1.0, 0.4, 0.0], layer=4),
                              curve("A2C", [0.0, 0.7, 0.9], [1.0, 0.2, 0.1], layer=4)], ignore_index=True),
         ("Q", 4): pd.concat([curve("A3C", [0.0, 0.2, 0.8], [1.0, 0.9, 0.3], layer=4),
-                             curve("A4C", [0.0, 50.0, -40.0], [1.0, -30.0, 60.0], negligible=True, full_effect=1e-4,
+                             curve("A4C", [0.0, 50.0, -40.0], [1.0, -30.0, 60.0], full_effect=1e-4,
                                    layer=4)], ignore_index=True),
         ("P", 2): curve("A1C", [0.0, 0.1, 0.4], [1.0, 0.8, 0.5], layer=2),
         ("Q", 2): curve("A1C", [0.0, 0.3], [1.0, 0.6], layer=2).iloc[:0],
@@ -150,6 +151,9 @@ def test_circuit_faithfulness(tmp_path, curves):
     assert list(lines[4].get_ydata()) == [0, 0]
     band = ax.patches[0]  # 1 ± (1 − recover)
     assert band.get_y() == pytest.approx(0.85) and band.get_height() == pytest.approx(0.3)
+    # min_effect is read at drawing time: above every |F| (1.0, and A4C's 1e-4), every mutant is negligible.
+    fig = af.circuit_faithfulness(curves, tmp_path / "g.png", tmp_path / "g.pdf", min_effect=2.0)
+    assert fig.axes[0].get_lines()[2].get_label() == "layer 4 (0 of 4; 4 negligible)"
 
 
 def test_circuit_faithfulness_reads_curves_back_from_csv(tmp_path, curves):
@@ -167,7 +171,7 @@ def test_circuit_faithfulness_reads_curves_back_from_csv(tmp_path, curves):
 def test_circuit_faithfulness_counts_mutants_of_different_proteins_apart(tmp_path):
     # Mutant names repeat across proteins: P's A1C and Q's A1C are two mutants.
     curves = {("P", 4): curve("A1C", [0.0, 1.0], [1.0, 0.0], layer=4),
-              ("Q", 4): curve("A1C", [0.0, 9.0], [1.0, 9.0], negligible=True, layer=4)}
+              ("Q", 4): curve("A1C", [0.0, 9.0], [1.0, 9.0], full_effect=-0.01, layer=4)}
     fig = af.circuit_faithfulness(curves, tmp_path / "f.png", tmp_path / "f.pdf")
     assert fig.axes[0].get_lines()[0].get_label() == "layer 4 (1 of 2; 1 negligible)"
 
@@ -254,7 +258,7 @@ def test_empty_inputs_do_not_crash(tmp_path):
         fig = af.circuit_faithfulness(curves, out / f"{name}.png", out / f"{name}.pdf")
         assert len(fig.axes[0].get_lines()) == 1 and fig.axes[0].texts  # only y = 0, and a note
         check_files(out, name)
-    only_negligible = {("P", 1): curve("A1C", [0.0, 3.0], [1.0, 2.0], negligible=True)}
+    only_negligible = {("P", 1): curve("A1C", [0.0, 3.0], [1.0, 2.0], full_effect=0.0)}
     fig = af.circuit_faithfulness(only_negligible, out / "n.png", out / "n.pdf")
     assert fig.axes[0].get_lines()[0].get_label() == "layer 1 (0 of 1; 1 negligible)"
     assert all(len(line.get_xdata()) == 0 for line in fig.axes[0].get_lines()[:2])

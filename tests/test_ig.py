@@ -22,6 +22,7 @@ from .conftest import (
     LAYERS,
     WT,
     circuit_settings,
+    circuit_size_settings,
     ig_settings,
     mutant_states,
     splice_every_layer,
@@ -171,8 +172,12 @@ def test_settings_refused():
         ig_settings(rule="simpson")
     with pytest.raises(InputError, match="ig.steps"):
         ig_settings(steps=1, rule="riemann_middle")
+    with pytest.raises(InputError, match="circuits.max_k"):
+        circuit_settings(max_k=0)
     with pytest.raises(InputError, match="circuits.recover"):
-        circuit_settings(recover=1.5)
+        circuit_size_settings(recover=1.5)
+    with pytest.raises(InputError, match="circuits.min_effect"):
+        circuit_size_settings(min_effect=-0.1)
 
 
 def test_npz_and_top_table_round_trip(splices, tmp_path):

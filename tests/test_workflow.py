@@ -142,12 +142,12 @@ def test_demo_ig_and_circuit_outputs(demo):
             assert top["label"].notna().all()
             assert_settings(top, layer)
             curves = pd.read_csv(demo.outdir / "circuits" / f"{protein}_L{layer}.csv")
-            assert list(curves.columns[:6]) == ["mutant", "n_features", "patched_score", "recovered_fraction",
-                                                "complement_score", "complement_fraction"]
+            assert list(curves.columns[:7]) == ["mutant", "n_features", "feature", "patched_score",
+                                                "recovered_fraction", "complement_score", "complement_fraction"]
             assert_settings(curves, layer)
             start = curves.loc[curves["n_features"] == 0]
             assert (start["recovered_fraction"] == 0.0).all() and (start["complement_fraction"] == 1.0).all()
-    sizes = pd.read_csv(demo.outdir / "tables" / "circuit_sizes.csv")
+    sizes = pd.read_csv(demo.outdir / "tables" / "circuit_sizes.csv", dtype={"features": str})
     assert list(sizes.columns[:6]) == ["protein", "layer", "mutant", "full_effect", "negligible", "n_features"]
     assert len(sizes) == len(WT) * len(IG_LAYERS) * n
     # A minimal circuit recovers the full effect within ±(1 − recover); negligible mutants get no size.
@@ -155,6 +155,11 @@ def test_demo_ig_and_circuit_outputs(demo):
     assert ((sized["recovered_fraction"] - 1).abs() <= 0.1 + 1e-9).all() and len(sized) > 0
     assert sizes.loc[sizes["negligible"], "n_features"].isna().all()
     assert (sizes["negligible"] == (sizes["full_effect"].abs() < 0.05)).all()
+    # Each minimal circuit is the first n features that join its curve.
+    for row in sized.itertuples():
+        curve = pd.read_csv(demo.outdir / "circuits" / f"{row.protein}_L{row.layer}.csv")
+        joined = curve.loc[(curve["mutant"] == row.mutant) & curve["n_features"].between(1, row.n_features), "feature"]
+        assert sorted(joined.astype(int)) == [int(j) for j in row.features.split(";")]
     for name in ["ig_concentration", "ig_concentration_mutants", "universal_features",
                  *[f"feature_consistency_L{x}" for x in IG_LAYERS]]:
         table = pd.read_csv(demo.outdir / "tables" / f"{name}.csv")
@@ -359,6 +364,16 @@ def test_science_settings_rerun_what_they_change(demo):
     assert planned["patch_features"] == len(WT) * len(PATCH_LAYERS)
     assert planned["integrate_gradients"] == planned["find_circuits"] == len(WT) * len(IG_LAYERS)
     assert not {"build_demo_model", "train_sae", "score_mutations", "measure_sae_quality"} & set(planned)
+
+
+def test_circuit_thresholds_rerun_no_model_job(demo, tmp_path):
+    """circuits.recover and min_effect only read the measured curves: the tables, checkpoint and figures
+    rerun, and what they feed, but not find_circuits."""
+    override = write_override(tmp_path, "thresholds.yaml", {"circuits": {"recover": 0.8, "min_effect": 0.02}})
+    planned = planned_jobs(succeeded(snakemake(demo.workdir, *with_override(override), "-n"),
+                                     "a dry run with other circuit thresholds").output)
+    assert {"tabulate_circuit_sizes", "select_features", "plot_circuit_faithfulness"} <= set(planned)
+    assert not {"find_circuits", "integrate_gradients", "patch_features", "score_mutations"} & set(planned)
 
 
 # -- 3. rebuild only what is needed, deterministically -------------------------------------------

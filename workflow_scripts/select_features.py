@@ -1,6 +1,7 @@
 """Rule select_features: the features the tables and figures show, and which get a card."""
 from esmsae import reports
 from esmsae.keys import keyed
+from esmsae.settings import CircuitSizeSettings, from_params
 
 PAIR = ("protein", "layer")
 
@@ -8,7 +9,8 @@ PAIR = ("protein", "layer")
 def main(smk):
     with reports.log_to(smk.log[0]):
         reports.select_features(keyed(smk.input, "ig", PAIR), keyed(smk.input, "patching", PAIR),
-                                 keyed(smk.input, "sizes", PAIR), smk.params.max_cards, smk.output.shown)
+                                 keyed(smk.input, "curves", PAIR), from_params(CircuitSizeSettings, smk.params.sizes),
+                                 smk.params.max_cards, smk.output.shown)
 
 
 if __name__ == "__main__":
