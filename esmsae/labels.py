@@ -138,10 +138,14 @@ def group_f1(active_by_residue: np.ndarray, n_active: int, residue_counts: np.nd
 
 def label(n_active: int, top: int, f1_top: float, identity: bool, group: list[int], f1_group: float,
           promotes: str | None = None) -> str:
-    """A short label: ``dead``, ``L-identity``, ``K/R-enriched (F1 0.41)`` or ``broad (top L, F1 0.12)``,
-    then ``; promotes L`` when the output effect is known."""
+    """A short label: ``inactive on reference``, ``L-identity``, ``K/R-enriched (F1 0.41)`` or
+    ``broad (top L, F1 0.12)``, then ``; promotes L`` when the output effect is known.
+
+    A feature that never fires on the reference positions is not called dead: it may still fire
+    in a mutant (and so appear in its circuit), which the reference, WT sequences by default,
+    cannot see."""
     if n_active == 0:
-        text = "dead"
+        text = "inactive on reference"
     elif identity:
         text = f"{AMINO_ACIDS[top]}-identity"
     elif group:

@@ -206,7 +206,7 @@ def label_features(activity: Mapping[int, Path], effects: Mapping[int, Path], id
     parts = []
     for layer, path in sorted(activity.items()):
         table = labels.feature_table(Activity.read(path), identity_f1, read_table(effects[layer], "output_effects"))
-        log.info("layer %d: %d identity features, %d dead", layer, int(table["identity"].sum()),
+        log.info("layer %d: %d identity features, %d inactive on the reference", layer, int(table["identity"].sum()),
                  int((table["n_active"] == 0).sum()))
         parts.append(table)
     write_csv(pd.concat(parts, ignore_index=True)[TABLES["feature_labels"]], out)

@@ -81,7 +81,7 @@ def test_top_residue_ties_go_alphabetical_and_identity_flag():
 
 
 def test_label_text():
-    assert label(0, 0, 0.0, False, [], 0.0) == "dead"
+    assert label(0, 0, 0.0, False, [], 0.0) == "inactive on reference"
     assert label(10, A["L"], 1.0, True, [], 0.0, "L") == "L-identity; promotes L"
     assert label(10, A["K"], 0.3, False, [A["K"], A["R"]], 0.41) == "K/R-enriched (F1 0.41)"
     assert label(10, A["V"], 0.12, False, [], 0.0) == "broad (top V, F1 0.12)"
@@ -104,7 +104,7 @@ def test_feature_table_labels_and_output_effects():
     assert (table.loc[0, "promotes"], table.loc[0, "promotes_effect"]) == ("L", 0.5)
     assert (table.loc[0, "suppresses"], table.loc[0, "suppresses_effect"]) == ("P", -0.25)
     assert table.loc[1, "label"].startswith("A/K-enriched (F1 ")  # A 0.4 + K 0.3 of its activations reach half
-    assert pd.isna(table.loc[1, "promotes"]) and table.loc[2, "label"] == "dead"
+    assert pd.isna(table.loc[1, "promotes"]) and table.loc[2, "label"] == "inactive on reference"
 
 
 def test_identity_share_by_hand():
