@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import io
 import os
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 import numpy as np
 
 from esmsae.errors import InputError
-from esmsae.io import atomic_path
+from esmsae.io import atomic_path, read_npz
 
 PER_MUTANT = ("error_attribution", "total_effect", "completeness_error", "quadrature_delta")
 SETTINGS = ("steps", "rule", "space", "k", "d_sae", "error_node", "layer")
@@ -87,13 +86,7 @@ class Attributions:
     @classmethod
     def read(cls, path: str | os.PathLike) -> Attributions:
         """An npz written by :meth:`write`; InputError naming the file if it is not one."""
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except FileNotFoundError:
-            raise InputError(f"{path}: IG results not found") from None
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-            raise InputError(f"{path}: not a readable IG results file (truncated or corrupt?): {err}") from None
+        arrays = read_npz(path, "IG results")
         try:
             return cls.of(arrays, str(path))
         except ValueError as err:

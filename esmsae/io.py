@@ -1,13 +1,16 @@
-"""Outputs are written atomically: a temporary file beside the target, then a rename."""
+"""Outputs are written atomically: a temporary file beside the target, then a rename; arrays are read back
+with one clear error."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from esmsae.errors import InputError
@@ -46,3 +49,17 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write a table atomically, floats at full round-trip precision."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
+    """Every array of an npz file (no pickles); InputError naming the file if it is missing or unreadable.
+
+    `what` names the file's kind in the message, e.g. ``IG results``.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise InputError(f"{path}: not a readable {what} file (truncated or corrupt?): {err}") from None

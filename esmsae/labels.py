@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import os
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
@@ -31,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from esmsae.errors import InputError
-from esmsae.io import atomic_path
+from esmsae.io import atomic_path, read_npz
 from esmsae.mutations import AMINO_ACIDS
 
 # The enriched-residue label: the fewest residues (at most this many) whose precisions sum to at least
@@ -72,13 +71,7 @@ class Activity:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> Activity:
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except FileNotFoundError:
-            raise InputError(f"{path}: feature activity not found") from None
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-            raise InputError(f"{path}: not a readable feature activity file: {err}") from None
+        arrays = read_npz(path, "feature activity")
         missing = [f.name for f in fields(cls) if f.name != "wt_latents" and f.name not in arrays]
         if missing:
             raise InputError(f"{path}: not a feature activity file (missing {', '.join(missing)})")

@@ -12,6 +12,7 @@ import torch
 from esmsae import config, reports, workflow
 from esmsae.columns import TABLES, read_table
 from esmsae.engine import Splice
+from esmsae.errors import InputError
 from esmsae.features import effect_positions, output_effects
 from esmsae.labels import (
     Activity,
@@ -260,3 +261,11 @@ def test_config_defaults_for_features():
                           "patching": {"layers": [1]}, "ig": {"layers": [1]}})
     assert loaded.features == dataclasses.replace(DEFAULTS.features)
     assert (loaded.features.identity_f1, loaded.features.max_positions, loaded.features.reference) == (0.8, 8, None)
+
+
+def test_unreadable_activity_names_the_file(tmp_path):
+    with pytest.raises(InputError, match="missing.npz: feature activity not found"):
+        Activity.read(tmp_path / "missing.npz")
+    (tmp_path / "cut.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(InputError, match="cut.npz: not a readable feature activity file"):
+        Activity.read(tmp_path / "cut.npz")
