@@ -151,7 +151,7 @@ def main() -> None:
     ig_settings = IGSettings(space="latent", steps=args.ig_steps, rule="gausslegendre", error_node=True)
     ig_view = splice.resized(max(args.ig_steps, 1)).view(mutant, h_mut, "latent")
     t_ig = timed(lambda: attribute(ig_view, ig_settings), device, 1)
-    circ = CircuitSettings(space="latent", recover=0.9, max_k=args.max_k, min_effect=0.0)
+    circ = CircuitSettings(space="latent", max_k=args.max_k)
     circuit_view = splice.resized(args.max_k + 2).view(mutant, h_mut, "latent")
     # Rank like IG does: only features whose latent moved carry attribution.
     mut_code = splice.mutant_code(h_mut, code)

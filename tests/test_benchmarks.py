@@ -1,0 +1,35 @@
+"""The benchmark scripts still run: each on the tiny shape, in a subprocess, as a user would start it.
+
+They time nothing here (timings belong to benchmarks/README.md); what they print about
+faithfulness (batched vs naive, batch 7 vs 64) must still be exactly zero on CPU.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--shape", "tiny", "--device", "cpu",
+                           "--threads", "1", *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_bench_engine_runs_and_reports_exact_agreement():
+    out = run("bench_engine.py", "--repeats", "1", "--naive", "4")
+    for what in ("IG", "circuits", "AtP", "positions", "graph"):
+        assert re.search(rf"^{what}\s+:\s+[\d.]+ s per mutant", out, re.M), f"no {what} line:\n{out}"
+    assert re.search(r"^batched vs naive :\s+0\.00e\+00", out, re.M), out
+    assert re.search(r"^batch 7 vs 64\s+:\s+0\.00e\+00", out, re.M), out
+
+
+def test_bench_features_runs():
+    out = run("bench_features.py", "--sequences", "20", "--length", "40")
+    assert "activity pass: 20 sequences x 40 residues" in out and "engine rows" in out, out
