@@ -28,9 +28,8 @@ from esmsae.attribution_tables import (
     ordered_results,
 )
 from esmsae.columns import SIZE_COLUMNS
-from esmsae.figures import note, save
+from esmsae.figures import layer_axis, mean_sem_line, note, save
 from esmsae.labels import Labels
-from esmsae.statistics import mean_sem
 
 PathLike = str | os.PathLike
 MAX_ROWS = 30
@@ -63,17 +62,12 @@ def ig_concentration(results: Results, png: PathLike, pdf: PathLike) -> Figure:
     means: dict[str, np.ndarray] = {}
     for ax, (title, curves) in zip(axes, panels, strict=True):
         for column, label, color, style in curves:
-            stats = [mean_sem(table.loc[table["layer"] == layer, column].to_numpy(dtype=np.float64))
-                     for layer in layers]
-            means[column] = mean = np.array([m for m, _ in stats])
-            sem = np.nan_to_num(np.array([e for _, e in stats]), nan=0.0)
-            ax.plot(layers, mean, color=color, linestyle=style, marker="o", label=label)
-            ax.errorbar(layers, mean, yerr=sem, fmt="none", ecolor=color, capsize=0)
+            means[column] = mean_sem_line(ax, layers, [table.loc[table["layer"] == layer, column] for layer in layers],
+                                          color=color, label=label, linestyle=style)
         if not layers:
             note(ax, "no IG attributions")
         ax.set_title(title, fontsize="medium")
-        ax.set_xlabel("layer")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        layer_axis(ax)
         ax.set_ylim(bottom=0)
         ax.legend(fontsize="small", loc="center right" if ax is axes[2] else "lower left")
     axes[0].set_ylim(0, 1.05)

@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
 
-from esmsae.figures import note, save
+from esmsae.figures import layer_axis, mean_sem_line, note, save
 from esmsae.graph_tables import strongest_paths
 from esmsae.statistics import mean_sem
 
@@ -40,21 +39,16 @@ def attribution_agreement(table: pd.DataFrame, png: PathLike, pdf: PathLike) -> 
             rows = table[table["protein"] == protein]
             layers = sorted(set(rows["layer"].tolist()))
             for method, style in (("atp", "-"), ("ig", "--")):
-                stats = [mean_sem(rows.loc[rows["layer"] == layer, f"{stat}_{method}"].to_numpy(dtype=np.float64))
-                         for layer in layers]
-                mean = np.array([m for m, _ in stats])
-                ax.plot(layers, mean, color=f"C{i}", linestyle=style, marker="o",
-                        label=f"{protein} {'AtP' if method == 'atp' else 'IG'}")
-                ax.errorbar(layers, mean, yerr=np.nan_to_num(np.array([e for _, e in stats]), nan=0.0), fmt="none",
-                            ecolor=f"C{i}", capsize=0)
+                mean_sem_line(ax, layers, [rows.loc[rows["layer"] == layer, f"{stat}_{method}"] for layer in layers],
+                              color=f"C{i}", label=f"{protein} {'AtP' if method == 'atp' else 'IG'}",
+                              linestyle=style)
         if stat == "top10" and proteins:
             chance = table.groupby("layer")["top10_chance"].mean()
             ax.plot(chance.index.to_numpy(), chance.to_numpy(), color="0.5", linestyle=":", label="chance")
         if not proteins:
             note(ax, "no layer has both patching and IG")
         ax.set_title(title, fontsize="medium")
-        ax.set_xlabel("layer")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        layer_axis(ax)
     axes[0].set_ylim(-1.05, 1.05)
     axes[0].axhline(0, color="0.6", linewidth=0.8)
     axes[1].set_ylim(0, 1.05)
@@ -103,17 +97,13 @@ def position_spread(positions: Keyed, summaries: Keyed, png: PathLike, pdf: Path
     ax = axes[-1]
     for i, protein in enumerate(proteins):
         layers = sorted(layer for p, layer in summaries if p == protein)
-        stats = [mean_sem(summaries[(protein, layer)]["site_share"].to_numpy(dtype=np.float64)) for layer in layers]
-        mean = np.array([m for m, _ in stats])
-        ax.plot(layers, mean, color=f"C{i}", marker="o", label=protein)
-        ax.errorbar(layers, mean, yerr=np.nan_to_num(np.array([e for _, e in stats]), nan=0.0), fmt="none",
-                    ecolor=f"C{i}", capsize=0)
+        mean_sem_line(ax, layers, [summaries[(protein, layer)]["site_share"] for layer in layers], color=f"C{i}",
+                      label=protein)
     if not proteins:
         note(ax, "no positions")
     ax.axhline(1, color="0.6", linewidth=0.8, linestyle=":")
     ax.set_title("site share Σ_sites P_site / P_all (mean ± s.e.m. over mutants)", fontsize="medium", loc="left")
-    ax.set_xlabel("layer")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    layer_axis(ax)
     if proteins:
         ax.legend(fontsize="small")
     save(fig, png, pdf)

@@ -11,12 +11,10 @@ import os
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
-from esmsae.figures import note, save
+from esmsae.figures import layer_axis, mean_sem_line, note, save
 from esmsae.labels import Activity
 from esmsae.mutations import AMINO_ACIDS
-from esmsae.statistics import mean_sem
 
 PathLike = str | os.PathLike
 CARD_MUTANTS = 12
@@ -112,18 +110,13 @@ def identity_share(table: pd.DataFrame, png: PathLike, pdf: PathLike) -> Figure:
             layers = sorted(set(rows["layer"].tolist()))
             for column, style, suffix in ((f"{side}_identity_share", "-", ""),
                                           (f"{side}_identity_share_null", "--", " null")):
-                stats = [mean_sem(rows.loc[rows["layer"] == layer, column].to_numpy(dtype=np.float64))
-                         for layer in layers]
-                mean = np.array([m for m, _ in stats])
-                ax.plot(layers, mean, color=f"C{i}", linestyle=style, marker="o" if not suffix else None,
-                        label=f"{protein}{suffix}")
-                ax.errorbar(layers, mean, yerr=np.nan_to_num(np.array([e for _, e in stats]), nan=0.0), fmt="none",
-                            ecolor=f"C{i}", capsize=0)
+                mean_sem_line(ax, layers, [rows.loc[rows["layer"] == layer, column] for layer in layers],
+                              color=f"C{i}", label=f"{protein}{suffix}", linestyle=style,
+                              marker="o" if not suffix else None)
         if not proteins:
             note(ax, "no identity shares")
         ax.set_title(title, fontsize="medium")
-        ax.set_xlabel("layer")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        layer_axis(ax)
         ax.set_ylim(bottom=0)
     axes[0].set_ylabel("share (solid: of IG attribution D; dashed: of |Δ|)")
     if proteins:

@@ -23,6 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from esmsae.aggregate import CONTROLS, ordered, real_patches, spearman
 from esmsae.io import atomic_path
+from esmsae.statistics import mean_sem
 
 PathLike = str | os.PathLike
 CONTROL_STYLE = {"real": ("C0", "o", "-"), "noop": ("0.5", "s", ":"), "stable": ("C2", "^", "--"),
@@ -42,9 +43,22 @@ def note(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
 
 
-def _layer_axis(ax: Axes) -> None:
+def layer_axis(ax: Axes) -> None:
+    """An x axis of layers: labelled, integer ticks."""
     ax.set_xlabel("layer")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def mean_sem_line(ax: Axes, layers: list[int], samples, *, color: str, label: str, linestyle: str = "-",
+                  marker: str | None = "o") -> np.ndarray:
+    """At each layer, the mean of that layer's per-mutant values with its s.e.m. as an error bar
+    (the mutant as the unit; no bar where it is undefined). Returns the means."""
+    stats = [mean_sem(np.asarray(values, dtype=np.float64)) for values in samples]
+    mean = np.array([m for m, _ in stats])
+    ax.plot(layers, mean, color=color, linestyle=linestyle, marker=marker, label=label)
+    ax.errorbar(layers, mean, yerr=np.nan_to_num(np.array([e for _, e in stats]), nan=0.0), fmt="none",
+                ecolor=color, capsize=0)
+    return mean
 
 
 def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
@@ -79,7 +93,7 @@ def layer_effects(validation: pd.DataFrame, png: PathLike, pdf: PathLike) -> Fig
         ax.legend(title="protein")
     if not proteins or not np.isfinite(real["mean_abs_effect"].to_numpy(dtype=np.float64)).any():
         note(ax, "no real patches")
-    _layer_axis(ax)
+    layer_axis(ax)
     ax.set_ylabel("mean |effect| of real patches (± s.e.m. over mutants)")
     ax.set_title("Patch effect by layer")
     save(fig, png, pdf)
@@ -98,7 +112,7 @@ def controls(validation: pd.DataFrame, png: PathLike, pdf: PathLike) -> Figure:
     if not proteins:
         ax = fig.add_subplot()
         note(ax, "no patching data")
-        _layer_axis(ax)
+        layer_axis(ax)
         ax.set_ylabel("mean |effect|")
     for i, protein in enumerate(proteins):
         ax = fig.add_subplot(nrows, ncols, i + 1)
@@ -113,7 +127,7 @@ def controls(validation: pd.DataFrame, png: PathLike, pdf: PathLike) -> Figure:
         if not np.isfinite(rows["mean_abs_effect"].to_numpy(dtype=np.float64)).any():
             note(ax, "no patches")
         ax.set_title(protein)
-        _layer_axis(ax)
+        layer_axis(ax)
         ax.set_ylabel("mean |effect|")
         ax.legend(title="control", fontsize="small")
     fig.suptitle("Real patches against controls")
