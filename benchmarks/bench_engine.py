@@ -24,19 +24,19 @@ import time
 
 import torch
 
-from esmsae.atp import attribution_patching
-from esmsae.circuits import circuit_curve
-from esmsae.demo import tiny_esm2
-from esmsae.engine import Splice
-from esmsae.esm import EsmLM, resolve_device
-from esmsae.graph import PairContext, link
-from esmsae.host import hold_freed_memory
-from esmsae.ig import attribute
-from esmsae.mutations import parse_mutant
-from esmsae.patching import changed_features, single_feature_patches
-from esmsae.positions import spread
-from esmsae.sae import random_sae
-from esmsae.settings import CircuitSettings, IGSettings, PairSettings, PositionSettings
+from esmsae.analyses.atp import attribution_patching
+from esmsae.analyses.circuits import circuit_curve
+from esmsae.analyses.graph import PairContext, link
+from esmsae.analyses.ig import attribute
+from esmsae.analyses.patching import changed_features, single_feature_patches
+from esmsae.analyses.positions import spread
+from esmsae.config.settings import CircuitSettings, IGSettings, PairSettings, PositionSettings
+from esmsae.inputs.mutations import parse_mutant
+from esmsae.model.demo import tiny_esm2
+from esmsae.model.esm import EsmLM, resolve_device
+from esmsae.model.host import hold_freed_memory
+from esmsae.model.sae import random_sae
+from esmsae.model.splice import Splice
 
 SHAPES = {  # layers, width, heads: ESM-2 checkpoints' shapes
     "tiny": (6, 64, 4),
@@ -85,7 +85,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    held = hold_freed_memory()  # as every pipeline job does (esmsae.workflow.set_up_host)
+    held = hold_freed_memory()  # as every pipeline job does (esmsae.model.host.set_up_host)
     device = resolve_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = args.precision == "tf32"
     torch.backends.cudnn.allow_tf32 = args.precision == "tf32"

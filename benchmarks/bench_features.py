@@ -1,8 +1,8 @@
 """Feature statistics over a reference FASTA: time and peak memory of the streaming pass, and engine rows.
 
 Writes a FASTA of `--sequences` random sequences of length `--length` (ten thousand of length
-300 by default), then runs the characterize_features rule's own code (`esmsae.workflow.
-characterize_layer`: streaming reader, padded batches, counts only, resume pieces) at one layer of a
+300 by default), then runs the characterize_features rule's own code (`esmsae.analyses.
+feature_activity.characterize_features`: streaming reader, padded batches, counts only, resume pieces) at one layer of a
 random model of the chosen shape with a random TopK SAE, and prints the time and the process's peak
 resident memory before and after the pass. Memory stays flat as `--sequences` grows: only counts and
 one batch are held. It also counts the engine rows that output effects cost at that layer for the
@@ -26,15 +26,15 @@ import numpy as np
 import torch
 import yaml
 
-from esmsae import config
-from esmsae.demo import write_tiny_esm2
-from esmsae.esm import EsmLM, load_esm, resolve_device
-from esmsae.features import effect_positions
-from esmsae.host import hold_freed_memory
-from esmsae.mutations import AMINO_ACIDS
-from esmsae.sae import random_sae, save_sae
-from esmsae.settings import Runtime
-from esmsae.workflow import characterize_layer, open_sae
+from esmsae.analyses.feature_activity import characterize_features
+from esmsae.analyses.output_effects import effect_positions
+from esmsae.config.parse import load
+from esmsae.config.settings import Runtime
+from esmsae.inputs.mutations import AMINO_ACIDS
+from esmsae.model.demo import write_tiny_esm2
+from esmsae.model.esm import EsmLM, load_esm, resolve_device
+from esmsae.model.host import hold_freed_memory
+from esmsae.model.sae import open_sae, random_sae, save_sae
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {"tiny": (6, 64, 4), "35m": (12, 480, 20), "650m": (33, 1280, 20)}
@@ -59,7 +59,7 @@ def main() -> None:
     hold_freed_memory()
     layers, width, heads = SHAPES[args.shape]
     layer = args.layer or layers // 2
-    study = config.load(yaml.safe_load((REPO / "config.yaml").read_text()))
+    study = load(yaml.safe_load((REPO / "config.yaml").read_text()))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_tiny_esm2(tmp / "model.pt", num_layers=layers, embed_dim=width, attention_heads=heads, seed=0)
@@ -73,8 +73,8 @@ def main() -> None:
         runtime = Runtime(device=args.device, batch_size=None, trust_pickle=False)
         before = peak_mib()
         start = time.perf_counter()
-        characterize_layer(settings, study.wt_seqs, layer, args.k, "fp32", runtime, tmp / "model.pt",
-                           tmp / "sae.safetensors", tmp / "ref.fa", tmp / "activity.npz")
+        characterize_features(settings, study.wt_seqs, layer, args.k, "fp32", runtime, tmp / "model.pt",
+                              tmp / "sae.safetensors", tmp / "ref.fa", tmp / "activity.npz")
         seconds = time.perf_counter() - start
         after = peak_mib()
         lm = EsmLM(load_esm(tmp / "model.pt"), resolve_device(args.device))

@@ -26,8 +26,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from esmsae.demo import write_tiny_esm2
-from esmsae.sae import random_sae, save_sae
+from esmsae.model.demo import write_tiny_esm2
+from esmsae.model.sae import random_sae, save_sae
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {"tiny": (6, 64, 4), "35m": (12, 480, 20), "650m": (33, 1280, 20)}

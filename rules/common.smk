@@ -3,9 +3,9 @@ import re
 
 from snakemake.utils import validate
 
-from esmsae import config as cfg
-from esmsae.keys import key
-from esmsae.settings import as_params
+from esmsae.config import parse as cfg
+from esmsae.pipeline.keys import key
+from esmsae.config.settings import as_params
 
 validate(config, schema=str(cfg.SCHEMA), set_default=True)
 # The config, typed, parsed once. Rules get the science settings they depend on as params
@@ -151,7 +151,7 @@ def feature_cards(wildcards):
     ]
 
 
-# -- named inputs keyed by protein and layer (scripts read them back with esmsae.keys.keyed) --------
+# -- named inputs keyed by protein and layer (scripts read them back with esmsae.pipeline.keys.keyed) --------
 def by_protein(kind, path_of, proteins=PROTEINS):
     return {key(kind, p): path_of(p) for p in proteins}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from esmsae.columns import SIZE_COLUMNS
+from esmsae.pipeline.columns import SIZE_COLUMNS
 
 D_SAE = 30
 NAN = float("nan")
@@ -17,7 +17,7 @@ NAN = float("nan")
 
 def result(attribution, layer, error=None, total=None, completeness=None, mutants=None, abs_delta=None, k=8,
            d_sae=None, space="latent"):
-    """An IG result dict shaped like an ``ig/{protein}_L{layer}.npz`` (esmsae.arrays.Attributions).
+    """An IG result dict shaped like an ``ig/{protein}_L{layer}.npz`` (esmsae.analyses.arrays.Attributions).
 
     By default every feature with ``A_j ≠ 0`` is in the changed set, with ``|Δ| = 1`` (a flat null).
     """
@@ -93,7 +93,7 @@ def case_result(names, layer, completeness=None, total=None, **settings):
 
 
 def sizes_frame(protein, layer, sizes, negligible=None, k=8, d_sae=D_SAE, space="latent"):
-    """A per-(protein, layer) circuit-size table as esmsae.circuits.sizes_table writes it."""
+    """A per-(protein, layer) circuit-size table as esmsae.tables.circuits.circuit_sizes_from_curves writes it."""
     n = len(sizes)
     negligible = [False] * n if negligible is None else list(negligible)
     frame = pd.DataFrame({

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from esmsae import config
-from esmsae.demo import write_tiny_esm2
-from esmsae.engine import Splice
-from esmsae.esm import EsmLM, load_esm
-from esmsae.sae import load_sae, random_sae, save_sae
+from esmsae.config.parse import load
+from esmsae.model.demo import write_tiny_esm2
+from esmsae.model.esm import EsmLM, load_esm
+from esmsae.model.sae import load_sae, random_sae, save_sae
+from esmsae.model.splice import Splice
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DMS = REPO.parent / "shared" / "data" / "proteingym"
@@ -66,7 +66,7 @@ def saes(tiny_dir, lm):
 
 
 # The schema's defaults, as the pipeline gets them: tests change only what they test.
-DEFAULTS = config.load({
+DEFAULTS = load({
     "outdir": "unused", "esm_checkpoint": "unused", "sae": {"dir": "unused", "pattern": "l{layer}", "k": K},
     "proteins": {"P": {"wt_seq": "MKV"}}, "mutations": {"source": "model"},
     "patching": {"layers": [1]}, "ig": {"layers": [1]},

@@ -16,17 +16,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from esmsae.aggregate import (
-    PATCH_COLUMNS,
-    PROGRESSION_COLUMNS,
-    TOP_COLUMNS,
-    VALIDATION_COLUMNS,
-    control_validation,
-    layer_progression,
-    top_mutations,
-)
-from esmsae.columns import TABLES
-from esmsae.statistics import spearman
+from esmsae.pipeline.columns import PATCH_COLUMNS, PROGRESSION_COLUMNS, TABLES, VALIDATION_COLUMNS
+from esmsae.pipeline.columns import TOP_MUTATIONS_COLUMNS as TOP_COLUMNS
+from esmsae.tables.patching import control_validation, layer_progression, top_mutations
+from esmsae.tables.statistics import spearman
 
 K, D_SAE, SPACE = 8, 64, "latent"
 
@@ -321,7 +314,7 @@ def test_layer_progression_counts_selected_mutants_without_rows():
 
 def test_layer_progression_order_and_settings():
     tables = {("Q", 2): progression_table(), ("P", 3): table([patch("A1C", 0, "real", 0.5, layer=3, k=32,
-                                                                     d_sae=4096, space="pre")]),
+                                                                    d_sae=4096, space="pre")]),
               ("Q", 1): progression_table()}
     out = layer_progression(tables)
     assert list(zip(out["protein"], out["layer"], strict=True)) == [("Q", 1), ("Q", 2), ("P", 3)]

@@ -14,12 +14,12 @@ import logging
 import pandas as pd
 import pytest
 
-from esmsae.analysis import Analysis
-from esmsae.io import write_csv
-from esmsae.mutations import parse_mutant
-from esmsae.scoring import scores_table
-from esmsae.settings import LayerJob, PatchSettings, Runtime
-from esmsae.workflow import run_analysis
+from esmsae.analyses.api import Analysis
+from esmsae.analyses.job import run_analysis
+from esmsae.analyses.scoring import scores_table
+from esmsae.config.settings import LayerJob, PatchSettings, Runtime
+from esmsae.inputs.mutations import parse_mutant
+from esmsae.pipeline.io import write_csv
 
 from .conftest import DEFAULTS, WT, K, view_of
 from .reference import hooked_logits, score_from_logits
@@ -69,7 +69,7 @@ def test_a_new_analysis_runs_as_a_job(job_files, lm, saes, tmp_path):
     table = pd.read_csv(out)
     assert len(table) == 4 and (table["layer"] == LAYER).all() and (table["k"] == K).all()
     # Each number is the hooked fair-esm forward with the mutant's own vector at the site.
-    from esmsae.engine import Splice
+    from esmsae.model.splice import Splice
 
     splice = Splice(lm, saes[LAYER], SEQ, LAYER)
     for effect, mutant in zip(table["effect"], mutants, strict=True):

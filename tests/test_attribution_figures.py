@@ -10,9 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from esmsae import attribution_figures as af
-from esmsae.attribution_tables import circuit_sizes, ig_concentration
-from esmsae.columns import CURVE_COLUMNS, read_table
+from esmsae.figures import ig as ig_figures
+from esmsae.figures.circuits import circuit_faithfulness, minimal_circuit_sizes
+from esmsae.figures.ig import universal_features
+from esmsae.pipeline.columns import CURVE_COLUMNS, read_table
+from esmsae.tables.circuits import circuit_sizes
+from esmsae.tables.ig import ig_concentration
 from tests.attribution_cases import CASES, case_result, planted, result, sizes_frame
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -55,7 +58,7 @@ def pooled(layer, stat):
 
 
 def curve(mutant, recovered, complement, full_effect=1.0, layer=1):
-    """One mutant's circuit curves as esmsae.circuits.curves_table writes them (negligible: a tiny full_effect)."""
+    """Circuit curves as esmsae.analyses.circuits.curves_table writes them (negligible: a tiny full_effect)."""
     n = len(recovered)
     return pd.DataFrame({
         "mutant": mutant, "n_features": np.arange(n, dtype=np.int64),
@@ -83,7 +86,7 @@ def curves():
 # --- ig_concentration ------------------------------------------------------------------------------------------------
 
 def test_ig_concentration(tmp_path, concentration_results):
-    fig = af.ig_concentration(concentration_results, tmp_path / "c.png", tmp_path / "c.pdf")
+    fig = ig_figures.ig_concentration(concentration_results, tmp_path / "c.png", tmp_path / "c.pdf")
     check_files(tmp_path, "c")
     assert len(fig.axes) == 3
     panels = {
@@ -124,7 +127,7 @@ def test_ig_concentration_share_above_null_agrees_with_the_table(tmp_path, conce
     # Pooled the same way, 2 of the 3 mutants with a Gini are above their null (not 2 of 4); a layer
     # whose only mutant has no Gini gets no share.
     only_empty = {("R", 7): case_result(["empty"], 7)}
-    fig = af.ig_concentration({**concentration_results, **only_empty}, tmp_path / "c.png", tmp_path / "c.pdf")
+    fig = ig_figures.ig_concentration({**concentration_results, **only_empty}, tmp_path / "c.png", tmp_path / "c.pdf")
     assert list(fig.axes[0].get_lines()[0].get_xdata()) == [2, 5, 7]
     assert [t.get_text() for t in fig.axes[0].texts] == ["75%", "67%"]
 
@@ -132,7 +135,7 @@ def test_ig_concentration_share_above_null_agrees_with_the_table(tmp_path, conce
 # --- circuit_faithfulness --------------------------------------------------------------------------------------------
 
 def test_circuit_faithfulness(tmp_path, curves):
-    fig = af.circuit_faithfulness(curves, tmp_path / "f.png", tmp_path / "f.pdf", recover=0.85)
+    fig = circuit_faithfulness(curves, tmp_path / "f.png", tmp_path / "f.pdf", recover=0.85)
     check_files(tmp_path, "f")
     ax = fig.axes[0]
     lines = ax.get_lines()
@@ -152,7 +155,7 @@ def test_circuit_faithfulness(tmp_path, curves):
     band = ax.patches[0]  # 1 ± (1 − recover)
     assert band.get_y() == pytest.approx(0.85) and band.get_height() == pytest.approx(0.3)
     # min_effect is read at drawing time: above every |F| (1.0, and A4C's 1e-4), every mutant is negligible.
-    fig = af.circuit_faithfulness(curves, tmp_path / "g.png", tmp_path / "g.pdf", min_effect=2.0)
+    fig = circuit_faithfulness(curves, tmp_path / "g.png", tmp_path / "g.pdf", min_effect=2.0)
     assert fig.axes[0].get_lines()[2].get_label() == "layer 4 (0 of 4; 4 negligible)"
 
 
@@ -160,26 +163,26 @@ def test_circuit_faithfulness_reads_curves_back_from_csv(tmp_path, curves):
     for key, table in curves.items():
         table.to_csv(tmp_path / f"{key[0]}{key[1]}.csv", index=False)
     read = {key: read_table(tmp_path / f"{key[0]}{key[1]}.csv", "circuit_curves") for key in curves}
-    fig = af.circuit_faithfulness(read, tmp_path / "f.png", tmp_path / "f.pdf")
+    fig = circuit_faithfulness(read, tmp_path / "f.png", tmp_path / "f.pdf")
     np.testing.assert_allclose(fig.axes[0].get_lines()[2].get_ydata(), [0.0, 0.5, 0.9])
     assert fig.axes[0].get_lines()[2].get_label() == "layer 4 (3 of 4; 1 negligible)"
     with pytest.raises(ValueError, match=r"\('P', layer 4\).*complement_fraction"):
-        af.circuit_faithfulness({("P", 4): curves[("P", 4)].drop(columns="complement_fraction")},
-                                tmp_path / "x.png", tmp_path / "x.pdf")
+        circuit_faithfulness({("P", 4): curves[("P", 4)].drop(columns="complement_fraction")},
+                             tmp_path / "x.png", tmp_path / "x.pdf")
 
 
 def test_circuit_faithfulness_counts_mutants_of_different_proteins_apart(tmp_path):
     # Mutant names repeat across proteins: P's A1C and Q's A1C are two mutants.
     curves = {("P", 4): curve("A1C", [0.0, 1.0], [1.0, 0.0], layer=4),
               ("Q", 4): curve("A1C", [0.0, 9.0], [1.0, 9.0], full_effect=-0.01, layer=4)}
-    fig = af.circuit_faithfulness(curves, tmp_path / "f.png", tmp_path / "f.pdf")
+    fig = circuit_faithfulness(curves, tmp_path / "f.png", tmp_path / "f.pdf")
     assert fig.axes[0].get_lines()[0].get_label() == "layer 4 (1 of 2; 1 negligible)"
 
 
 # --- universal_features ----------------------------------------------------------------------------------------------
 
 def test_universal_features(tmp_path, results):
-    fig = af.universal_features(results, tmp_path / "u.png", tmp_path / "u.pdf")
+    fig = universal_features(results, tmp_path / "u.png", tmp_path / "u.pdf")
     check_files(tmp_path, "u")
     ax = fig.axes[0]
     assert len(fig.axes) == 2  # heatmap and colorbar
@@ -200,7 +203,7 @@ def test_universal_features(tmp_path, results):
 def test_universal_features_at_most_30_rows(tmp_path):
     rng = np.random.default_rng(0)
     results = {(p, 1): result(rng.normal(size=(5, 200)), 1) for p in ("P", "Q")}
-    fig = af.universal_features(results, tmp_path / "u.png", tmp_path / "u.pdf", n=20)
+    fig = universal_features(results, tmp_path / "u.png", tmp_path / "u.pdf", n=20)
     assert np.asarray(fig.axes[0].get_images()[0].get_array()).shape == (30, 2)
 
 
@@ -215,7 +218,7 @@ def test_minimal_circuit_sizes(tmp_path):
     sizes.to_csv(tmp_path / "sizes.csv", index=False)
     read = read_table(tmp_path / "sizes.csv", "circuit_sizes")  # as the figure rule gets it
     for name, table in (("s", sizes), ("r", read)):
-        fig = af.minimal_circuit_sizes(table, tmp_path / f"{name}.png", tmp_path / f"{name}.pdf", max_k=5)
+        fig = minimal_circuit_sizes(table, tmp_path / f"{name}.png", tmp_path / f"{name}.pdf", max_k=5)
         check_files(tmp_path, name)
         ax = fig.axes[0]
         assert [t.get_text() for t in ax.texts] == ["none: 0/2\nnegligible: 2/2", "none: 2/6\nnegligible: 1/6"]
@@ -229,13 +232,13 @@ def test_minimal_circuit_sizes(tmp_path):
 def test_minimal_circuit_sizes_rejects_bad_input(tmp_path):
     png, pdf = tmp_path / "x.png", tmp_path / "x.pdf"
     with pytest.raises(ValueError, match=r"\('Q', layer 4\).*outside 0..5"):
-        af.minimal_circuit_sizes(sizes_frame("Q", 4, [2, 9]), png, pdf, max_k=5)
+        minimal_circuit_sizes(sizes_frame("Q", 4, [2, 9]), png, pdf, max_k=5)
     with pytest.raises(ValueError, match=r"\('Q', layer 4\).*outside 0..5"):
-        af.minimal_circuit_sizes(sizes_frame("Q", 4, [-1]), png, pdf, max_k=5)
+        minimal_circuit_sizes(sizes_frame("Q", 4, [-1]), png, pdf, max_k=5)
     with pytest.raises(ValueError, match="missing columns.*negligible"):
-        af.minimal_circuit_sizes(sizes_frame("Q", 4, [1]).drop(columns="negligible"), png, pdf, max_k=5)
+        minimal_circuit_sizes(sizes_frame("Q", 4, [1]).drop(columns="negligible"), png, pdf, max_k=5)
     with pytest.raises(ValueError, match="max_k"):
-        af.minimal_circuit_sizes(sizes_frame("Q", 4, [1]), png, pdf, max_k=-1)
+        minimal_circuit_sizes(sizes_frame("Q", 4, [1]), png, pdf, max_k=-1)
 
 
 # --- empty inputs and reproducibility --------------------------------------------------------------------------------
@@ -244,25 +247,25 @@ def test_empty_inputs_do_not_crash(tmp_path):
     empty_results = {("P", 1): result(np.zeros((0, 8)), 1), ("Q", 1): result(np.zeros((2, 8)), 1)}
     for name, res in {"none": {}, "empty": empty_results}.items():
         out = tmp_path / name
-        fig = af.ig_concentration(res, out / "c.png", out / "c.pdf")
+        fig = ig_figures.ig_concentration(res, out / "c.png", out / "c.pdf")
         if name == "none":
             assert len(fig.axes) == 3
             for ax in fig.axes:
                 assert ax.texts and all(len(line.get_xdata()) == 0 for line in ax.get_lines())
-        fig = af.universal_features(res, out / "u.png", out / "u.pdf")
+        fig = universal_features(res, out / "u.png", out / "u.pdf")
         assert not fig.axes[0].get_images() and fig.axes[0].texts
         check_files(out, "c")
         check_files(out, "u")
     out = tmp_path / "curves"
     for name, curves in {"none": {}, "empty": {("P", 1): curve("A1C", [], [])}}.items():
-        fig = af.circuit_faithfulness(curves, out / f"{name}.png", out / f"{name}.pdf")
+        fig = circuit_faithfulness(curves, out / f"{name}.png", out / f"{name}.pdf")
         assert len(fig.axes[0].get_lines()) == 1 and fig.axes[0].texts  # only y = 0, and a note
         check_files(out, name)
     only_negligible = {("P", 1): curve("A1C", [0.0, 3.0], [1.0, 2.0], full_effect=0.0)}
-    fig = af.circuit_faithfulness(only_negligible, out / "n.png", out / "n.pdf")
+    fig = circuit_faithfulness(only_negligible, out / "n.png", out / "n.pdf")
     assert fig.axes[0].get_lines()[0].get_label() == "layer 1 (0 of 1; 1 negligible)"
     assert all(len(line.get_xdata()) == 0 for line in fig.axes[0].get_lines()[:2])
-    fig = af.minimal_circuit_sizes(circuit_sizes([]), out / "s.png", out / "s.pdf", max_k=5)
+    fig = minimal_circuit_sizes(circuit_sizes([]), out / "s.png", out / "s.pdf", max_k=5)
     assert fig.axes[0].texts
     check_files(out, "s")
 
@@ -271,10 +274,10 @@ def test_figures_are_reproducible(tmp_path, results, concentration_results, curv
     sizes = circuit_sizes([sizes_frame("P", 4, [1, None, 3]), sizes_frame("Q", 4, [None], negligible=[True])])
     for run in ("a", "b"):
         d = tmp_path / run
-        af.ig_concentration({**results, **concentration_results}, d / "c.png", d / "c.pdf")
-        af.circuit_faithfulness(curves, d / "f.png", d / "f.pdf")
-        af.universal_features(results, d / "u.png", d / "u.pdf")
-        af.minimal_circuit_sizes(sizes, d / "s.png", d / "s.pdf", max_k=5)
+        ig_figures.ig_concentration({**results, **concentration_results}, d / "c.png", d / "c.pdf")
+        circuit_faithfulness(curves, d / "f.png", d / "f.pdf")
+        universal_features(results, d / "u.png", d / "u.pdf")
+        minimal_circuit_sizes(sizes, d / "s.png", d / "s.pdf", max_k=5)
     for name in ("c", "f", "u", "s"):
         for ext in ("png", "pdf"):
             a, b = (tmp_path / run / f"{name}.{ext}" for run in ("a", "b"))

@@ -14,8 +14,17 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from esmsae import attribution_tables as at
-from esmsae.columns import TABLES, read_table
+from esmsae.pipeline.columns import CONCENTRATION_COLUMNS, CONSISTENCY_COLUMNS, SIZE_COLUMNS, TABLES, read_table
+from esmsae.tables.circuits import circuit_sizes
+from esmsae.tables.ig import (
+    concentration_by_mutant,
+    feature_consistency,
+    ig_concentration,
+    mutant_concentration,
+    top_n_features,
+    universal_features,
+)
+from esmsae.tables.statistics import gini, k90, mean_sem, top_share, wilcoxon_p
 from tests.attribution_cases import CASES, D_SAE, NAN, case_result, planted, result, sizes_frame
 
 STATS = ["n_changed", "top20_share", "top20_share_null", "error_share", "k90", "k90_null", "gini", "gini_null"]
@@ -33,74 +42,74 @@ def assert_stats(got, expected):
 
 def test_gini_known_values():
     # Standard form Σ(2i − n − 1) x_(i) / (n Σx): bounded by (n − 1)/n.
-    assert at.gini(np.array([1.0, 1.0, 1.0, 1.0])) == 0.0
-    assert at.gini(np.array([0.0, 0.0, 0.0, 1.0])) == pytest.approx(0.75)
-    assert at.gini(np.array([1.0, 0.0, 0.0, 0.0])) == pytest.approx(0.75)  # order does not matter
-    assert at.gini(np.zeros(5)) == 0.0
-    assert at.gini(np.r_[np.zeros(99), 7.0]) == pytest.approx(0.99)
+    assert gini(np.array([1.0, 1.0, 1.0, 1.0])) == 0.0
+    assert gini(np.array([0.0, 0.0, 0.0, 1.0])) == pytest.approx(0.75)
+    assert gini(np.array([1.0, 0.0, 0.0, 0.0])) == pytest.approx(0.75)  # order does not matter
+    assert gini(np.zeros(5)) == 0.0
+    assert gini(np.r_[np.zeros(99), 7.0]) == pytest.approx(0.99)
     # [0, 0, 1, 3]: (1·1 + 3·3) / (4·4) = 0.625
-    assert at.gini(np.array([3.0, 0.0, 1.0, 0.0])) == pytest.approx(0.625)
+    assert gini(np.array([3.0, 0.0, 1.0, 0.0])) == pytest.approx(0.625)
     # [1..25]: Σ(2i − n − 1)i = n(n + 1)(n − 1)/6 over n·n(n + 1)/2 → (n − 1)/(3n) = 24/75
-    assert at.gini(np.arange(1.0, 26.0)) == pytest.approx(24 / 75)
-    assert np.isnan(at.gini(np.array([])))
+    assert gini(np.arange(1.0, 26.0)) == pytest.approx(24 / 75)
+    assert np.isnan(gini(np.array([])))
     with pytest.raises(ValueError, match="non-negative"):
-        at.gini(np.array([1.0, -1.0]))
+        gini(np.array([1.0, -1.0]))
     with pytest.raises(ValueError, match="finite"):
-        at.gini(np.array([1.0, np.nan]))
+        gini(np.array([1.0, np.nan]))
 
 
 def test_top_share():
-    assert at.top_share(np.ones(22)) == pytest.approx(20 / 22)
-    assert at.top_share(np.array([4.0, 1.0, 3.0, 2.0]), n=2) == pytest.approx(0.7)
-    assert at.top_share(np.array([-4.0, 1.0, 3.0, 2.0]), n=1) == pytest.approx(0.4)  # absolute values
-    assert at.top_share(np.array([5.0, 0.0]), n=20) == 1.0
-    assert np.isnan(at.top_share(np.zeros(10)))
+    assert top_share(np.ones(22)) == pytest.approx(20 / 22)
+    assert top_share(np.array([4.0, 1.0, 3.0, 2.0]), n=2) == pytest.approx(0.7)
+    assert top_share(np.array([-4.0, 1.0, 3.0, 2.0]), n=1) == pytest.approx(0.4)  # absolute values
+    assert top_share(np.array([5.0, 0.0]), n=20) == 1.0
+    assert np.isnan(top_share(np.zeros(10)))
     with pytest.raises(ValueError):
-        at.top_share(np.ones(3), n=0)
+        top_share(np.ones(3), n=0)
 
 
 def test_k90_by_hand():
-    assert at.k90(np.array([4.0, 3.0, 2.0, 1.0])) == 3  # bar 9 = 4 + 3 + 2: reaching it exactly counts
-    assert at.k90(np.array([1.0, -3.0, 4.0, -2.0])) == 3  # absolute values, any order
-    assert at.k90(np.array([5.0, 4.0, 1.0])) == 2  # 5 + 4 = 9 = 0.9 · 10
-    assert at.k90(np.array([5.0, 3.9, 1.1])) == 3  # 8.9 < 9
-    assert at.k90(np.array([0.45, 0.45, 0.1])) == 2  # 0.9 of 1.0 reached exactly, in floating point
-    assert at.k90(np.ones(10)) == 9  # ties: 9 of 10 equal values are 0.9 of the sum
-    assert at.k90(np.array([2.0, 2.0, 1.0])) == 3  # 4 < 4.5
-    assert at.k90(np.array([3.0, 3.0, 3.0, 1.0])) == 3  # 9 of 10
-    assert at.k90(np.array([7.0])) == 1
-    assert at.k90(np.array([7.0, 0.0, 0.0])) == 1
-    assert at.k90(np.array([4.0, 3.0, 2.0, 1.0]), share=0.5) == 2  # 4 < 5 ≤ 7
-    assert np.isnan(at.k90(np.zeros(4)))
-    assert np.isnan(at.k90(np.array([])))
+    assert k90(np.array([4.0, 3.0, 2.0, 1.0])) == 3  # bar 9 = 4 + 3 + 2: reaching it exactly counts
+    assert k90(np.array([1.0, -3.0, 4.0, -2.0])) == 3  # absolute values, any order
+    assert k90(np.array([5.0, 4.0, 1.0])) == 2  # 5 + 4 = 9 = 0.9 · 10
+    assert k90(np.array([5.0, 3.9, 1.1])) == 3  # 8.9 < 9
+    assert k90(np.array([0.45, 0.45, 0.1])) == 2  # 0.9 of 1.0 reached exactly, in floating point
+    assert k90(np.ones(10)) == 9  # ties: 9 of 10 equal values are 0.9 of the sum
+    assert k90(np.array([2.0, 2.0, 1.0])) == 3  # 4 < 4.5
+    assert k90(np.array([3.0, 3.0, 3.0, 1.0])) == 3  # 9 of 10
+    assert k90(np.array([7.0])) == 1
+    assert k90(np.array([7.0, 0.0, 0.0])) == 1
+    assert k90(np.array([4.0, 3.0, 2.0, 1.0]), share=0.5) == 2  # 4 < 5 ≤ 7
+    assert np.isnan(k90(np.zeros(4)))
+    assert np.isnan(k90(np.array([])))
 
 
 def test_mean_sem():
-    mean, sem = at.mean_sem(np.array([1.0, 2.0, 3.0, 4.0]))
+    mean, sem = mean_sem(np.array([1.0, 2.0, 3.0, 4.0]))
     # deviations ±0.5, ±1.5: Σ² = 5, std = √(5/3), sem = √(5/3)/√4
     assert mean == 2.5 and sem == pytest.approx(math.sqrt(5 / 3) / 2, abs=1e-15)
-    mean, sem = at.mean_sem(np.array([5.0]))
+    mean, sem = mean_sem(np.array([5.0]))
     assert mean == 5.0 and np.isnan(sem)
-    assert all(np.isnan(at.mean_sem(np.array([]))))
-    mean, sem = at.mean_sem(np.array([1.0, np.nan, 3.0, np.inf]))  # only finite values count
+    assert all(np.isnan(mean_sem(np.array([]))))
+    mean, sem = mean_sem(np.array([1.0, np.nan, 3.0, np.inf]))  # only finite values count
     assert mean == 2.0 and sem == pytest.approx(1.0)  # std √2, over √2
-    assert at.mean_sem(np.array([0.5, 0.5, 0.5])) == (0.5, 0.0)
+    assert mean_sem(np.array([0.5, 0.5, 0.5])) == (0.5, 0.0)
 
 
 def test_wilcoxon_p():
     # All three positive, n = 3: exact two-sided p = 2 · P(W+ = 6) = 2/8.
-    assert at.wilcoxon_p(np.array([0.4, 1.0, 0.1])) == pytest.approx(0.25)
+    assert wilcoxon_p(np.array([0.4, 1.0, 0.1])) == pytest.approx(0.25)
     rng = np.random.default_rng(7)
     d = rng.normal(0.3, 1.0, size=12)
-    assert at.wilcoxon_p(d) == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-12)
-    assert at.wilcoxon_p(np.r_[d, np.nan]) == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-12)
-    assert at.wilcoxon_p(np.array([0.3, 0.0, -0.1, 0.7])) == pytest.approx(
+    assert wilcoxon_p(d) == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-12)
+    assert wilcoxon_p(np.r_[d, np.nan]) == pytest.approx(stats.wilcoxon(d).pvalue, rel=1e-12)
+    assert wilcoxon_p(np.array([0.3, 0.0, -0.1, 0.7])) == pytest.approx(
         stats.wilcoxon([0.3, 0.0, -0.1, 0.7]).pvalue, rel=1e-12)
     # Zeros: scipy's default (zero_method "wilcox", zeros dropped), which matters in the normal approximation.
     with_zeros = np.r_[np.zeros(5), np.random.default_rng(1).normal(0.3, 1.0, size=60)]
-    assert at.wilcoxon_p(with_zeros) == pytest.approx(stats.wilcoxon(with_zeros[5:]).pvalue, rel=1e-12)
+    assert wilcoxon_p(with_zeros) == pytest.approx(stats.wilcoxon(with_zeros[5:]).pvalue, rel=1e-12)
     for nan_case in ([], [0.5], [0.0, 0.0, 0.0], [np.nan, 0.5], [np.nan, np.nan]):
-        assert np.isnan(at.wilcoxon_p(np.array(nan_case, dtype=np.float64))), nan_case
+        assert np.isnan(wilcoxon_p(np.array(nan_case, dtype=np.float64))), nan_case
 
 
 # --- mutant_concentration --------------------------------------------------------------------------------------------
@@ -108,7 +117,7 @@ def test_wilcoxon_p():
 @pytest.mark.parametrize("name", list(CASES))
 def test_mutant_concentration_cases(name):
     attribution, error, abs_delta, expected = CASES[name]
-    assert_stats(at.mutant_concentration(np.array(attribution), error, np.array(abs_delta, dtype=float)), expected)
+    assert_stats(mutant_concentration(np.array(attribution), error, np.array(abs_delta, dtype=float)), expected)
 
 
 def test_mutant_concentration_leaves_out_features_outside_the_changed_set():
@@ -117,7 +126,7 @@ def test_mutant_concentration_leaves_out_features_outside_the_changed_set():
     attribution, error, abs_delta, expected = CASES["four"]
     attribution = np.array(attribution)
     attribution[4] = 5.0
-    assert_stats(at.mutant_concentration(attribution, error, np.array(abs_delta, dtype=float)), expected)
+    assert_stats(mutant_concentration(attribution, error, np.array(abs_delta, dtype=float)), expected)
 
 
 def test_mutant_concentration_error_node_in_the_denominator():
@@ -126,27 +135,27 @@ def test_mutant_concentration_error_node_in_the_denominator():
     # k90: 0.9 · 25 = 22.5 → 23. Null: top-20 of 1..25 = 325 − 15 = 310 of 325; k90: the top m sum
     # to m(51 − m)/2, 289 < 292.5 ≤ 297 → 18; Gini of 1..25 = 24/75.
     a, delta = np.ones(25), np.arange(1.0, 26.0)
-    without = at.mutant_concentration(a, 0.0, delta)
-    with_error = at.mutant_concentration(a, -5.0, delta)
+    without = mutant_concentration(a, 0.0, delta)
+    with_error = mutant_concentration(a, -5.0, delta)
     assert without["top20_share"] == pytest.approx(0.8) and without["error_share"] == 0.0
     assert with_error["top20_share"] == pytest.approx(2 / 3) and with_error["error_share"] == pytest.approx(1 / 6)
     for out in (without, with_error):
         assert out["n_changed"] == 25 and out["k90"] == 23 and out["gini"] == 0.0
         assert out["top20_share_null"] == pytest.approx(310 / 325)
         assert out["k90_null"] == 18 and out["gini_null"] == pytest.approx(24 / 75)
-    assert at.mutant_concentration(a, 5.0, delta, n=5)["top20_share"] == pytest.approx(5 / 30)
-    assert at.mutant_concentration(a, 5.0, delta, n=5)["top20_share_null"] == pytest.approx(115 / 325)
+    assert mutant_concentration(a, 5.0, delta, n=5)["top20_share"] == pytest.approx(5 / 30)
+    assert mutant_concentration(a, 5.0, delta, n=5)["top20_share_null"] == pytest.approx(115 / 325)
     with pytest.raises(ValueError, match="positive integer"):
-        at.mutant_concentration(a, 0.0, delta, n=0)
+        mutant_concentration(a, 0.0, delta, n=0)
 
 
 def test_mutant_concentration_error_only():
     # C = {0, 1} with A = 0 there and A_err = 2: D = 2, share 0, error share 1, no k90 (Σ|A| = 0),
     # Gini of [0, 0] is 0; null [1, 3] as in "two". Nothing changed but an error: share 0, error share 1.
-    out = at.mutant_concentration(np.zeros(4), 2.0, np.array([1.0, 3.0, 0.0, 0.0]))
+    out = mutant_concentration(np.zeros(4), 2.0, np.array([1.0, 3.0, 0.0, 0.0]))
     assert_stats(out, dict(n_changed=2, top20_share=0.0, top20_share_null=1.0, error_share=1.0, k90=NAN,
                            k90_null=2, gini=0.0, gini_null=0.25))
-    out = at.mutant_concentration(np.zeros(4), 2.0, np.zeros(4))
+    out = mutant_concentration(np.zeros(4), 2.0, np.zeros(4))
     assert_stats(out, dict(n_changed=0, top20_share=0.0, top20_share_null=NAN, error_share=1.0, k90=NAN,
                            k90_null=NAN, gini=NAN, gini_null=NAN))
 
@@ -162,7 +171,7 @@ def concentration_results():
 
 
 def test_concentration_by_mutant_by_hand():
-    table = at.concentration_by_mutant(concentration_results())
+    table = concentration_by_mutant(concentration_results())
     assert list(table.columns) == TABLES["ig_concentration_mutants"]
     assert list(zip(table["protein"], table["layer"], table["mutant"], strict=True)) == [
         ("P", 1, "four_mut"), ("P", 1, "empty_mut"), ("P", 2, "four_mut"), ("P", 2, "two_mut"), ("P", 2, "one_mut")]
@@ -172,13 +181,13 @@ def test_concentration_by_mutant_by_hand():
     np.testing.assert_array_equal(table["completeness_error"], [0.2, np.nan, 0.1, 0.6, 0.5])
     assert (table["k"] == 8).all() and (table["d_sae"] == 6).all() and (table["space"] == "latent").all()
     assert table["layer"].dtype == np.int64 and table["n_changed"].dtype == np.int64
-    empty = at.concentration_by_mutant({})
+    empty = concentration_by_mutant({})
     assert empty.empty and list(empty.columns) == TABLES["ig_concentration_mutants"]
 
 
 def test_ig_concentration_by_hand():
-    table = at.ig_concentration(concentration_results())
-    assert list(table.columns) == at.CONCENTRATION_COLUMNS == TABLES["ig_concentration"]
+    table = ig_concentration(concentration_results())
+    assert list(table.columns) == CONCENTRATION_COLUMNS == TABLES["ig_concentration"]
     # Proteins in input order (Q first), layers ascending.
     assert list(zip(table["protein"], table["layer"], strict=True)) == [("Q", 4), ("P", 1), ("P", 2)]
     assert table["n_mutants"].tolist() == [0, 2, 3]
@@ -218,7 +227,7 @@ def test_ig_concentration_by_hand():
     assert p1["median_completeness_error"] == pytest.approx(0.2)  # NaN skipped
 
     q4 = table.iloc[0]
-    assert all(np.isnan(q4[c]) for c in at.CONCENTRATION_COLUMNS[3:-3])
+    assert all(np.isnan(q4[c]) for c in CONCENTRATION_COLUMNS[3:-3])
     assert (q4["k"], q4["d_sae"], q4["space"]) == (16, 6, "pre")
     assert table[["k", "d_sae", "space"]].values.tolist()[1:] == [[8, 6, "latent"], [8, 6, "latent"]]
 
@@ -226,12 +235,12 @@ def test_ig_concentration_by_hand():
 def test_ig_concentration_null_is_visible():
     # A mutant whose |A| merely follows its |Δ| is no more concentrated than the null.
     delta = np.array([[8.0, 4.0, 2.0, 1.0, 0.0, 0.0]])
-    table = at.ig_concentration({("P", 1): result(0.5 * delta, 1, abs_delta=delta)}).iloc[0]
+    table = ig_concentration({("P", 1): result(0.5 * delta, 1, abs_delta=delta)}).iloc[0]
     assert table["gini_mean"] == pytest.approx(table["gini_null_mean"])
     assert table["k90_mean"] == table["k90_null_mean"] and table["gini_above_null"] == 0.0
     # Concentrating A on one of four equally moved features: Gini 3/4 against 0, k90 1 against 4.
     flat = np.array([[1.0, 1.0, 1.0, 1.0, 0.0, 0.0]])
-    row = at.ig_concentration({("P", 1): result([[2.0, 0, 0, 0, 0, 0]], 1, abs_delta=flat)}).iloc[0]
+    row = ig_concentration({("P", 1): result([[2.0, 0, 0, 0, 0, 0]], 1, abs_delta=flat)}).iloc[0]
     assert (row["gini_mean"], row["gini_null_mean"]) == (pytest.approx(0.75), 0.0)
     assert (row["k90_mean"], row["k90_null_mean"], row["n_changed_mean"]) == (1, 4, 4)
     assert row["gini_above_null"] == 1.0
@@ -239,38 +248,38 @@ def test_ig_concentration_null_is_visible():
 
 def test_ig_concentration_rejects_bad_input():
     good = result(np.ones((2, 5)), 3)
-    assert len(at.ig_concentration({("P", 3): good})) == 1
+    assert len(ig_concentration({("P", 3): good})) == 1
     with pytest.raises(ValueError, match=r"\('P', layer 3\).*error_attribution"):
-        at.ig_concentration({("P", 3): {**good, "error_attribution": np.zeros(3)}})
+        ig_concentration({("P", 3): {**good, "error_attribution": np.zeros(3)}})
     with pytest.raises(ValueError, match=r"\('P', layer 3\).*missing"):
-        at.ig_concentration({("P", 3): {k: v for k, v in good.items() if k != "total_effect"}})
+        ig_concentration({("P", 3): {k: v for k, v in good.items() if k != "total_effect"}})
     with pytest.raises(ValueError, match=r"\('P', layer 3\).*missing.*abs_delta"):
-        at.ig_concentration({("P", 3): {k: v for k, v in good.items() if k != "abs_delta"}})
+        ig_concentration({("P", 3): {k: v for k, v in good.items() if k != "abs_delta"}})
     with pytest.raises(ValueError, match=r"\('P', layer 3\).*abs_delta.*shape"):
-        at.ig_concentration({("P", 3): {**good, "abs_delta": np.ones((2, 4))}})
+        ig_concentration({("P", 3): {**good, "abs_delta": np.ones((2, 4))}})
     with pytest.raises(ValueError, match=r"\('P', layer 3\).*abs_delta.*NaN"):
-        at.ig_concentration({("P", 3): {**good, "abs_delta": np.full((2, 5), np.nan)}})
+        ig_concentration({("P", 3): {**good, "abs_delta": np.full((2, 5), np.nan)}})
     with pytest.raises(ValueError, match=r"\('P', layer 3\).*NaN"):
-        at.ig_concentration({("P", 3): {**good, "attribution": np.full((2, 5), np.nan)}})
+        ig_concentration({("P", 3): {**good, "attribution": np.full((2, 5), np.nan)}})
     with pytest.raises(ValueError, match=r"\('P', layer 4\).*layer 3"):
-        at.ig_concentration({("P", 4): good})
+        ig_concentration({("P", 4): good})
     with pytest.raises(ValueError, match=r"\('P', layer 3\).*2-D"):
-        at.ig_concentration({("P", 3): {**good, "attribution": np.ones(5)}})
+        ig_concentration({("P", 3): {**good, "attribution": np.ones(5)}})
 
 
 def test_top_n_features_ties_and_zeros():
     a = np.array([[0.0, 1.0, -1.0, 1.0, 0.5], [0.0, 0.0, 0.0, 0.0, -2.0]])
-    tops = at.top_n_features(a, n=2)
+    tops = top_n_features(a, n=2)
     assert tops[0].tolist() == [1, 2]  # ties to the lower index
     assert tops[1].tolist() == [4]  # zeros never count
-    assert at.top_n_features(a, n=10)[0].tolist() == [1, 2, 3, 4]
+    assert top_n_features(a, n=10)[0].tolist() == [1, 2, 3, 4]
 
 
 # --- feature_consistency ---------------------------------------------------------------------------------------------
 
 def test_feature_consistency_planted():
-    table = at.feature_consistency(planted())
-    assert list(table.columns) == at.CONSISTENCY_COLUMNS == TABLES["feature_consistency"]
+    table = feature_consistency(planted())
+    assert list(table.columns) == CONSISTENCY_COLUMNS == TABLES["feature_consistency"]
     expected = [
         ("P", 7, 4, 4), ("P", 11, 4, 4), ("P", 20, 1, 4), ("P", 21, 1, 4), ("P", 22, 1, 4), ("P", 23, 1, 4),
         ("Q", 7, 4, 4), ("Q", 3, 2, 4), ("Q", 25, 1, 4),
@@ -286,14 +295,14 @@ def test_feature_consistency_planted():
 
 def test_feature_consistency_records_each_results_settings():
     results = {"P": result(np.eye(3), 2, k=4, d_sae=3, space="pre"), "Q": result(np.eye(3)[:1], 2)}
-    table = at.feature_consistency(results)
+    table = feature_consistency(results)
     assert table[["protein", "feature", "layer", "k", "d_sae", "space"]].values.tolist() == [
         ["P", 0, 2, 4, 3, "pre"], ["P", 1, 2, 4, 3, "pre"], ["P", 2, 2, 4, 3, "pre"], ["Q", 0, 2, 8, 3, "latent"]]
 
 
 def test_feature_consistency_top_n_cut():
     # With n=1 only each mutant's largest |A| counts: P → 7 (2.0 > 1.5; 23's 2.0 ties with 7 but 7 is lower).
-    table = at.feature_consistency(planted(), n=1)
+    table = feature_consistency(planted(), n=1)
     got = list(zip(table["protein"], table["feature"], table["n_top"], strict=True))
     assert got == [("P", 7, 4), ("Q", 7, 4), ("R", 3, 3)]
 
@@ -303,7 +312,7 @@ def test_feature_consistency_dense_matches_reference():
     a = rng.normal(scale=0.1, size=(4, D_SAE))
     a[:, 7] = 5.0
     a[1, 12] = 0.0
-    table = at.feature_consistency({"P": result(a, 2)}, n=20)
+    table = feature_consistency({"P": result(a, 2)}, n=20)
     counts = {}
     for row in a:
         ranked = sorted(range(D_SAE), key=lambda j: (-abs(row[j]), j))[:20]
@@ -316,8 +325,8 @@ def test_feature_consistency_dense_matches_reference():
 
 
 def test_feature_consistency_empty():
-    table = at.feature_consistency({"P": result(np.zeros((0, 5)), 1), "Q": result(np.zeros((2, 5)), 1)})
-    assert table.empty and list(table.columns) == at.CONSISTENCY_COLUMNS
+    table = feature_consistency({"P": result(np.zeros((0, 5)), 1), "Q": result(np.zeros((2, 5)), 1)})
+    assert table.empty and list(table.columns) == CONSISTENCY_COLUMNS
 
 
 # --- universal_features ----------------------------------------------------------------------------------------------
@@ -328,7 +337,7 @@ UNIVERSAL = ["feature", "label", "layer", "proteins"]
 def test_universal_features_planted():
     results = {("P", 6): planted(6)["P"], ("Q", 6): planted(6)["Q"], ("R", 6): planted(6)["R"],
                ("P", 2): planted(2)["P"], ("Q", 2): result(np.zeros((0, D_SAE)), 2)}
-    table = at.universal_features(results)
+    table = universal_features(results)
     assert list(table.columns) == [*UNIVERSAL, "freq_P", "freq_Q", "freq_R", "k", "d_sae", "space"]
     # Layer 2: Q has no mutants and R no results → nothing shared by two proteins.
     # Layer 6: 3 (Q 0.5, R 1.0) and 7 (P, Q); 11 fails (R 1/3 < 0.5).
@@ -348,7 +357,7 @@ def test_universal_features_ordering_and_nan():
     b[:, 9] = 0.0
     results = {("A", 3): result(a, 3, k=32), ("B", 3): result(a, 3, k=32), ("C", 3): result(b, 3, k=32),
                ("A", 1): result(a, 1), ("B", 1): result(a, 1), ("C", 1): result(np.zeros((0, 10)), 1)}
-    table = at.universal_features(results)
+    table = universal_features(results)
     # Layer 1 first; within layer 3 feature 4 (3 proteins) before 9 (2 proteins).
     assert table[["feature", "layer", "proteins"]].values.tolist() == [
         [4, 1, "A;B"], [9, 1, "A;B"], [4, 3, "A;B;C"], [9, 3, "A;B"]]
@@ -358,9 +367,9 @@ def test_universal_features_ordering_and_nan():
 
 
 def test_universal_features_empty():
-    table = at.universal_features({})
+    table = universal_features({})
     assert table.empty and list(table.columns) == [*UNIVERSAL, "k", "d_sae", "space"]
-    table = at.universal_features({("P", 1): result(np.zeros((0, 4)), 1)})
+    table = universal_features({("P", 1): result(np.zeros((0, 4)), 1)})
     assert table.empty and list(table.columns) == [*UNIVERSAL, "freq_P", "k", "d_sae", "space"]
 
 
@@ -373,8 +382,8 @@ def test_circuit_sizes_concat_and_dtypes(tmp_path):
     a.assign(layer=6).to_csv(tmp_path / "c.csv", index=False)
     c = read_table(tmp_path / "c.csv", "circuit_sizes")
     assert c["n_features"].dtype == np.float64
-    table = at.circuit_sizes([a, b, c])
-    assert list(table.columns) == at.SIZE_COLUMNS == TABLES["circuit_sizes"]
+    table = circuit_sizes([a, b, c])
+    assert list(table.columns) == SIZE_COLUMNS == TABLES["circuit_sizes"]
     assert table["protein"].tolist() == ["P"] * 3 + ["Q"] * 3 + ["P"] * 3
     assert table["layer"].tolist() == [2, 2, 2, 4, 4, 4, 6, 6, 6]
     assert table["mutant"].tolist() == ["A0C", "A1C", "A2C"] * 3
@@ -387,33 +396,33 @@ def test_circuit_sizes_concat_and_dtypes(tmp_path):
     assert table["space"].tolist() == ["latent"] * 3 + ["pre"] * 3 + ["latent"] * 3
     np.testing.assert_array_equal(table["recovered_fraction"], [0.95, np.nan, 0.95, 0.95, np.nan, np.nan] +
                                   [0.95, np.nan, 0.95])
-    empty = at.circuit_sizes([])
-    assert empty.empty and list(empty.columns) == at.SIZE_COLUMNS and str(empty["n_features"].dtype) == "Int64"
+    empty = circuit_sizes([])
+    assert empty.empty and list(empty.columns) == SIZE_COLUMNS and str(empty["n_features"].dtype) == "Int64"
 
 
 def test_circuit_sizes_reads_negligible_as_text():
-    table = at.circuit_sizes([sizes_frame("P", 2, [2, None]).assign(negligible=["False", "true"])])
+    table = circuit_sizes([sizes_frame("P", 2, [2, None]).assign(negligible=["False", "true"])])
     assert table["negligible"].tolist() == [False, True] and table["negligible"].dtype == bool
 
 
 @pytest.mark.parametrize("column", TABLES["circuit_sizes"])
 def test_circuit_sizes_refuses_a_missing_column(column):
     with pytest.raises(ValueError, match=f"missing columns.*'{column}'"):
-        at.circuit_sizes([sizes_frame("P", 2, [1]).drop(columns=column)])
+        circuit_sizes([sizes_frame("P", 2, [1]).drop(columns=column)])
 
 
 def test_circuit_sizes_rejects_bad_values():
     with pytest.raises(ValueError, match=r"\('P', layer 2\).*n_features"):
-        at.circuit_sizes([sizes_frame("P", 2, [1, 2]).assign(n_features=[1.5, 2.0])])
+        circuit_sizes([sizes_frame("P", 2, [1, 2]).assign(n_features=[1.5, 2.0])])
     with pytest.raises(ValueError, match=r"\('P', layer 2\).*negative"):
-        at.circuit_sizes([sizes_frame("P", 2, [1, -1])])
+        circuit_sizes([sizes_frame("P", 2, [1, -1])])
     with pytest.raises(ValueError, match=r"\('P', layer 2\).*negligible mutant has a circuit size"):
-        at.circuit_sizes([sizes_frame("P", 2, [1, 4], negligible=[False, True])])
+        circuit_sizes([sizes_frame("P", 2, [1, 4], negligible=[False, True])])
     with pytest.raises(ValueError, match=r"\('P', layer 2\).*negligible is not True/False"):
-        at.circuit_sizes([sizes_frame("P", 2, [1, None]).assign(negligible=[False, np.nan])])
+        circuit_sizes([sizes_frame("P", 2, [1, None]).assign(negligible=[False, np.nan])])
     # The bad table is named even when it is not the first.
     with pytest.raises(ValueError, match=r"\('Q', layer 5\).*negative"):
-        at.circuit_sizes([sizes_frame("P", 2, [1]), sizes_frame("Q", 5, [-2])])
+        circuit_sizes([sizes_frame("P", 2, [1]), sizes_frame("Q", 5, [-2])])
 
 
 # --- determinism -----------------------------------------------------------------------------------------------------
@@ -422,11 +431,11 @@ def test_tables_are_deterministic(tmp_path):
     results = {**{(p, layer): r for layer in (6, 2) for p, r in planted(layer).items()}, **concentration_results()}
     for run in ("a", "b"):
         (tmp_path / run).mkdir()
-        at.ig_concentration(results).to_csv(tmp_path / run / "c.csv", index=False)
-        at.concentration_by_mutant(results).to_csv(tmp_path / run / "m.csv", index=False)
-        at.feature_consistency(planted()).to_csv(tmp_path / run / "f.csv", index=False)
-        at.universal_features(results).to_csv(tmp_path / run / "u.csv", index=False)
-        at.circuit_sizes([sizes_frame("P", 2, [1, None])]).to_csv(tmp_path / run / "s.csv", index=False)
+        ig_concentration(results).to_csv(tmp_path / run / "c.csv", index=False)
+        concentration_by_mutant(results).to_csv(tmp_path / run / "m.csv", index=False)
+        feature_consistency(planted()).to_csv(tmp_path / run / "f.csv", index=False)
+        universal_features(results).to_csv(tmp_path / run / "u.csv", index=False)
+        circuit_sizes([sizes_frame("P", 2, [1, None])]).to_csv(tmp_path / run / "s.csv", index=False)
     for name in ("c.csv", "m.csv", "f.csv", "u.csv", "s.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
         assert (tmp_path / "a" / name).read_text().count("\n") > 1, name
@@ -436,7 +445,8 @@ def test_modules_do_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, esmsae.attribution_tables, esmsae.attribution_figures, esmsae.statistics; "
+    code = ("import sys, esmsae.tables.ig, esmsae.tables.circuits, esmsae.figures.ig, esmsae.figures.circuits, "
+            "esmsae.tables.statistics; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
@@ -445,10 +455,10 @@ def test_tables_carry_the_features_labels():
     """Wherever a feature number appears, its label is beside it (looked up by layer and feature)."""
     results = planted(6)
     labels = {(6, 7): "L-identity; promotes L", (6, 3): "K/R-enriched (F1 0.41)", (2, 7): "not this layer"}
-    universal = at.universal_features({(p, 6): r for p, r in results.items()}, labels=labels)
+    universal = universal_features({(p, 6): r for p, r in results.items()}, labels=labels)
     assert dict(zip(universal["feature"], universal["label"], strict=True)) == {
         3: "K/R-enriched (F1 0.41)", 7: "L-identity; promotes L"}
-    consistency = at.feature_consistency({p: r for p, r in results.items()}, labels=labels)
+    consistency = feature_consistency({p: r for p, r in results.items()}, labels=labels)
     assert list(consistency.columns[:3]) == ["protein", "feature", "label"]
     assert set(consistency.loc[consistency["feature"] == 7, "label"]) == {"L-identity; promotes L"}
     assert set(consistency.loc[~consistency["feature"].isin([3, 7]), "label"]) == {""}

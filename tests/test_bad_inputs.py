@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from esmsae import config as cfg
-from esmsae.engine import Splice
-from esmsae.errors import InputError
-from esmsae.esm import EsmLM
-from esmsae.io import atomic_path, write_csv
-from esmsae.scoring import scores_table
-from esmsae.settings import SelectionSettings
+from esmsae.analyses.scoring import scores_table
+from esmsae.config.parse import load
+from esmsae.config.settings import SelectionSettings
+from esmsae.model.esm import EsmLM
+from esmsae.model.splice import Splice
+from esmsae.pipeline.errors import InputError
+from esmsae.pipeline.io import atomic_path, write_csv
 
 from .conftest import WT
 
@@ -34,12 +34,12 @@ def study(**changes) -> dict:
 def test_sequence_longer_than_the_context(lm):
     with pytest.raises(InputError, match=r"proteins\.LONG\.wt_seq: sequence of 1023 residues is longer"):
         scores_table(lm, "LONG", "A" * 1023, None, SelectionSettings(source="model", max_dms=None, n=1, seed=0,
-                                                                      multi=False))
+                                                                     multi=False))
 
 
 def test_sequence_with_non_canonical_residue(lm):
     with pytest.raises(InputError, match=r"proteins\.BAD\.wt_seq.*'X'"):
-        cfg.load(study(proteins={"BAD": {"wt_seq": "MKXV"}}))
+        load(study(proteins={"BAD": {"wt_seq": "MKXV"}}))
 
 
 @pytest.mark.parametrize("layer", [0, 5, 33])
@@ -60,20 +60,20 @@ def test_per_layer_k_must_cover_every_layer():
     config = study(sae={"dir": "s", "pattern": "l{layer}", "k": {2: 8}}, patching={"layers": [2, 4]},
                    ig={"layers": [2]})
     with pytest.raises(InputError, match=r"sae\.k: no k given for layer\(s\) \[4\]"):
-        cfg.load(config)
+        load(config)
 
 
 def test_source_dms_needs_an_assay():
     with pytest.raises(InputError, match=r"proteins\.P\.dms: required"):
-        cfg.load(study(mutations={"source": "dms"}))
+        load(study(mutations={"source": "dms"}))
 
 
 def test_schema_holds_the_defaults_of_optional_blocks():
     """`demo` and `sae.train` may be null; when given, the schema fills in their defaults."""
-    loaded = cfg.load(study(demo={"layers": 2, "embed_dim": 8, "heads": 2},
-                            sae={"dir": "s", "pattern": "l{layer}", "k": 4, "train": {"d_sae": 16}}))
+    loaded = load(study(demo={"layers": 2, "embed_dim": 8, "heads": 2},
+                        sae={"dir": "s", "pattern": "l{layer}", "k": 4, "train": {"d_sae": 16}}))
     assert loaded.demo.seed == 0 and loaded.train.steps == 2000 and loaded.train.lr == 0.001
-    assert cfg.load(study()).demo is None and cfg.load(study()).train is None
+    assert load(study()).demo is None and load(study()).train is None
 
 
 def test_unwritable_output_folder(tmp_path):
@@ -97,7 +97,7 @@ def test_killed_writer_leaves_no_partial_output(tmp_path):
     target = tmp_path / "big.csv"
     script = textwrap.dedent(f"""
         import os, sys
-        from esmsae.io import atomic_path
+        from esmsae.pipeline.io import atomic_path
         with atomic_path({str(target)!r}) as tmp:
             with open(tmp, "w") as fh:
                 fh.write("x" * 1000)
@@ -116,7 +116,7 @@ def test_killed_writer_leaves_no_partial_output(tmp_path):
 
 
 def test_tables_are_read_back_with_their_columns_checked(tmp_path):
-    from esmsae.columns import TABLES, read_table
+    from esmsae.pipeline.columns import TABLES, read_table
 
     path = tmp_path / "EPHB2_HUMAN_L2.csv"
     pd.DataFrame({"mutant": ["A1C"], "effect": [0.5]}).to_csv(path, index=False)

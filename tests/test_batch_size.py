@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from esmsae.circuits import circuit_curve
-from esmsae.ig import attribute
-from esmsae.mutations import parse_mutant
-from esmsae.patching import patch_protein
-from esmsae.rows import MIN_ROWS, matmul
+from esmsae.analyses.circuits import circuit_curve
+from esmsae.analyses.ig import attribute
+from esmsae.analyses.patching import patch_protein
+from esmsae.inputs.mutations import parse_mutant
+from esmsae.model.rows import MIN_ROWS, matmul
 
 from .conftest import (
     LAYERS,
@@ -111,7 +111,7 @@ def test_ig_does_not_depend_on_the_batch_size(splices, layer):
             for run in runs[1:]:
                 assert torch.equal(run.attribution, runs[0].attribution)
                 assert (run.error_attribution, run.total_effect) == (runs[0].error_attribution,
-                                                                      runs[0].total_effect)
+                                                                     runs[0].total_effect)
             assert bool((runs[0].attribution != 0).any())
 
 

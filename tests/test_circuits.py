@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from esmsae.analysis import LayerMeta
-from esmsae.attribution_tables import circuit_sizes_from_curves, minimal_size
-from esmsae.circuits import circuit_curve, curves_table, top_k_patches
-from esmsae.columns import CURVE_COLUMNS, SIZE_COLUMNS, read_table
-from esmsae.ig import attribute
-from esmsae.mutations import parse_mutant
-from esmsae.patching import changed_features, patch_protein
+from esmsae.analyses.api import LayerMeta
+from esmsae.analyses.circuits import circuit_curve, curves_table, top_k_patches
+from esmsae.analyses.ig import attribute
+from esmsae.analyses.patching import changed_features, patch_protein
+from esmsae.inputs.mutations import parse_mutant
+from esmsae.pipeline.columns import CURVE_COLUMNS, SIZE_COLUMNS, read_table
+from esmsae.tables.circuits import circuit_sizes_from_curves, minimal_size
 
 from .conftest import (
     LAYERS,

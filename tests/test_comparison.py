@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from esmsae.agreement import mutant_agreement, site_share_table, top_overlap
-from esmsae.atp import attribution_patching
-from esmsae.mutations import parse_mutant
-from esmsae.positions import spread, spread_tables
-from esmsae.settings import PositionSettings
+from esmsae.analyses.atp import attribution_patching
+from esmsae.analyses.positions import spread, spread_tables
+from esmsae.config.settings import PositionSettings
+from esmsae.inputs.mutations import parse_mutant
+from esmsae.tables.agreement import mutant_agreement, top_overlap
+from esmsae.tables.positions import site_share_table
 
 from .conftest import DEFAULTS, LAYERS, WT, ig_settings, splice_every_layer, view_of
 from .reference import hooked_logits, score_from_logits

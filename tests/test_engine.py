@@ -12,9 +12,9 @@ import copy
 import pytest
 import torch
 
-from esmsae.engine import Splice
-from esmsae.mutations import parse_mutant
-from esmsae.scoring import wt_log_probs, wt_marginal
+from esmsae.analyses.scoring import wt_log_probs, wt_marginal
+from esmsae.inputs.mutations import parse_mutant
+from esmsae.model.splice import Splice
 
 from .conftest import LAYERS, WT, splice_every_layer, watch_passes
 from .reference import hooked_logits, score_from_logits
@@ -174,7 +174,7 @@ def test_mutant_scores_equal_wt_marginal_definition(lm):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_engine_on_cuda_matches_cpu(tiny_dir, saes):
-    from esmsae.esm import EsmLM, load_esm
+    from esmsae.model.esm import EsmLM, load_esm
 
     mutant = parse_mutant("L17R", SEQ)
     results = {}
@@ -206,7 +206,7 @@ def test_identical_interventions_give_identical_numbers(splices):
 
 def test_bf16_runs_exact_noops_and_stays_close_to_fp32(tiny_dir, saes):
     """A lower precision keeps the invariants that are exact by construction, and reports its drift."""
-    from esmsae.esm import EsmLM, load_esm, set_precision
+    from esmsae.model.esm import EsmLM, load_esm, set_precision
 
     mutant = parse_mutant("L17R", SEQ)
     effects = {}
@@ -227,20 +227,20 @@ def test_bf16_runs_exact_noops_and_stays_close_to_fp32(tiny_dir, saes):
 
 def test_rows_per_pass_fits_free_memory(splices, monkeypatch):
     """CPU: a fixed 128 (reproducible). CUDA: free memory over one row's activations, fewer with gradients."""
-    from esmsae import engine
+    from esmsae.model import batching
 
-    splice = copy.copy(splices[1])
-    assert splice.rows_per_pass() == engine.CPU_ROWS == splice.rows_per_pass(grad=True)
-    splice.lm = copy.copy(splice.lm)
-    splice.lm.device = torch.device("cuda")
-    monkeypatch.setattr(engine, "free_memory", lambda device: 2**30)
-    t, e, heads = splice.h.shape[1], splice.lm.embed_dim, splice.lm.model.attention_heads
+    passes = copy.copy(splices[1].passes)
+    assert passes.rows_per_pass() == batching.CPU_ROWS == passes.rows_per_pass(grad=True)
+    passes.lm = copy.copy(passes.lm)
+    passes.lm.device = torch.device("cuda")
+    monkeypatch.setattr(batching, "free_memory", lambda device: 2**30)
+    t, e, heads = splices[1].h.shape[1], passes.lm.embed_dim, passes.lm.model.attention_heads
     one_block = (t * 16 * e + 3 * heads * t * t + 2 * t * e) * 4 * 2
-    assert splice.rows_per_pass() == min(engine.MAX_ROWS, int(0.5 * 2**30 // one_block))
-    deep = splice.rows_per_pass(grad=True)
-    assert 1 <= deep < splice.rows_per_pass()
-    monkeypatch.setattr(engine, "free_memory", lambda device: 1)
-    assert splice.rows_per_pass(grad=True) == 1  # never zero
+    assert passes.rows_per_pass() == min(batching.MAX_ROWS, int(0.5 * 2**30 // one_block))
+    deep = passes.rows_per_pass(grad=True)
+    assert 1 <= deep < passes.rows_per_pass()
+    monkeypatch.setattr(batching, "free_memory", lambda device: 1)
+    assert passes.rows_per_pass(grad=True) == 1  # never zero
 
 
 def test_out_of_memory_shrinks_the_passes_and_gives_the_same_numbers(splices, monkeypatch):

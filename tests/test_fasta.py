@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from esmsae.errors import InputError
-from esmsae.fasta import Skipped, read_fasta, reference_sequences
+from esmsae.inputs.fasta import Skipped, read_fasta, reference_sequences
+from esmsae.pipeline.errors import InputError
 
 
 def write(tmp_path, text, name="ref.fa"):

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from esmsae import figures
-from esmsae.aggregate import PATCH_COLUMNS, control_validation
+from esmsae.figures.patching import controls, delta_vs_effect, layer_effects
+from esmsae.pipeline.columns import PATCH_COLUMNS
+from esmsae.tables.patching import control_validation
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -59,7 +60,7 @@ def data_lines(ax):
 
 
 def test_layer_effects(tmp_path, tables):
-    fig = figures.layer_effects(control_validation(tables), tmp_path / "le.png", tmp_path / "le.pdf")
+    fig = layer_effects(control_validation(tables), tmp_path / "le.png", tmp_path / "le.pdf")
     check_files(tmp_path, "le")
     assert len(fig.axes) == 1
     ax = fig.axes[0]
@@ -78,7 +79,7 @@ def test_layer_effects(tmp_path, tables):
 
 
 def test_controls(tmp_path, tables):
-    fig = figures.controls(control_validation(tables), tmp_path / "c.png", tmp_path / "c.pdf")
+    fig = controls(control_validation(tables), tmp_path / "c.png", tmp_path / "c.pdf")
     check_files(tmp_path, "c")
     assert [ax.get_title() for ax in fig.axes] == ["P", "Q", "R"]
     for ax in fig.axes:
@@ -90,7 +91,7 @@ def test_controls(tmp_path, tables):
 
 
 def test_delta_vs_effect(tmp_path, tables):
-    fig = figures.delta_vs_effect(tables, tmp_path / "d.png", tmp_path / "d.pdf")
+    fig = delta_vs_effect(tables, tmp_path / "d.png", tmp_path / "d.pdf")
     check_files(tmp_path, "d")
     assert len(fig.axes) == 3
     titles = [ax.get_title() for ax in fig.axes]
@@ -113,8 +114,8 @@ def test_delta_vs_effect_na_rho(tmp_path):
                        columns=PATCH_COLUMNS)
     constant = pd.DataFrame([patch("A1C", f, "real", 0.1 * f, 1.0, 5) for f in range(5)], columns=PATCH_COLUMNS)
     only_controls = pd.DataFrame([patch("A1C", 0, "noop", 0.0, 1.0, 7)], columns=PATCH_COLUMNS)
-    fig = figures.delta_vs_effect({("P", 5): constant, ("P", 3): few, ("P", 7): only_controls},
-                                  tmp_path / "d.png", tmp_path / "d.pdf")
+    fig = delta_vs_effect({("P", 5): constant, ("P", 3): few, ("P", 7): only_controls},
+                          tmp_path / "d.png", tmp_path / "d.pdf")
     check_files(tmp_path, "d")
     assert [ax.get_title() for ax in fig.axes] == ["layer 3: ρ = n/a", "layer 5: ρ = n/a", "layer 7: ρ = n/a"]
     assert len(fig.axes[2].collections) == 0
@@ -126,11 +127,11 @@ def test_empty_inputs_do_not_crash(tmp_path):
     for name, tables in {"none": {}, "empty": {("P", 1): empty, ("Q", 2): empty}}.items():
         validation = control_validation(tables)
         out = tmp_path / name
-        fig = figures.layer_effects(validation, out / "le.png", out / "le.pdf")
+        fig = layer_effects(validation, out / "le.png", out / "le.pdf")
         assert len(fig.axes) == 1 and any("no" in t.get_text() for t in fig.axes[0].texts)
-        fig = figures.controls(validation, out / "c.png", out / "c.pdf")
+        fig = controls(validation, out / "c.png", out / "c.pdf")
         assert len(fig.axes) == max(1, len(validation["protein"].unique()))
-        fig = figures.delta_vs_effect(tables, out / "d.png", out / "d.pdf")
+        fig = delta_vs_effect(tables, out / "d.png", out / "d.pdf")
         assert len(fig.axes) == max(1, len(tables))
         for stem in ("le", "c", "d"):
             check_files(out, stem)
@@ -139,8 +140,8 @@ def test_empty_inputs_do_not_crash(tmp_path):
 def test_figures_are_reproducible(tmp_path, tables):
     validation = control_validation(tables)
     for run in ("a", "b"):
-        figures.layer_effects(validation, tmp_path / run / "le.png", tmp_path / run / "le.pdf")
-        figures.delta_vs_effect(tables, tmp_path / run / "d.png", tmp_path / run / "d.pdf")
+        layer_effects(validation, tmp_path / run / "le.png", tmp_path / run / "le.pdf")
+        delta_vs_effect(tables, tmp_path / run / "d.png", tmp_path / run / "d.pdf")
     for name in ("le.png", "le.pdf", "d.png", "d.pdf"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 

@@ -12,13 +12,14 @@ import pandas as pd
 import pytest
 import torch
 
-from esmsae.engine import Effects, LayerPair
-from esmsae.graph import PairContext, link
-from esmsae.graph_tables import aggregate_edges, edge_ranking_agreement, graphml, mediation_table, mutant_graph
-from esmsae.mutations import parse_mutant
-from esmsae.patching import changed_features, single_feature_patches
-from esmsae.scoring import wt_log_probs, wt_marginal
-from esmsae.settings import PairSettings
+from esmsae.analyses.graph import PairContext, link
+from esmsae.analyses.patching import changed_features, single_feature_patches
+from esmsae.analyses.scoring import wt_log_probs, wt_marginal
+from esmsae.config.settings import PairSettings
+from esmsae.inputs.mutations import parse_mutant
+from esmsae.model.pair import LayerPair
+from esmsae.model.splice import Effects
+from esmsae.tables.graph import aggregate_edges, edge_ranking_agreement, graphml, mediation_table, mutant_graph
 
 from .conftest import LAYERS, WT, splice_every_layer
 from .reference import hooked_logits, score_from_logits
@@ -244,7 +245,7 @@ def test_graph_files_and_tables_by_hand():
 
 
 def hand_aggregate(rows):
-    from esmsae.columns import TABLES
+    from esmsae.pipeline.columns import TABLES
 
     return pd.DataFrame([{"layer_up": lu, "up": u, "up_label": "", "layer_down": ld, "down": d, "down_label": "",
                           "n_mutants": n, "mean_w": 0.1, "mean_mediated": m, "mean_abs_mediated": abs(m)}
@@ -258,7 +259,7 @@ PATH_EDGES = [(2, 1, 4, 7, 2, 0.5), (2, 2, 4, 7, 1, -0.3), (2, 1, 4, 8, 3, 0.4),
 
 
 def test_strongest_paths_by_hand():
-    from esmsae.graph_tables import strongest_paths
+    from esmsae.tables.graph import strongest_paths
 
     aggregate = hand_aggregate(PATH_EDGES)
     # 1→7→9: min(1.0, 0.8) = 0.8; 2→7→9: min(0.3, 0.8) = 0.3; 1→8→9: min(1.2, 0.2) = 0.2
@@ -272,7 +273,7 @@ def test_strongest_paths_by_hand():
 
 
 def test_graph_figure_draws_the_strongest_paths(tmp_path):
-    from esmsae.comparison_figures import feature_graph
+    from esmsae.figures.graph import feature_graph
 
     aggregate = hand_aggregate(PATH_EDGES).assign(up_label="E-identity; promotes D")
     fig = feature_graph(aggregate, [2, 4, 6], tmp_path / "g.png", tmp_path / "g.pdf", protein="P", paths=2)
@@ -285,7 +286,7 @@ def test_graph_figure_draws_the_strongest_paths(tmp_path):
 
 
 def test_graph_figure_without_a_spanning_path_draws_each_pair_top_edges(tmp_path):
-    from esmsae.comparison_figures import feature_graph
+    from esmsae.figures.graph import feature_graph
 
     rows = [(2, i, 4, 50 + i % 3, 10 - i, (-1) ** i * 0.1 * (i + 1)) for i in range(10)]
     rows += [(4, 60, 6, 7 + i, 3, 0.1) for i in range(3)]  # 4:60 has no upstream edge: no path spans 2→6
@@ -298,8 +299,8 @@ def test_graph_figure_without_a_spanning_path_draws_each_pair_top_edges(tmp_path
 
 
 def test_mediated_fraction_figure_pairs_each_mutant_with_its_null(tmp_path):
-    from esmsae.comparison_figures import mediated_fraction
-    from esmsae.graph_tables import mediated_fractions
+    from esmsae.figures.graph import mediated_fraction
+    from esmsae.tables.graph import mediated_fractions
 
     shares = pd.DataFrame({"mutant": ["A1C", "A1C", "D2E"], "layer_up": 2, "layer_down": 4, "up": [1, 5, 1],
                            "effect": [0.5, -0.2, 1.0], "held_effect": [0.3, 0.2, 0.5],

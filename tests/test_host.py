@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from esmsae.host import hold_freed_memory
+from esmsae.model.host import hold_freed_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -16,9 +16,10 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 # faults of the last round (each fault is a page of fresh memory) and torch's thread count.
 PROBE = """
 import resource, torch
-from esmsae import workflow
+from esmsae.analyses.job import run_analysis  # noqa: F401 (what a job imports before its set-up)
+from esmsae.model.host import set_up_host
 if SET_UP:
-    workflow.set_up_host(1)
+    set_up_host(1)
 for _ in range(5):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x, y = torch.ones(16 * 2**20), torch.ones(4 * 2**20)

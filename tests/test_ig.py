@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from esmsae import reports
-from esmsae.arrays import Attributions
-from esmsae.columns import TABLES, read_table
-from esmsae.engine import Splice
-from esmsae.errors import InputError
-from esmsae.esm import EsmLM
-from esmsae.ig import attribute, attribute_protein, attributions_file, completeness_error
-from esmsae.mutations import parse_mutant
+from esmsae.analyses.arrays import Attributions
+from esmsae.analyses.ig import attribute, attribute_protein, attributions_file, completeness_error
+from esmsae.inputs.mutations import parse_mutant
+from esmsae.model.esm import EsmLM
+from esmsae.model.splice import Splice
+from esmsae.pipeline.columns import TABLES, read_table
+from esmsae.pipeline.errors import InputError
+from esmsae.tables.ig import tabulate_top_features
 
 from .conftest import (
     LAYERS,
@@ -51,7 +51,7 @@ def test_latent_completeness_within_one_percent(splices, layer):
 
 def test_completeness_error_falls_with_steps(tiny_dir, saes):
     """In float64 the quadrature error is visible above rounding: it falls as steps grow."""
-    from esmsae.esm import load_esm
+    from esmsae.model.esm import load_esm
 
     lm64 = EsmLM(load_esm(tiny_dir / "esm2_tiny.pt").double(), "cpu")
     splice = Splice(lm64, copy.deepcopy(saes[2]).double(), SEQ, 2)
@@ -204,7 +204,7 @@ def test_npz_and_top_table_round_trip(splices, tmp_path):
     # The top-feature table, read from the file as its rule does, with each feature's label.
     pd.DataFrame({"layer": 1, "feature": np.arange(96), "label": [f"f{j}" for j in range(96)]}).reindex(
         columns=TABLES["feature_labels"]).to_csv(tmp_path / "labels.csv", index=False)
-    reports.top_features_table(path, tmp_path / "labels.csv", tmp_path / "top.csv")
+    tabulate_top_features(path, tmp_path / "labels.csv", tmp_path / "top.csv")
     top = read_table(tmp_path / "top.csv", "ig_top")
     assert (top[["layer", "k", "d_sae", "space"]].drop_duplicates().values.tolist() == [[1, 8, 96, "latent"]])
     assert (top["label"] == "f" + top["feature"].astype(str)).all()

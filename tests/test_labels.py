@@ -9,25 +9,20 @@ import pandas as pd
 import pytest
 import torch
 
-from esmsae import config, reports, workflow
-from esmsae.columns import TABLES, read_table
-from esmsae.engine import Splice
-from esmsae.errors import InputError
-from esmsae.features import effect_positions, output_effects
-from esmsae.labels import (
-    Activity,
-    enriched,
-    feature_table,
-    group_f1,
-    identity_share,
-    label,
-    residue_scores,
-    shown_features,
-    top_residues,
-)
-from esmsae.mutations import AMINO_ACIDS
-from esmsae.sae import TopKSAE, save_sae
-from esmsae.settings import Runtime
+from esmsae.analyses import feature_activity as feature_activity_module
+from esmsae.analyses.arrays import Activity
+from esmsae.analyses.feature_activity import characterize_features, feature_activity
+from esmsae.analyses.output_effects import effect_positions, output_effects
+from esmsae.config.parse import load
+from esmsae.config.settings import Runtime
+from esmsae.inputs.mutations import AMINO_ACIDS
+from esmsae.model.sae import TopKSAE, save_sae
+from esmsae.model.splice import Splice
+from esmsae.pipeline.columns import TABLES, read_table
+from esmsae.pipeline.errors import InputError
+from esmsae.tables.identity_share import identity_share
+from esmsae.tables.labels import enriched, feature_table, group_f1, label, label_features, residue_scores, top_residues
+from esmsae.tables.shown_features import shown_features
 
 from .conftest import DEFAULTS, LAYERS, WT, splice_every_layer
 from .reference import hooked_logits
@@ -189,11 +184,11 @@ def test_planted_identity_feature_is_labelled(lm, tiny_dir, tmp_path, layer, res
     sae_path = tmp_path / f"sae_l{layer}.safetensors"
     save_sae(planted_sae(lm, layer, residue), sae_path)
     settings = DEFAULTS.features
-    workflow.characterize_layer(settings, dict(WT), layer, 4, "fp32", RUNTIME, tiny_dir / "esm2_tiny.pt",
-                                sae_path, None, tmp_path / "activity.npz")
+    characterize_features(settings, dict(WT), layer, 4, "fp32", RUNTIME, tiny_dir / "esm2_tiny.pt",
+                          sae_path, None, tmp_path / "activity.npz")
     pd.DataFrame(columns=TABLES["output_effects"]).to_csv(tmp_path / "effects.csv", index=False)
-    reports.label_features({layer: tmp_path / "activity.npz"}, {layer: tmp_path / "effects.csv"},
-                           settings.identity_f1, tmp_path / "labels.csv")
+    label_features({layer: tmp_path / "activity.npz"}, {layer: tmp_path / "effects.csv"},
+                   settings.identity_f1, tmp_path / "labels.csv")
     table = read_table(tmp_path / "labels.csv", "feature_labels").set_index("feature")
     planted = table.loc[3]
     assert planted["label"] == f"{residue}-identity" and planted["f1"] == 1.0 and bool(planted["identity"])
@@ -210,11 +205,11 @@ def test_activity_streams_and_resumes(lm, tiny_dir, saes, tmp_path, monkeypatch)
     fasta.write_text("".join(f">s{i}\n{''.join(rng.choice(list(AMINO_ACIDS), 30 + i))}\n" for i in range(25))
                      + ">long\n" + "A" * 1100 + "\n>odd\nMKXV\n")
     settings = dataclasses.replace(DEFAULTS.features, reference=str(fasta), max_sequences=20)
-    monkeypatch.setattr(workflow, "ACTIVITY_CHUNK", 7)
+    monkeypatch.setattr(feature_activity_module, "ACTIVITY_CHUNK", 7)
     out = tmp_path / "activity.npz"
     args = (settings, dict(WT), 2, 8, "fp32", RUNTIME, tiny_dir / "esm2_tiny.pt", tiny_dir / "sae_l2.safetensors",
             str(fasta), out)
-    workflow.characterize_layer(*args)
+    characterize_features(*args)
     whole = Activity.read(out)
     assert whole.n_sequences == len(WT) + 20  # the first 20 usable records, after the 3 WT sequences
     assert whole.n_positions == sum(map(len, WT.values())) + sum(30 + i for i in range(20))
@@ -222,7 +217,7 @@ def test_activity_streams_and_resumes(lm, tiny_dir, saes, tmp_path, monkeypatch)
     assert whole.residue_counts.sum() == whole.n_positions
     # Killed after two chunks: the rerun reuses them and writes the same counts.
     calls = []
-    real = workflow.feature_activity
+    real = feature_activity
 
     def dies_on_the_third(*a, **kw):
         calls.append(1)
@@ -230,12 +225,12 @@ def test_activity_streams_and_resumes(lm, tiny_dir, saes, tmp_path, monkeypatch)
             raise RuntimeError("killed")
         return real(*a, **kw)
 
-    monkeypatch.setattr(workflow, "feature_activity", dies_on_the_third)
+    monkeypatch.setattr(feature_activity_module, "feature_activity", dies_on_the_third)
     out.unlink()
     with pytest.raises(RuntimeError):
-        workflow.characterize_layer(*args)
-    monkeypatch.setattr(workflow, "feature_activity", real)
-    workflow.characterize_layer(*args)
+        characterize_features(*args)
+    monkeypatch.setattr(feature_activity_module, "feature_activity", real)
+    characterize_features(*args)
     again = Activity.read(out)
     for name in ("residue_counts", "n_active", "active_by_residue", "max_activation"):
         assert np.array_equal(getattr(again, name), getattr(whole, name))
@@ -244,10 +239,10 @@ def test_activity_streams_and_resumes(lm, tiny_dir, saes, tmp_path, monkeypatch)
 def test_splice_and_activity_agree_on_wt_latents(lm, tiny_dir, tmp_path):
     """The cards' WT activations (padded batches) match the engine's own WT code."""
     sae_path = tiny_dir / "sae_l2.safetensors"
-    workflow.characterize_layer(DEFAULTS.features, dict(WT), 2, 8, "fp32", RUNTIME, tiny_dir / "esm2_tiny.pt",
-                                sae_path, None, tmp_path / "a.npz")
+    characterize_features(DEFAULTS.features, dict(WT), 2, 8, "fp32", RUNTIME, tiny_dir / "esm2_tiny.pt",
+                          sae_path, None, tmp_path / "a.npz")
     stats = Activity.read(tmp_path / "a.npz")
-    from esmsae.sae import load_sae
+    from esmsae.model.sae import load_sae
 
     sae = load_sae(sae_path, 8, layer=2, d_in=lm.embed_dim)
     for name, seq in WT.items():
@@ -256,8 +251,8 @@ def test_splice_and_activity_agree_on_wt_latents(lm, tiny_dir, tmp_path):
 
 
 def test_config_defaults_for_features():
-    loaded = config.load({"outdir": "o", "esm_checkpoint": "m", "sae": {"dir": "s", "pattern": "l{layer}", "k": 8},
-                          "proteins": {"P": {"wt_seq": "MKV"}}, "mutations": {"source": "model"},
+    loaded = load({"outdir": "o", "esm_checkpoint": "m", "sae": {"dir": "s", "pattern": "l{layer}", "k": 8},
+                   "proteins": {"P": {"wt_seq": "MKV"}}, "mutations": {"source": "model"},
                           "patching": {"layers": [1]}, "ig": {"layers": [1]}})
     assert loaded.features == dataclasses.replace(DEFAULTS.features)
     assert (loaded.features.identity_f1, loaded.features.max_positions, loaded.features.reference) == (0.8, 8, None)

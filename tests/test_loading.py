@@ -15,10 +15,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from esmsae.demo import write_tiny_esm2
-from esmsae.errors import InputError
-from esmsae.esm import load_esm
-from esmsae.sae import load_sae, random_sae, save_sae
+from esmsae.model.demo import write_tiny_esm2
+from esmsae.model.esm import load_esm
+from esmsae.model.sae import load_sae, random_sae, save_sae
+from esmsae.pipeline.errors import InputError
 
 from .conftest import D_SAE, TINY, WT, K
 

@@ -1,4 +1,4 @@
-"""Tests for esmsae.mutations: mutant parsing, assay reading and mutation selection."""
+"""Tests for esmsae.inputs.mutations: mutant parsing, assay reading and mutation selection."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from esmsae.errors import InputError
-from esmsae.mutations import (
+from esmsae.inputs.mutations import (
     AMINO_ACIDS,
     Mutant,
     Site,
@@ -21,6 +20,7 @@ from esmsae.mutations import (
     select_from_assay,
     select_lowest,
 )
+from esmsae.pipeline.errors import InputError
 
 WT = "MKVLAGDEWR"  # 10 residues: M1 K2 V3 L4 A5 G6 D7 E8 W9 R10
 
@@ -170,7 +170,7 @@ def good_rows() -> list[tuple[str, str, str]]:
 
 def test_read_assay_drops_multi_by_default(tmp_path, caplog):
     path = write_assay(tmp_path / "a.csv", good_rows())
-    with caplog.at_level(logging.INFO, logger="esmsae.mutations"):
+    with caplog.at_level(logging.INFO, logger="esmsae.inputs.mutations"):
         frame = read_assay(path, WT)
     assert list(frame["mutant"]) == ["V3H", "R10G"]
     assert list(frame["n_sites"]) == [1, 1]
@@ -279,7 +279,7 @@ def big_table(n_rows: int = 400) -> pd.DataFrame:
 
 def test_select_deterministic_filtered_and_capped(caplog):
     table = big_table()
-    with caplog.at_level(logging.INFO, logger="esmsae.mutations"):
+    with caplog.at_level(logging.INFO, logger="esmsae.inputs.mutations"):
         a = select_from_assay(table, max_dms=-1.0, n=30, seed=7, where="P1")
     b = select_from_assay(table, max_dms=-1.0, n=30, seed=7, where="P1")
     c = select_from_assay(table, max_dms=-1.0, n=30, seed=8, where="P1")

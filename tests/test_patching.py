@@ -7,16 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from esmsae.errors import InputError
-from esmsae.mutations import parse_mutant
-from esmsae.patching import (
-    CONTROLS,
-    PATCH_COLUMNS,
-    changed_features,
-    patch_protein,
-    single_feature_patches,
-)
-from esmsae.scoring import wt_log_probs, wt_marginal
+from esmsae.analyses.patching import changed_features, patch_protein, single_feature_patches
+from esmsae.analyses.scoring import wt_log_probs, wt_marginal
+from esmsae.inputs.mutations import parse_mutant
+from esmsae.pipeline.columns import CONTROLS, PATCH_COLUMNS
+from esmsae.pipeline.errors import InputError
 
 from .conftest import LAYERS, WT, patch_settings, splice_every_layer, view_of
 from .reference import hooked_logits, score_from_logits

@@ -13,12 +13,12 @@ import time
 import pandas as pd
 import pytest
 
-from esmsae.analysis import analyse
-from esmsae.engine import Splice
-from esmsae.io import write_csv
-from esmsae.mutations import parse_mutant
-from esmsae.patching import PATCHING, patch_protein
-from esmsae.resume import WorkFolder, fingerprint, run_items
+from esmsae.analyses.api import analyse
+from esmsae.analyses.patching import PATCHING, patch_protein
+from esmsae.inputs.mutations import parse_mutant
+from esmsae.model.splice import Splice
+from esmsae.pipeline.io import write_csv
+from esmsae.pipeline.resume import WorkFolder, fingerprint, run_items
 
 from .conftest import WT, patch_settings
 from .snakemake_run import PROFILE, copy_workflow, slow_pieces

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from esmsae.aggregate import dms_correlation
-from esmsae.mutations import parse_mutant
-from esmsae.scoring import scores_table
+from esmsae.analyses.scoring import scores_table
+from esmsae.inputs.mutations import parse_mutant
+from esmsae.tables.scoring import dms_correlation
 
 from .conftest import DEFAULTS, DMS_FILES, SHARED_DMS, WT, needs_dms
 

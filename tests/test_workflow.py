@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from esmsae.esm import load_esm
-from esmsae.sae import load_sae
+from esmsae.model.esm import load_esm
+from esmsae.model.sae import load_sae
 
 from .conftest import DMS_FILES, SHARED_DMS, WT, needs_dms
 from .snakemake_run import (
@@ -198,7 +198,7 @@ def test_demo_feature_labels_cards_and_identity_share(demo):
     for row in sizes.itertuples():
         features = [int(j) for j in str(row.features).split(";")]
         assert len(features) == row.n_features and row.labels.split(" | ") == [names[(row.layer, j)]
-                                                                                   for j in features]
+                                                                               for j in features]
     cards = shown[shown["card"]]
     assert len(cards) == N_CARDS
     for row in cards.itertuples():

@@ -1,15 +1,18 @@
 """Rule characterize_features: every feature's activity over the reference positions at one layer."""
-from esmsae import config, workflow
-from esmsae.settings import FeatureSettings, from_params
+from esmsae.analyses.feature_activity import characterize_features
+from esmsae.config.parse import runtime
+from esmsae.config.settings import FeatureSettings, from_params
+from esmsae.model.host import set_up_host
+from esmsae.pipeline.logs import log_to
 
 
 def main(smk):
-    with workflow.log_to(smk.log[0]):
-        workflow.set_up_host(smk.threads)
-        workflow.characterize_layer(from_params(FeatureSettings, smk.params.settings), smk.params.wt_seqs,
-                                    int(smk.wildcards.layer), smk.params.k, smk.params.precision,
-                                    config.runtime(smk.config), smk.input.checkpoint, smk.input.sae,
-                                    smk.input.get("reference"), smk.output.activity)
+    with log_to(smk.log[0]):
+        set_up_host(smk.threads)
+        characterize_features(from_params(FeatureSettings, smk.params.settings), smk.params.wt_seqs,
+                              int(smk.wildcards.layer), smk.params.k, smk.params.precision,
+                              runtime(smk.config), smk.input.checkpoint, smk.input.sae,
+                              smk.input.get("reference"), smk.output.activity)
 
 
 if __name__ == "__main__":

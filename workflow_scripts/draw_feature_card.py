@@ -1,13 +1,14 @@
 """Rule draw_feature_card: one feature's card (activation by residue and along each WT, output effect, mutants)."""
-from esmsae import reports
-from esmsae.keys import keyed
+from esmsae.figures.cards import draw_feature_card
+from esmsae.pipeline.keys import keyed
+from esmsae.pipeline.logs import log_to
 
 
 def main(smk):
-    with reports.log_to(smk.log[0]):
-        reports.draw_feature_card(int(smk.wildcards.layer), int(smk.wildcards.feature), smk.input.labels,
-                                   smk.input.activity, smk.input.effects, keyed(smk.input, "ig", ("protein",)),
-                                   smk.output.png, smk.output.pdf)
+    with log_to(smk.log[0]):
+        draw_feature_card(int(smk.wildcards.layer), int(smk.wildcards.feature), smk.input.labels,
+                          smk.input.activity, smk.input.effects, keyed(smk.input, "ig", ("protein",)),
+                          smk.output.png, smk.output.pdf)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
 """Rule find_circuits: recovered fraction vs circuit size for one protein's mutants at one layer."""
-from esmsae import config, workflow
-from esmsae.circuits import CIRCUITS
-from esmsae.settings import LayerJob, from_params
+from esmsae.analyses.circuits import CIRCUITS
+from esmsae.analyses.job import run_analysis
+from esmsae.config.parse import runtime
+from esmsae.config.settings import LayerJob, from_params
+from esmsae.model.host import set_up_host
+from esmsae.pipeline.logs import log_to
 
 
 def main(smk):
-    with workflow.log_to(smk.log[0]):
-        workflow.set_up_host(smk.threads)
-        workflow.run_analysis(CIRCUITS, from_params(CIRCUITS.settings, smk.params.settings),
-                              from_params(LayerJob, smk.params.job), config.runtime(smk.config),
-                              dict(smk.input.items()), dict(smk.output.items()))
+    with log_to(smk.log[0]):
+        set_up_host(smk.threads)
+        run_analysis(CIRCUITS, from_params(CIRCUITS.settings, smk.params.settings),
+                     from_params(LayerJob, smk.params.job), runtime(smk.config),
+                     dict(smk.input.items()), dict(smk.output.items()))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
 """Rule measure_output_effects: the shown features' output effects on the 20 amino acids at one layer."""
-from esmsae import config, workflow
-from esmsae.settings import FeatureSettings, from_params
+from esmsae.analyses.output_effects import measure_output_effects
+from esmsae.config.parse import runtime
+from esmsae.config.settings import FeatureSettings, from_params
+from esmsae.model.host import set_up_host
+from esmsae.pipeline.logs import log_to
 
 
 def main(smk):
-    with workflow.log_to(smk.log[0]):
-        workflow.set_up_host(smk.threads)
-        workflow.measure_output_effects(from_params(FeatureSettings, smk.params.settings), smk.params.wt_seqs,
-                                        int(smk.wildcards.layer), smk.params.k, smk.params.precision,
-                                        config.runtime(smk.config), smk.input.checkpoint, smk.input.sae,
-                                        smk.input.shown, smk.output.effects)
+    with log_to(smk.log[0]):
+        set_up_host(smk.threads)
+        measure_output_effects(from_params(FeatureSettings, smk.params.settings), smk.params.wt_seqs,
+                               int(smk.wildcards.layer), smk.params.k, smk.params.precision,
+                               runtime(smk.config), smk.input.checkpoint, smk.input.sae,
+                               smk.input.shown, smk.output.effects)
 
 
 if __name__ == "__main__":

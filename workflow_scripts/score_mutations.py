@@ -1,14 +1,17 @@
 """Rule score_mutations: WT-marginal scores of one protein's mutants, and the selection."""
-from esmsae import config, workflow
-from esmsae.settings import Protein, from_params
+from esmsae.analyses.scoring import score_mutations
+from esmsae.config.parse import runtime
+from esmsae.config.settings import Protein, from_params
+from esmsae.model.host import set_up_host
+from esmsae.pipeline.logs import log_to
 
 
 def main(smk):
-    with workflow.log_to(smk.log[0]):
-        workflow.set_up_host(smk.threads)
-        workflow.score_protein(from_params(Protein, smk.params.protein), smk.params.precision,
-                               config.runtime(smk.config), smk.input.checkpoint, smk.input.get("assay"),
-                               smk.output.scores)
+    with log_to(smk.log[0]):
+        set_up_host(smk.threads)
+        score_mutations(from_params(Protein, smk.params.protein), smk.params.precision,
+                        runtime(smk.config), smk.input.checkpoint, smk.input.get("assay"),
+                        smk.output.scores)
 
 
 if __name__ == "__main__":

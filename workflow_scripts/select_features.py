@@ -1,16 +1,17 @@
 """Rule select_features: the features the tables and figures show, and which get a card."""
-from esmsae import reports
-from esmsae.keys import keyed
-from esmsae.settings import CircuitSizeSettings, from_params
+from esmsae.config.settings import CircuitSizeSettings, from_params
+from esmsae.pipeline.keys import keyed
+from esmsae.pipeline.logs import log_to
+from esmsae.tables.shown_features import select_features
 
 PAIR = ("protein", "layer")
 
 
 def main(smk):
-    with reports.log_to(smk.log[0]):
-        reports.select_features(keyed(smk.input, "ig", PAIR), keyed(smk.input, "patching", PAIR),
-                                 keyed(smk.input, "curves", PAIR), from_params(CircuitSizeSettings, smk.params.sizes),
-                                 smk.params.max_cards, smk.output.shown)
+    with log_to(smk.log[0]):
+        select_features(keyed(smk.input, "ig", PAIR), keyed(smk.input, "patching", PAIR),
+                        keyed(smk.input, "curves", PAIR), from_params(CircuitSizeSettings, smk.params.sizes),
+                        smk.params.max_cards, smk.output.shown)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """Rule tabulate_attributions: attribution concentration, feature consistency per layer, universal features."""
-from esmsae import reports
-from esmsae.keys import keyed
+from esmsae.pipeline.keys import keyed
+from esmsae.pipeline.logs import log_to
+from esmsae.tables.ig import tabulate_attributions
 
 
 def main(smk):
-    with reports.log_to(smk.log[0]):
-        reports.ig_tables(keyed(smk.input, "ig", ("protein", "layer")), smk.input.labels, dict(smk.output.items()),
-                           keyed(smk.output, "consistency", ("layer",)))
+    with log_to(smk.log[0]):
+        tabulate_attributions(keyed(smk.input, "ig", ("protein", "layer")), smk.input.labels, dict(smk.output.items()),
+                              keyed(smk.output, "consistency", ("layer",)))
 
 
 if __name__ == "__main__":

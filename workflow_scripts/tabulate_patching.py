@@ -1,13 +1,14 @@
 """Rule tabulate_patching: control validation, layer progression and top mutations."""
-from esmsae import reports
-from esmsae.keys import keyed
+from esmsae.pipeline.keys import keyed
+from esmsae.pipeline.logs import log_to
+from esmsae.tables.patching import tabulate_patching
 
 
 def main(smk):
-    with reports.log_to(smk.log[0]):
-        reports.patching_tables(keyed(smk.input, "patching", ("protein", "layer")),
-                                 keyed(smk.input, "scores", ("protein",)), smk.params.top_n, smk.input.labels,
-                                 dict(smk.output.items()))
+    with log_to(smk.log[0]):
+        tabulate_patching(keyed(smk.input, "patching", ("protein", "layer")),
+                          keyed(smk.input, "scores", ("protein",)), smk.params.top_n, smk.input.labels,
+                          dict(smk.output.items()))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
 """Rule train_sae: fit a TopK SAE to one layer's residual stream."""
-from esmsae import config, workflow
-from esmsae.settings import TrainSettings, from_params
+from esmsae.config.parse import runtime
+from esmsae.config.settings import TrainSettings, from_params
+from esmsae.model.host import set_up_host
+from esmsae.model.training import train_layer_sae
+from esmsae.pipeline.logs import log_to
 
 
 def main(smk):
-    with workflow.log_to(smk.log[0]):
-        workflow.set_up_host(smk.threads)
-        workflow.train_layer_sae(from_params(TrainSettings, smk.params.train), smk.params.wt_seqs,
-                                 int(smk.wildcards.layer), smk.params.k, smk.params.precision,
-                                 config.runtime(smk.config), smk.input.checkpoint, smk.output.sae)
+    with log_to(smk.log[0]):
+        set_up_host(smk.threads)
+        train_layer_sae(from_params(TrainSettings, smk.params.train), smk.params.wt_seqs,
+                        int(smk.wildcards.layer), smk.params.k, smk.params.precision,
+                        runtime(smk.config), smk.input.checkpoint, smk.output.sae)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Test support, never imported by the pipeline: slow down every finished piece of a resumable job.
 
 With this folder on PYTHONPATH, Python imports this module at start-up in every process
-(Snakemake and the jobs it starts). When ``esmsae.resume`` is first imported, its
+(Snakemake and the jobs it starts). When ``esmsae.pipeline.resume`` is first imported, its
 ``WorkFolder.save`` is wrapped to sleep ``SLOW_PIECES_SECONDS`` after each piece is written,
 so a test can kill a job (SIGKILL, a SLURM time limit) between two finished mutants.
 """
@@ -15,7 +15,7 @@ import sys
 import time
 
 SECONDS = float(os.environ.get("SLOW_PIECES_SECONDS", "0") or 0)
-TARGET = "esmsae.resume"
+TARGET = "esmsae.pipeline.resume"
 
 
 class _SlowPieces(importlib.abc.MetaPathFinder):

@@ -1,0 +1,1 @@
+"""The config: its schema (``schema.yaml``, every default), its parsing, and the typed settings."""

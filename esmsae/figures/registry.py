@@ -1,0 +1,77 @@
+"""Rules plot_<name>: every figure, with how its inputs are read and how it is drawn.
+
+A figure is an entry in :data:`FIGURES` (its reader and its drawing, both in the figure's own
+module) and in ``FIGURES`` of ``rules/common.smk`` (its inputs, category and caption).
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from esmsae.figures.agreement import attribution_agreement, read_agreement
+from esmsae.figures.circuits import (
+    circuit_faithfulness,
+    minimal_circuit_sizes,
+    read_curves,
+    read_sizes,
+)
+from esmsae.figures.graph import (
+    feature_graph,
+    mediated_fraction,
+    read_graph,
+    read_mediation,
+)
+from esmsae.figures.identity_share import identity_share, read_identity_share
+from esmsae.figures.ig import (
+    ig_concentration,
+    read_attributions,
+    read_attributions_labelled,
+    universal_features,
+)
+from esmsae.figures.patching import (
+    controls,
+    delta_vs_effect,
+    layer_effects,
+    read_patches,
+    read_validation,
+)
+from esmsae.figures.positions import position_spread, read_positions
+
+log = logging.getLogger("esmsae")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure: `read` its named inputs through their types into keyword arguments, then
+    ``draw(**those, png=..., pdf=..., **options)``."""
+
+    read: Callable[[Mapping[str, Path]], dict]
+    draw: Callable[..., Any]
+
+
+FIGURES = {
+    "layer_effects": Figure(read_validation, layer_effects),
+    "controls": Figure(read_validation, controls),
+    "delta_vs_effect": Figure(read_patches, delta_vs_effect),
+    "ig_concentration": Figure(read_attributions, ig_concentration),
+    "universal_features": Figure(read_attributions_labelled, universal_features),
+    "circuit_faithfulness": Figure(read_curves, circuit_faithfulness),
+    "minimal_circuit_sizes": Figure(read_sizes, minimal_circuit_sizes),
+    "identity_share": Figure(read_identity_share, identity_share),
+    "attribution_agreement": Figure(read_agreement, attribution_agreement),
+    "position_spread": Figure(read_positions, position_spread),
+    "feature_graph": Figure(read_graph, feature_graph),
+    "mediated_fraction": Figure(read_mediation, mediated_fraction),
+}
+
+
+def plot_figure(name: str, inputs: Mapping[str, Path], options: Mapping[str, Any], png: str | Path,
+                pdf: str | Path) -> None:
+    """Rules plot_<name>: one figure from its named inputs, as PNG and PDF."""
+    figure = FIGURES[name]
+    figure.draw(**figure.read(inputs), png=png, pdf=pdf, **options)

@@ -1,0 +1,168 @@
+"""One registry of every table the pipeline writes: its columns, and how it is read back.
+
+A column name means one thing across files. :func:`read_table` reads any registered
+table back, checking its columns, with one error that names the file. Nothing here
+imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+
+from esmsae.pipeline.errors import InputError
+
+CONTROLS = ("real", "noop", "stable", "random")
+
+
+# what a graph table records of its two SAEs: the upstream one's k and d_sae, the downstream one's
+PAIR_SETTINGS = ["k", "d_sae", "k_down", "d_sae_down", "space"]
+
+
+TABLES: dict[str, list[str]] = {
+    # per protein
+    "scores": ["mutant", "position", "wt", "mut", "wt_marginal", "dms_score", "selected"],
+    # per protein and layer
+    "patching": ["mutant", "position", "layer", "feature", "control", "wt_pre", "mut_pre", "wt_latent",
+                 "mut_latent", "patched_value", "baseline_score", "patched_score", "effect", "k", "d_sae", "space"],
+    "ig_top": ["mutant", "rank", "feature", "label", "attribution", "abs_delta", "layer", "k", "d_sae", "space"],
+    "circuit_curves": ["mutant", "n_features", "feature", "patched_score", "recovered_fraction", "complement_score",
+                       "complement_fraction", "full_effect", "layer", "k", "d_sae", "space"],
+    "circuit_sizes": ["protein", "layer", "mutant", "full_effect", "negligible", "n_features", "recovered_fraction",
+                      "features", "k", "d_sae", "space"],
+    # the study's tables
+    "dms_correlation": ["protein", "rows", "n", "spearman", "p_value"],
+    "sae_quality": ["layer", "d_sae", "k", "fve", "mean_l0", "dead_fraction", "n_positions"],
+    "control_validation": ["protein", "layer", "control", "n_mutants", "n_patches", "mean_abs_effect",
+                           "sem_abs_effect", "median_abs_effect", "frac_nonzero", "frac_mutants_nonzero",
+                           "wilcoxon_p", "k", "d_sae", "space"],
+    "layer_progression": ["protein", "layer", "n_mutants", "n_patches", "mean_abs_effect", "sem_abs_effect",
+                          "median_abs_effect", "spearman_rho", "spearman_sem", "n_rho_mutants", "k", "d_sae",
+                          "space"],
+    "top_mutations": ["protein", "mutant", "layer", "feature", "label", "effect", "abs_effect", "wt_marginal",
+                      "dms_score", "k", "d_sae", "space"],
+    # tables/circuit_sizes.csv: the minimal circuits read off every protein and layer's curves, labelled
+    "circuit_sizes_labelled": ["protein", "layer", "mutant", "full_effect", "negligible", "n_features",
+                               "recovered_fraction", "features", "labels", "k", "d_sae", "space"],
+    "ig_concentration": ["protein", "layer", "n_mutants",
+                         *(f"{stat}_{m}" for stat in ("n_changed", "top20_share", "top20_share_null", "error_share",
+                                                      "k90", "k90_null", "gini", "gini_null") for m in ("mean", "sem")),
+                         "gini_above_null", "gini_wilcoxon_p", "median_completeness_error", "k", "d_sae", "space"],
+    "ig_concentration_mutants": ["protein", "layer", "mutant", "n_changed", "top20_share", "top20_share_null",
+                                 "error_share", "k90", "k90_null", "gini", "gini_null", "total_effect",
+                                 "completeness_error", "k", "d_sae", "space"],
+    "feature_consistency": ["protein", "feature", "label", "n_top", "n_mutants", "fraction", "layer", "k", "d_sae",
+                            "space"],
+    # then one freq_<protein> column per protein
+    "universal_features": ["feature", "label", "layer", "proteins"],
+    # spread over positions (METHOD.md "Spread over positions")
+    "positions": ["mutant", "position", "residue", "effect", "layer"],
+    "positions_summary": ["mutant", "site_effect", "all_effect", "negligible", "site_share", "layer"],
+    "site_share": ["protein", "layer", "n_mutants", "n_negligible", "site_share_mean", "site_share_sem",
+                   "site_share_median", "all_effect_mean_abs", "site_effect_mean_abs"],
+    # attribution agreement (METHOD.md "Attribution agreement")
+    "agreement_mutants": ["protein", "layer", "mutant", "n_changed", "spearman_atp", "spearman_ig", "top10_atp",
+                          "top10_ig", "top10_chance", "atp_linear_error", "k", "d_sae", "space"],
+    "attribution_agreement": ["protein", "layer", "n_mutants", "spearman_atp_mean", "spearman_atp_sem",
+                              "spearman_ig_mean", "spearman_ig_sem", "top10_atp_mean", "top10_atp_sem",
+                              "top10_ig_mean", "top10_ig_sem", "top10_chance_mean", "atp_linear_error_median", "k",
+                              "d_sae", "space"],
+    # cross-layer feature graphs (METHOD.md "Cross-layer feature graph")
+    "graph_nodes": ["mutant", "layer", "feature", "effect", "layer_up", "layer_down", *PAIR_SETTINGS],
+    "graph_edges": ["mutant", "layer_up", "up", "layer_down", "down", "w", "linear", "mediated", "held_effect",
+                    "chosen", "n_candidates", *PAIR_SETTINGS],
+    "graph_shares": ["mutant", "layer_up", "up", "effect", "held", "held_effect", "mediated_share", "null_held",
+                     "null_held_effect", "null_share", "layer_down", *PAIR_SETTINGS],
+    "graph_aggregate": ["layer_up", "up", "up_label", "layer_down", "down", "down_label", "n_mutants", "mean_w",
+                        "mean_mediated", "mean_abs_mediated"],
+    "mediated_shares": ["protein", "layer_up", "layer_down", "n_mutants", "mediated_fraction_mean",
+                        "mediated_fraction_sem", "null_fraction_mean", "null_fraction_sem", "frac_mutants_above_null",
+                        "wilcoxon_p", "median_feature_share", "median_null_share", "atp_spearman_mean", "atp_missed",
+                        "atp_checked", *PAIR_SETTINGS],
+    # feature labels (METHOD.md "Feature characterization")
+    "feature_labels": ["layer", "feature", "n_active", "frequency", "max_activation", "top_residue", "precision",
+                       "recall", "f1", "identity", "promotes", "promotes_effect", "suppresses", "suppresses_effect",
+                       "n_effect_positions", "label", "k", "d_sae"],
+    "output_effects": ["layer", "feature", "n_positions", *"ACDEFGHIKLMNPQRSTVWY", "k", "d_sae"],
+    "shown_features": ["layer", "feature", "ig_top20", "top_patch", "universal", "circuits", "card"],
+    "identity_share": ["protein", "layer", "n_mutants", "n_identity_features",
+                       *(f"{side}_identity_share{null}_{m}" for side in ("wt", "mut") for null in ("", "_null")
+                         for m in ("mean", "sem")), "k", "d_sae", "space"],
+    "identity_share_mutants": ["protein", "layer", "mutant", "wt", "mut", "wt_identity_share", "wt_identity_share_null",
+                               "n_wt_identity_features", "mut_identity_share", "mut_identity_share_null",
+                               "n_mut_identity_features", "k", "d_sae", "space"],
+}
+
+
+# Columns read as text whatever they hold (a multi-site mutant's positions are "2:41").
+TEXT = {
+    "scores": {"position": str, "wt": str, "mut": str},
+    "patching": {"position": str, "control": str, "mutant": str, "space": str},
+    "circuit_sizes": {"features": str},
+    "graph_nodes": {"mutant": str, "space": str},
+    "graph_shares": {"held": str, "null_held": str, "mutant": str, "space": str},
+    "graph_edges": {"chosen": str, "mutant": str, "space": str},
+}
+
+
+SCORE_COLUMNS = TABLES["scores"]
+
+
+PATCH_COLUMNS = TABLES["patching"]
+
+
+IG_TOP_COLUMNS = TABLES["ig_top"]
+
+
+CURVE_COLUMNS = TABLES["circuit_curves"]
+
+
+SIZE_COLUMNS = TABLES["circuit_sizes"]
+
+
+DMS_CORRELATION_COLUMNS = TABLES["dms_correlation"]
+
+
+QUALITY_COLUMNS = TABLES["sae_quality"]
+
+
+VALIDATION_COLUMNS = TABLES["control_validation"]
+
+
+PROGRESSION_COLUMNS = TABLES["layer_progression"]
+
+
+TOP_MUTATIONS_COLUMNS = TABLES["top_mutations"]
+
+
+CONCENTRATION_COLUMNS = TABLES["ig_concentration"]
+
+
+CONCENTRATION_MUTANT_COLUMNS = TABLES["ig_concentration_mutants"]
+
+
+CONSISTENCY_COLUMNS = TABLES["feature_consistency"]
+
+
+def read_table(path: str | os.PathLike, kind: str) -> pd.DataFrame:
+    """Read a table of a registered `kind` back; InputError naming the file if it is not one."""
+    columns = TABLES[kind]
+    try:
+        table = pd.read_csv(path, dtype=TEXT.get(kind))
+    except FileNotFoundError:
+        raise InputError(f"{path}: {kind.replace('_', ' ')} table not found") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not a readable {kind.replace('_', ' ')} table ({err})") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise InputError(f"{path}: not a {kind.replace('_', ' ')} table (missing column(s) {', '.join(missing)})")
+    return table
+
+
+def typed_frame(rows: list[tuple], columns: list[str], **int_columns: str) -> pd.DataFrame:
+    """A frame with the given columns (also when empty); ``int_columns`` typed as integers."""
+    frame = pd.DataFrame.from_records(rows, columns=columns)
+    for name, dtype in int_columns.items():
+        frame[name] = frame[name].astype(dtype)
+    return frame

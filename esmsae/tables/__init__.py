@@ -1,0 +1,1 @@
+"""The tables made from the analyses' outputs, one module per analysis family (no torch here)."""

@@ -1,0 +1,48 @@
+"""Rule correlate_dms: Spearman ρ of the WT-marginal scores with the DMS scores (no torch here)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+from scipy import stats
+
+from esmsae.pipeline.columns import (
+    DMS_CORRELATION_COLUMNS,
+    read_table,
+)
+from esmsae.pipeline.errors import InputError
+from esmsae.pipeline.io import write_csv
+
+
+def dms_correlation(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Spearman ρ between WT-marginal and DMS scores, per protein, over rows with both.
+
+    Two rows per protein (METHOD.md "Mutation selection"): ``singles`` (single substitutions
+    only) and ``all`` (multi-site rows too; the same as singles when there are none). A set
+    with fewer than 3 rows gets NaN; a protein with fewer than 3 rows in all is an error.
+    """
+    rows = []
+    for protein, table in tables.items():
+        have = table["dms_score"].notna()
+        if have.sum() < 3:
+            raise InputError(f"{protein}: fewer than 3 mutants with DMS scores; cannot correlate")
+        single = ~table["mutant"].astype(str).str.contains(":")
+        for name, subset in (("singles", have & single), ("all", have)):
+            rho = p = float("nan")
+            if subset.sum() >= 3:
+                result = stats.spearmanr(table.loc[subset, "wt_marginal"], table.loc[subset, "dms_score"])
+                rho, p = float(result.statistic), float(result.pvalue)
+            rows.append({"protein": protein, "rows": name, "n": int(subset.sum()), "spearman": rho, "p_value": p})
+    return pd.DataFrame(rows, columns=DMS_CORRELATION_COLUMNS)
+
+
+log = logging.getLogger("esmsae")
+
+
+def correlate_dms(scores: Mapping[str, Path], out: str | Path) -> None:
+    """Rule correlate_dms: Spearman ρ of WT-marginal scores with DMS scores, per protein."""
+    table = dms_correlation({protein: read_table(path, "scores") for protein, path in scores.items()})
+    write_csv(table, out)
