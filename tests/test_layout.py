@@ -136,3 +136,15 @@ def test_rule_files_are_named_after_the_package():
     assert [s for s in smk if s not in names] == []
     scripts = sorted((REPO / "workflow_scripts").glob("*.py"))
     assert scripts and all("from esmsae." in p.read_text() for p in scripts)
+
+
+def test_an_installed_package_holds_every_subpackage_and_the_schema():
+    """pyproject's package list finds every subpackage (a non-editable install, as on a cluster, ships them all)."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    build = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set(find_packages(str(REPO), include=build["packages"]["find"]["include"]))
+    assert found == {module_name(p) for p in PACKAGE.rglob("__init__.py")}
+    assert build["package-data"]["esmsae.config"] == ["schema.yaml"] and (PACKAGE / "config" / "schema.yaml").is_file()
