@@ -34,7 +34,7 @@ from esmsae.config.settings import CircuitSettings, IGSettings, PairSettings, Po
 from esmsae.inputs.mutations import parse_mutant
 from esmsae.model.demo import tiny_esm2
 from esmsae.model.esm import EsmLM, resolve_device
-from esmsae.model.host import hold_freed_memory
+from esmsae.model.host import hold_freed_memory, reproducible_blas
 from esmsae.model.sae import random_sae
 from esmsae.model.splice import Splice
 
@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, help="the device's peak for this precision, for the fraction")
     args = parser.parse_args()
 
+    blas = reproducible_blas()  # before any matmul, as every pipeline job does
     if args.threads:
         torch.set_num_threads(args.threads)
     held = hold_freed_memory()  # as every pipeline job does (esmsae.model.host.set_up_host)
@@ -201,7 +202,8 @@ def main() -> None:
           f"{graph.n_candidates}, {len(graph.shares)} x 2 held sets; one backward pass)")
     print(f"peak memory      : {mem}")
     print(f"batched vs naive : {vs_naive:10.2e} max |Δ effect| over the {args.naive} naive interventions")
-    print(f"batch 7 vs {args.batch:<5d} : {vs_size:10.2e} max |Δ effect| (0 on CPU at fp32)")
+    print(f"batch 7 vs {args.batch:<5d} : {vs_size:10.2e} max |Δ effect| (0 expected on CPU at fp32, MKL_CBWR={blas};"
+          " not on a GPU)")
     if drift:
         print(f"vs fp32          : {drift[0]:10.2e} max |Δ effect|, {drift[1]:.2e} |Δ WT-marginal score| "
               f"({args.precision} against an fp32 copy of the same weights)")

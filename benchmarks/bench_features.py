@@ -33,7 +33,7 @@ from esmsae.config.settings import Runtime
 from esmsae.inputs.mutations import AMINO_ACIDS
 from esmsae.model.demo import write_tiny_esm2
 from esmsae.model.esm import EsmLM, load_esm, resolve_device
-from esmsae.model.host import hold_freed_memory
+from esmsae.model.host import hold_freed_memory, reproducible_blas
 from esmsae.model.sae import open_sae, random_sae, save_sae
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    reproducible_blas()  # before any matmul, as every pipeline job does
     torch.set_num_threads(args.threads)
     hold_freed_memory()
     layers, width, heads = SHAPES[args.shape]

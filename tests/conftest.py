@@ -11,6 +11,7 @@ import torch
 from esmsae.config.parse import load
 from esmsae.model.demo import write_tiny_esm2
 from esmsae.model.esm import EsmLM, load_esm
+from esmsae.model.host import reproducible_blas
 from esmsae.model.sae import load_sae, random_sae, save_sae
 from esmsae.model.splice import Splice
 
@@ -33,6 +34,8 @@ DMS_FILES = {
 
 
 def pytest_configure(config):
+    # As every job does before its first matmul (esmsae.model.host.set_up_host).
+    reproducible_blas()
     # Tiny models are fastest on one thread, and extra threads stall when the
     # machine's cores are busy (each op then waits on a thread barrier).
     torch.set_num_threads(1)

@@ -1,10 +1,11 @@
 """Every number is the same, bit for bit, whatever the batch size (CPU, fp32), at every layer.
 
-CPU BLAS computes a matmul row differently when it shares the call with fewer
-than about four rows per thread; the engine pads the LM head's input so that
-never happens, and IG hands captum all steps at once. These tests would catch
-either being undone: they compare with ``torch.equal``, not a tolerance, at one
-and at two threads (CI's cores).
+CPU BLAS may compute a matmul row differently with the number of rows in the call: MKL
+does unless its strict reproducibility mode is on (every job, and this suite, sets it:
+``esmsae.model.host.reproducible_blas``), and the engine also pads the LM head's and the
+SAE's inputs; IG hands captum all steps at once. These tests would catch any of that being
+undone: they compare with ``torch.equal``, not a tolerance, at one and at two threads (CI's
+cores), on the tiny model and at the 650M width.
 """
 
 from __future__ import annotations
@@ -162,3 +163,63 @@ def test_circuits_and_patching_tables_do_not_depend_on_the_batch_size(splices):
         for table in tables[1:]:
             assert table.equals(tables[0])
         assert len(tables[0]) > len(MUTANTS)
+
+
+# -- at the real width: where MKL picks its GEMM kernel by the row count -------------------------------------------
+# fc2 of an ESM-2 650M block (5120 -> 1280) at 2 threads: on an Intel Xeon with AVX-512 a row differs between a
+# call of 7 interventions' rows (7 x 68 tokens) and one of 64 unless MKL runs in strict CNR mode.
+GEMM_PROBE = """
+import os, sys
+if sys.argv[1] == "set-up":
+    from esmsae.model.host import reproducible_blas
+    reproducible_blas()
+else:
+    os.environ.pop("MKL_CBWR", None)
+import torch
+torch.set_num_threads(2)
+torch.manual_seed(0)
+x, w = torch.randn(64 * 68, 5120), torch.randn(1280, 5120) * 0.02
+full = torch.nn.functional.linear(x, w)
+print(max(float((torch.nn.functional.linear(x[:m].clone(), w) - full[:m]).abs().max()) for m in (68, 476, 1088)))
+"""
+
+
+def gemm_row_difference(mode: str) -> float:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    done = subprocess.run([sys.executable, "-c", GEMM_PROBE, mode], capture_output=True, text=True, check=True,
+                          env=env, timeout=300)
+    return float(done.stdout.split()[-1])
+
+
+def test_a_jobs_set_up_makes_gemm_rows_independent_of_the_row_count_at_the_650m_shape():
+    assert gemm_row_difference("set-up") == 0.0
+
+
+def test_without_the_set_up_this_shape_is_one_where_the_kernel_choice_changes():
+    """The control: the shape above does change MKL's kernel with the row count, on CPUs where MKL does that."""
+    difference = gemm_row_difference("none")
+    if difference == 0.0:
+        pytest.skip("this CPU's BLAS computes these rows alike at every row count even without strict CNR")
+    assert difference > 0.0
+
+
+def test_effects_at_the_650m_width_do_not_depend_on_the_batch_size():
+    """A two-block model of ESM-2 650M's width and heads, the SAE's real size, 68 tokens: batch 1, 7 and 64 agree."""
+    from esmsae.model.demo import tiny_esm2
+    from esmsae.model.esm import EsmLM
+    from esmsae.model.sae import random_sae
+    from esmsae.model.splice import Splice
+
+    lm = EsmLM(tiny_esm2(num_layers=2, embed_dim=1280, attention_heads=20, seed=0))
+    splice = Splice(lm, random_sae(1280, 4096, 64, seed=1), SEQ, 1)
+    mutant = parse_mutant("M14K", SEQ)
+    code, z, error = random_interventions(splice, [14], 64, seed=3)
+    spec = splice.score_spec(mutant)
+    with threads(2):
+        runs = [splice.resized(size).effects(code, z, spec, error_delta=error) for size in (64, 7, 1)]
+    assert all(torch.equal(run.effects, runs[0].effects) for run in runs[1:])
+    assert bool((runs[0].effects != 0).all())

@@ -88,7 +88,7 @@ def test_crash_halfway_then_resume_gives_the_same_table(lm, saes, tmp_path):
     assert out.read_bytes() == (tmp_path / "reference.csv").read_bytes()
 
 
-@pytest.mark.workflow
+@pytest.mark.slow
 def test_sigkill_mid_rule_then_rerun_with_another_batch_size_resumes_identically(tmp_path):
     """SIGKILL a local Snakemake run inside patch_features, start again with another batch_size: it
     resumes from the finished mutants, and its table equals an uninterrupted run's at the default size."""

@@ -38,7 +38,7 @@ from .snakemake_run import (
     succeeded,
 )
 
-pytestmark = pytest.mark.workflow
+pytestmark = pytest.mark.slow
 
 FAKE_SLURM = REPO / "tests" / "fake_slurm"
 PROFILE = yaml.safe_load((REPO / "profiles" / "unity" / "config.yaml").read_text())

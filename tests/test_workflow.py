@@ -36,7 +36,7 @@ from .snakemake_run import (
     write_override,
 )
 
-pytestmark = pytest.mark.workflow
+pytestmark = pytest.mark.slow
 
 SCORE_COLUMNS = ["mutant", "position", "wt", "mut", "wt_marginal", "dms_score", "selected"]
 QUALITY_COLUMNS = ["layer", "d_sae", "k", "fve", "mean_l0", "dead_fraction", "n_positions"]

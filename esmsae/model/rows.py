@@ -2,13 +2,13 @@
 
 CPU BLAS (MKL) computes a matmul row with a different kernel, and so a different
 rounding, when the call has only a few rows per thread: measured with torch
-2.13's MKL, any call of up to 3 rows at 1 to 4 threads, up to 11 at 8, 27 at 16
-and 51 at 32. Where a matmul may see that few rows (the LM head at the scored
-positions, the SAE at the mutated sites), its input is padded with zero rows to
-`MIN_ROWS` and the result cut back, so a number never depends on the size of the
-batch it was computed in. That holds up to 32 threads; at 64, calls of up to 171
-rows are affected, the transformer blocks' too, and results move in the last bits
-with the batch size.
+2.13's MKL on an AMD EPYC, any call of up to 3 rows at 1 to 4 threads, up to 11 at
+8, 27 at 16 and 51 at 32. Where a matmul may see that few rows (the LM head at the
+scored positions, the SAE at the mutated sites), its input is padded with zero rows
+to `MIN_ROWS` and the result cut back. On an Intel Xeon with AVX-512 the switch
+reaches hundreds of rows at 2 threads, the blocks' calls included, which no padding
+covers cheaply; there MKL's strict reproducibility mode does it
+(:func:`esmsae.model.host.reproducible_blas`, set by every job).
 """
 
 from __future__ import annotations
