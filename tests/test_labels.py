@@ -71,9 +71,22 @@ def test_top_residue_ties_go_alphabetical_and_identity_flag():
     assert table["top_residue"].tolist() == ["K", "W", "W"]
     # Feature 1 fires on every W and nothing else: F1 1, an identity feature. Feature 2: P 0.8, R 0.8 → F1 0.8.
     assert table.loc[1, "f1"] == 1.0 and bool(table.loc[1, "identity"])
-    assert table.loc[2, "f1"] == pytest.approx(0.8) and bool(table.loc[2, "identity"])  # on the bar counts
+    assert table.loc[2, "f1"] == 0.8 and bool(table.loc[2, "identity"])  # exactly on the bar: it counts (>=)
     assert not feature_table(activity(hits, counts(L=2, K=2, W=5, Y=5)), identity_f1=0.81)["identity"][2]
     assert list(table.columns) == TABLES["feature_labels"]
+
+
+def test_an_f1_tie_with_different_precision_and_recall_breaks_alphabetically():
+    """E: 2 of 3 activations, 25 E in the reference; Y: 1 of 3, 11 Y. Both F1 = 1/7 exactly (2·hits/(n + n_a));
+    2PR/(P+R) gives 0.14285714285714285 for E and 0.14285714285714288 for Y, which made Y win."""
+    hits = counts(E=2, Y=1)[None, :]
+    reference = counts(E=25, Y=11, A=100)
+    _, _, f1 = residue_scores(hits, hits.sum(1), reference)
+    assert f1[0, A["E"]] == f1[0, A["Y"]] == 1 / 7
+    assert AMINO_ACIDS[top_residues(f1)[0]] == "E"
+    assert feature_table(activity(hits, reference), identity_f1=0.8)["top_residue"][0] == "E"
+    p_e, r_e, p_y, r_y = 2 / 3, 2 / 25, 1 / 3, 1 / 11
+    assert 2 * p_e * r_e / (p_e + r_e) < 2 * p_y * r_y / (p_y + r_y)  # why the ratio form is needed
 
 
 def test_label_text():

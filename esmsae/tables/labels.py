@@ -42,13 +42,17 @@ def residue_scores(active_by_residue: np.ndarray, n_active: np.ndarray,
     """Precision, recall and F1 (each (d_sae, 20)) of every feature for every residue; 0 where undefined.
 
     A feature active at 4 positions, 3 of them L, in a reference with 6 L: ``P_L = 3/4``,
-    ``R_L = 3/6``, ``F1_L = 2 · 0.75 · 0.5 / 1.25 = 0.6``.
+    ``R_L = 3/6``, ``F1_L = 2 · 3 / (4 + 6) = 0.6``. F1 is computed as ``2·hits / (n_active + n_a)``
+    (METHOD.md "Concepts"), equal to ``2PR/(P+R)`` but exact in its ratio, so that equal ratios are
+    equal numbers: ties break alphabetically, and a value on the identity bar is on it.
     """
     hits = np.asarray(active_by_residue, dtype=np.float64)
+    active = np.asarray(n_active, dtype=np.float64)[:, None]
+    count = np.asarray(residue_counts, dtype=np.float64)[None, :]
     with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(n_active[:, None] > 0, hits / np.asarray(n_active, dtype=np.float64)[:, None], 0.0)
-        recall = np.where(residue_counts[None, :] > 0, hits / np.asarray(residue_counts, np.float64)[None, :], 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        precision = np.where(active > 0, hits / active, 0.0)
+        recall = np.where(count > 0, hits / count, 0.0)
+        f1 = np.where(hits > 0, 2 * hits / (active + count), 0.0)
     return precision, recall, f1
 
 
@@ -73,8 +77,7 @@ def group_f1(active_by_residue: np.ndarray, n_active: int, residue_counts: np.nd
     hits = float(np.sum(active_by_residue[group]))
     if hits == 0:
         return 0.0
-    precision, recall = hits / n_active, hits / float(np.sum(residue_counts[group]))
-    return 2 * precision * recall / (precision + recall)
+    return 2 * hits / (n_active + float(np.sum(residue_counts[group])))
 
 
 def label(n_active: int, top: int, f1_top: float, identity: bool, group: list[int], f1_group: float,
