@@ -218,7 +218,7 @@ def exact_effects(view) -> torch.Tensor:
 def build_splice(args, layers: int, width: int, heads: int, layer: int, device: torch.device,
                  dtype: torch.dtype) -> Splice:
     """The random model and SAE of the chosen shape (fixed seeds), spliced into EPHB2's WT sequence."""
-    lm = EsmLM(tiny_esm2(layers, width, heads, seed=0).to(dtype), device)
+    lm = EsmLM(tiny_esm2(layers, width, heads, seed=0).to(dtype), device, activations="interprot")
     sae = random_sae(width, args.d_sae, args.k, seed=1).to(dtype)
     return Splice(lm, sae, SEQ, layer)
 

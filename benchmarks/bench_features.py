@@ -74,11 +74,11 @@ def main() -> None:
         runtime = Runtime(device=args.device, batch_size=None, trust_pickle=False)
         before = peak_mib()
         start = time.perf_counter()
-        characterize_features(settings, study.wt_seqs, layer, args.k, "fp32", runtime, tmp / "model.pt",
+        characterize_features(settings, study.wt_seqs, layer, args.k, study.forward, runtime, tmp / "model.pt",
                               tmp / "sae.safetensors", tmp / "ref.fa", tmp / "activity.npz")
         seconds = time.perf_counter() - start
         after = peak_mib()
-        lm = EsmLM(load_esm(tmp / "model.pt"), resolve_device(args.device))
+        lm = EsmLM(load_esm(tmp / "model.pt"), resolve_device(args.device), activations="interprot")
         sae = open_sae(tmp / "sae.safetensors", args.k, lm, layer)
         rows = 0
         for seq in study.wt_seqs.values():

@@ -22,6 +22,7 @@ PATCH_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.patching_layers]
 IG_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.ig_layers]
 AGREEMENT_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.agreement_layers]
 POSITION_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.positions_layers]
+ABLATION_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.ablation_layers]
 # Graph jobs: one per protein and upstream layer (every graph layer but the last).
 GRAPH_PAIRS = [(p, up) for p in PROTEINS for up, _ in STUDY.graph_pairs]
 SAE_FILE = STUDY.sae_file_pattern
@@ -39,6 +40,14 @@ def sae_file(layer):
 
 def scores_file(protein):
     return f"{OUTDIR}/scores/{protein}.csv"
+
+
+def quality_file(layer, suffix=".csv"):
+    return f"{OUTDIR}/sae_quality/L{layer}{suffix}"
+
+
+def quality_scores_file(layer):
+    return quality_file(layer, "_scores.csv")
 
 
 def patching_file(protein, layer):
@@ -63,6 +72,10 @@ def consistency_file(layer):
 
 def figure_file(name, ext="png"):
     return f"{OUTDIR}/figures/{name}.{ext}"
+
+
+def ablation_file(protein, layer):
+    return f"{OUTDIR}/ablation/{protein}_L{layer}.npz"
 
 
 def atp_file(protein, layer):
@@ -187,6 +200,13 @@ def layer_k(wildcards):
 
 # -- figures: each is its own rule (rules/figures.smk), target and report entry ---------------------
 FIGURES = {
+    "sae_fidelity": {
+        "category": "SAE fidelity",
+        "input": {
+            "quality": table_file("sae_quality"),
+            "task": table_file("sae_task_fidelity"),
+        },
+    },
     "layer_effects": {
         "category": "Activation patching",
         "input": {"validation": table_file("control_validation")},
@@ -246,6 +266,14 @@ for graph_protein in PROTEINS if GRAPH_PAIRS else []:
         "options": {"layers": list(STUDY.graph.layers), "protein": graph_protein},
         "caption": "feature_graph",
     }
+if ABLATION_PAIRS:
+    FIGURES["set_ablation"] = {
+        "category": "Feature-set ablation",
+        "input": {
+            "table": table_file("set_ablation"),
+            "task": table_file("sae_task_fidelity"),
+        },
+    }
 if AGREEMENT_PAIRS:
     FIGURES["attribution_agreement"] = {
         "category": "Attribution",
@@ -255,7 +283,7 @@ if AGREEMENT_PAIRS:
 
 def all_targets():
     targets = [scores_file(p) for p in PROTEINS]
-    targets.append(table_file("sae_quality"))
+    targets += [table_file("sae_quality"), table_file("sae_task_fidelity")]
     targets += [patching_file(p, layer) for p, layer in PATCH_PAIRS]
     targets += [
         table_file(name)
@@ -285,6 +313,8 @@ def all_targets():
         targets += [f"{OUTDIR}/graph/{p}" for p in PROTEINS]
         targets += [f"{OUTDIR}/graph/{p}_aggregate.graphml" for p in PROTEINS]
     targets.append(table_file("site_share"))
+    if ABLATION_PAIRS:
+        targets.append(table_file("set_ablation"))
     if AGREEMENT_PAIRS:
         targets += [
             table_file(name)

@@ -17,7 +17,7 @@ rule characterize_features:
         settings=as_params(STUDY.features),
         wt_seqs=STUDY.wt_seqs,
         k=layer_k,
-        precision=STUDY.precision,
+        forward=as_params(STUDY.forward),
     script:
         "../workflow_scripts/characterize_features.py"
 
@@ -57,7 +57,7 @@ rule measure_output_effects:
         settings=as_params(STUDY.features),
         wt_seqs=STUDY.wt_seqs,
         k=layer_k,
-        precision=STUDY.precision,
+        forward=as_params(STUDY.forward),
     script:
         "../workflow_scripts/measure_output_effects.py"
 

@@ -14,7 +14,7 @@ rule score_mutations:
     threads: 2
     params:
         protein=protein_params,
-        precision=STUDY.precision,
+        forward=as_params(STUDY.forward),
     script:
         "../workflow_scripts/score_mutations.py"
 

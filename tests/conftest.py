@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from esmsae.config.parse import load
+from esmsae.config.settings import Forward
 from esmsae.model.demo import write_tiny_esm2
 from esmsae.model.esm import EsmLM, load_esm
 from esmsae.model.host import reproducible_blas
@@ -59,7 +60,19 @@ def tiny_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lm(tiny_dir) -> EsmLM:
     torch.manual_seed(0)
-    return EsmLM(load_esm(tiny_dir / "esm2_tiny.pt"), "cpu")
+    return EsmLM(load_esm(tiny_dir / "esm2_tiny.pt"), "cpu", activations="fair-esm")
+
+
+# The two forwards a study can run on (METHOD.md "Which forward the SAEs read"); the `lm` fixture's, as
+# entry points take it.
+FORWARDS = ("interprot", "fair-esm")
+FAIR_ESM = Forward(precision="fp32", activations="fair-esm")
+
+
+@pytest.fixture(scope="session")
+def lms(lm) -> dict[str, EsmLM]:
+    """The tiny model on each forward (the same weights)."""
+    return {forward: lm.on(forward) for forward in FORWARDS}
 
 
 @pytest.fixture(scope="session")

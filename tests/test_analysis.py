@@ -21,7 +21,7 @@ from esmsae.config.settings import LayerJob, PatchSettings, Runtime
 from esmsae.inputs.mutations import parse_mutant
 from esmsae.pipeline.io import write_csv
 
-from .conftest import DEFAULTS, WT, K, view_of
+from .conftest import DEFAULTS, FAIR_ESM, WT, K, view_of
 from .reference import hooked_logits, score_from_logits
 
 SEQ = WT["PR40A_HUMAN"]
@@ -55,7 +55,7 @@ def job_files(tiny_dir, lm, tmp_path):
     return inputs, mutants
 
 
-JOB = LayerJob(protein="PR40A_HUMAN", wt_seq=SEQ, layer=LAYER, k=K, precision="fp32")
+JOB = LayerJob(protein="PR40A_HUMAN", wt_seq=SEQ, layer=LAYER, k=K, forward=FAIR_ESM)
 
 
 def runtime(batch_size):

@@ -53,7 +53,7 @@ def test_nan_activations_are_refused(lm, saes):
     with torch.no_grad():
         broken.layers[0].fc1.weight[0, 0] = float("nan")
     with pytest.raises(InputError, match="layer 2: the model's activations .* NaN or Inf"):
-        Splice(EsmLM(broken), saes[2], WT["EPHB2_HUMAN"], 2)
+        Splice(EsmLM(broken, activations="interprot"), saes[2], WT["EPHB2_HUMAN"], 2)
 
 
 def test_per_layer_k_must_cover_every_layer():

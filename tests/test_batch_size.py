@@ -214,7 +214,7 @@ def test_effects_at_the_650m_width_do_not_depend_on_the_batch_size():
     from esmsae.model.sae import random_sae
     from esmsae.model.splice import Splice
 
-    lm = EsmLM(tiny_esm2(num_layers=2, embed_dim=1280, attention_heads=20, seed=0))
+    lm = EsmLM(tiny_esm2(num_layers=2, embed_dim=1280, attention_heads=20, seed=0), activations="interprot")
     splice = Splice(lm, random_sae(1280, 4096, 64, seed=1), SEQ, 1)
     mutant = parse_mutant("M14K", SEQ)
     code, z, error = random_interventions(splice, [14], 64, seed=3)

@@ -33,3 +33,9 @@ def test_bench_engine_runs_and_reports_exact_agreement():
 def test_bench_features_runs():
     out = run("bench_features.py", "--sequences", "20", "--length", "40")
     assert "activity pass: 20 sequences x 40 residues" in out and "engine rows" in out, out
+
+
+def test_bench_quality_runs():
+    out = run("bench_quality.py", "--layer", "3", "--sequences", "2", "--d-sae", "64", "--k", "8")
+    assert re.search(r"^measured\s+:\s+[\d.]+ s for 2 sequences", out, re.M), out
+    assert re.search(r"^all study layers :\s+[\d.]+ TFLOP", out, re.M), out

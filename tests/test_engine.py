@@ -16,8 +16,8 @@ from esmsae.analyses.scoring import wt_log_probs, wt_marginal
 from esmsae.inputs.mutations import parse_mutant
 from esmsae.model.splice import Splice
 
-from .conftest import LAYERS, WT, splice_every_layer, watch_passes
-from .reference import hooked_logits, score_from_logits
+from .conftest import FORWARDS, LAYERS, WT, splice_every_layer, watch_passes
+from .reference import hooked_logits, interprot_forward, reference_logits, score_from_logits
 
 SEQ = WT["PR40A_HUMAN"]
 MUTANTS = ["W4A", "K7P", "F14G", "L17R", "N38Y"]
@@ -179,7 +179,7 @@ def test_engine_on_cuda_matches_cpu(tiny_dir, saes):
     mutant = parse_mutant("L17R", SEQ)
     results = {}
     for device in ("cpu", "cuda"):
-        lm = EsmLM(load_esm(tiny_dir / "esm2_tiny.pt"), device)
+        lm = EsmLM(load_esm(tiny_dir / "esm2_tiny.pt"), device, activations="interprot")
         splice = Splice(lm, copy.deepcopy(saes[2]), SEQ, 2)  # Splice moves its SAE to the device
         code = splice.wt_code([17])
         mut = splice.mutant_code(splice.hidden([mutant.apply(SEQ)])[:, [17]], code)
@@ -211,7 +211,7 @@ def test_bf16_runs_exact_noops_and_stays_close_to_fp32(tiny_dir, saes):
     mutant = parse_mutant("L17R", SEQ)
     effects = {}
     for precision in ("fp32", "bf16"):
-        lm = EsmLM(set_precision(load_esm(tiny_dir / "esm2_tiny.pt"), precision), "cpu")
+        lm = EsmLM(set_precision(load_esm(tiny_dir / "esm2_tiny.pt"), precision), "cpu", activations="interprot")
         splice = Splice(lm, copy.deepcopy(saes[2]), SEQ, 2)
         code = splice.wt_code([17])
         mut = splice.mutant_code(splice.hidden([mutant.apply(SEQ)])[0, [17]], code)
@@ -261,3 +261,71 @@ def test_out_of_memory_shrinks_the_passes_and_gives_the_same_numbers(splices, mo
     again = watch_passes(monkeypatch, splice, fits=4)
     splice.effects(code, z, spec)
     assert max(n for n, _ in again) <= 4  # ... and keeps the size that fits for the rest of the job
+
+
+# -- both forwards (METHOD.md "Which forward the SAEs read") ----------------------------------------------------------
+@pytest.mark.parametrize("layer", LAYERS)
+def test_interprot_hidden_equals_interprot_own_forward_and_fair_esm_its_repr_layers(lms, layer):
+    """h_ℓ of the interprot forward is InterProt's (unscaled embeddings; before the final norm at ℓ = N);
+    the fair-esm forward's is fair-esm's representations[ℓ]; they differ (0.88 rescaling, final norm)."""
+    tokens = lms["interprot"].tokenize([SEQ])
+    with torch.no_grad():
+        inter = lms["interprot"].hidden(tokens, layer)
+        fair = lms["fair-esm"].hidden(tokens, layer)
+        ref = lms["fair-esm"].model(tokens, repr_layers=[layer])["representations"][layer]
+    own, own_logits = interprot_forward(lms["interprot"].model, tokens, layer)
+    assert torch.equal(inter, own)
+    assert torch.equal(fair, ref)
+    assert not torch.allclose(inter, fair, atol=1e-3)
+    with torch.no_grad():
+        assert torch.equal(lms["interprot"].head(inter, layer), own_logits)
+        assert torch.equal(lms["interprot"].logits(tokens), own_logits)
+        assert not torch.allclose(lms["interprot"].logits(tokens), lms["fair-esm"].logits(tokens), atol=1e-4)
+
+
+def test_interprot_embeddings_are_unscaled_and_fair_esm_scaled_by_0_88(lms):
+    tokens = lms["interprot"].tokenize([SEQ])
+    with torch.no_grad():
+        raw = lms["interprot"].model.embed_tokens(tokens)
+        assert torch.equal(lms["interprot"].embed(tokens), raw)
+        assert torch.allclose(lms["fair-esm"].embed(tokens), raw * (1 - 0.15 * 0.8), atol=0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("forward", FORWARDS)
+@pytest.mark.parametrize("layer", LAYERS)
+def test_splice_reproduces_each_forwards_logits_and_noop_is_zero(lms, saes, forward, layer):
+    """On either forward the spliced model is that forward's model: rebuilt logits equal its own, a no-op
+    is exactly 0.0, and single-feature patches equal its independent reference forward with h_ℓ replaced."""
+    lm = lms[forward]
+    splice = Splice(lm, saes[layer], SEQ, layer)
+    code = splice.wt_code(torch.arange(splice.h.shape[1]))
+    rebuilt = splice.sae.decode(code.z, code.mu, code.sigma) + code.error
+    with torch.no_grad():
+        assert (lm.head(rebuilt.unsqueeze(0), layer)[0] - lm.logits(splice.tokens)[0]).abs().max() <= 1e-5
+    mutant = parse_mutant("L17R", SEQ)
+    site = splice.wt_code([17])
+    mut = splice.mutant_code(splice.hidden([mutant.apply(SEQ)])[:, [17]], site)
+    changed = torch.nonzero(mut.z[0, 0] != site.z[0]).flatten()[:3]
+    z = site.z.expand(len(changed) + 1, -1, -1).clone()  # row 0: a no-op
+    z[torch.arange(1, len(changed) + 1), 0, changed] = mut.z[0, 0, changed]
+    out = splice.effects(site, z, splice.score_spec(mutant))
+    assert float(out.effects[0]) == 0.0
+    assert float(out.baseline[0]) == wt_marginal(lm, wt_log_probs(lm, SEQ), [mutant])[0]
+    base = score_from_logits(reference_logits(lm, SEQ, layer, {}), lm, mutant)
+    for row, feature in enumerate(changed.tolist(), start=1):
+        z_new = site.z[0].clone()
+        z_new[feature] = mut.z[0, 0, feature]
+        vec = splice.sae.decode(z_new, site.mu[0], site.sigma[0]) + site.error[0]
+        ref = score_from_logits(reference_logits(lm, SEQ, layer, {17: vec}), lm, mutant) - base
+        assert abs(float(out.effects[row]) - ref) <= 1e-5
+
+
+def test_a_forward_must_be_named(tiny_dir):
+    from esmsae.model.esm import EsmLM, load_esm
+    from esmsae.pipeline.errors import InputError
+
+    model = load_esm(tiny_dir / "esm2_tiny.pt")
+    with pytest.raises(TypeError):
+        EsmLM(model, "cpu")  # no silent default
+    with pytest.raises(InputError, match="sae.activations"):
+        EsmLM(model, "cpu", activations="fair_esm")

@@ -53,7 +53,7 @@ def test_completeness_error_falls_with_steps(tiny_dir, saes):
     """In float64 the quadrature error is visible above rounding: it falls as steps grow."""
     from esmsae.model.esm import load_esm
 
-    lm64 = EsmLM(load_esm(tiny_dir / "esm2_tiny.pt").double(), "cpu")
+    lm64 = EsmLM(load_esm(tiny_dir / "esm2_tiny.pt").double(), "cpu", activations="fair-esm")
     splice = Splice(lm64, copy.deepcopy(saes[2]).double(), SEQ, 2)
     for mutant in MUTANTS[:3]:
         h = mutant_states(splice, mutant)

@@ -24,7 +24,7 @@ from esmsae.tables.identity_share import identity_share
 from esmsae.tables.labels import enriched, feature_table, group_f1, label, label_features, residue_scores, top_residues
 from esmsae.tables.shown_features import shown_features
 
-from .conftest import DEFAULTS, LAYERS, WT, splice_every_layer
+from .conftest import DEFAULTS, FAIR_ESM, LAYERS, WT, splice_every_layer
 from .reference import hooked_logits
 
 A = {aa: i for i, aa in enumerate(AMINO_ACIDS)}
@@ -197,7 +197,7 @@ def test_planted_identity_feature_is_labelled(lm, tiny_dir, tmp_path, layer, res
     sae_path = tmp_path / f"sae_l{layer}.safetensors"
     save_sae(planted_sae(lm, layer, residue), sae_path)
     settings = DEFAULTS.features
-    characterize_features(settings, dict(WT), layer, 4, "fp32", RUNTIME, tiny_dir / "esm2_tiny.pt",
+    characterize_features(settings, dict(WT), layer, 4, FAIR_ESM, RUNTIME, tiny_dir / "esm2_tiny.pt",
                           sae_path, None, tmp_path / "activity.npz")
     pd.DataFrame(columns=TABLES["output_effects"]).to_csv(tmp_path / "effects.csv", index=False)
     label_features({layer: tmp_path / "activity.npz"}, {layer: tmp_path / "effects.csv"},
@@ -220,7 +220,7 @@ def test_activity_streams_and_resumes(lm, tiny_dir, saes, tmp_path, monkeypatch)
     settings = dataclasses.replace(DEFAULTS.features, reference=str(fasta), max_sequences=20)
     monkeypatch.setattr(feature_activity_module, "ACTIVITY_CHUNK", 7)
     out = tmp_path / "activity.npz"
-    args = (settings, dict(WT), 2, 8, "fp32", RUNTIME, tiny_dir / "esm2_tiny.pt", tiny_dir / "sae_l2.safetensors",
+    args = (settings, dict(WT), 2, 8, FAIR_ESM, RUNTIME, tiny_dir / "esm2_tiny.pt", tiny_dir / "sae_l2.safetensors",
             str(fasta), out)
     characterize_features(*args)
     whole = Activity.read(out)
@@ -252,7 +252,7 @@ def test_activity_streams_and_resumes(lm, tiny_dir, saes, tmp_path, monkeypatch)
 def test_splice_and_activity_agree_on_wt_latents(lm, tiny_dir, tmp_path):
     """The cards' WT activations (padded batches) match the engine's own WT code."""
     sae_path = tiny_dir / "sae_l2.safetensors"
-    characterize_features(DEFAULTS.features, dict(WT), 2, 8, "fp32", RUNTIME, tiny_dir / "esm2_tiny.pt",
+    characterize_features(DEFAULTS.features, dict(WT), 2, 8, FAIR_ESM, RUNTIME, tiny_dir / "esm2_tiny.pt",
                           sae_path, None, tmp_path / "a.npz")
     stats = Activity.read(tmp_path / "a.npz")
     from esmsae.model.sae import load_sae

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from esmsae.analyses.scoring import scores_table
+from esmsae.analyses.scoring import scores_table, wt_log_probs, wt_marginal
 from esmsae.inputs.mutations import parse_mutant
 from esmsae.tables.scoring import dms_correlation
 
@@ -49,20 +49,40 @@ def test_each_mutant_gets_its_own_rows_dms_score(lm, tmp_path, source):
     assert table["dms_score"].isna().sum() == len(table) - len(with_dms)
 
 
-def test_dms_correlation_reports_singles_and_all_rows():
+def test_dms_correlation_reports_singles_and_all_rows_under_both_forwards():
     rng = np.random.default_rng(3)
+    inter, fair = rng.normal(size=8), rng.normal(size=8)
     table = pd.DataFrame({
         "mutant": ["A1C", "D2E", "F3G", "H4I", "K5L", "A1C:D2E", "F3G:H4I", "K5L:A1C"],
-        "wt_marginal": rng.normal(size=8), "dms_score": rng.normal(size=8),
+        "wt_marginal": fair, "dms_score": rng.normal(size=8), "activations": "fair-esm",
+        "wt_marginal_interprot": inter, "wt_marginal_fair_esm": fair,
     })
-    out = dms_correlation({"P": table}).set_index("rows")
+    out = dms_correlation({"P": table}).set_index(["rows", "activations"])
+    assert len(out) == 4
     singles, every = table.iloc[:5], table
     for name, subset in (("singles", singles), ("all", every)):
-        expected = stats.spearmanr(subset["wt_marginal"], subset["dms_score"])
-        assert out.loc[name, "n"] == len(subset)
-        assert out.loc[name, "spearman"] == pytest.approx(expected.statistic)
-        assert out.loc[name, "p_value"] == pytest.approx(expected.pvalue)
-    assert out.loc["singles", "spearman"] != out.loc["all", "spearman"]
+        for forward, column in (("interprot", "wt_marginal_interprot"), ("fair-esm", "wt_marginal_fair_esm")):
+            expected = stats.spearmanr(subset[column], subset["dms_score"])
+            row = out.loc[(name, forward)]
+            assert row["n"] == len(subset)
+            assert row["spearman"] == pytest.approx(expected.statistic)
+            assert row["p_value"] == pytest.approx(expected.pvalue)
+            assert bool(row["study_forward"]) == (forward == "fair-esm")  # the table's own `activations`
+    assert out.loc[("singles", "interprot"), "spearman"] != out.loc[("all", "interprot"), "spearman"]
+    assert out.loc[("all", "interprot"), "spearman"] != out.loc[("all", "fair-esm"), "spearman"]
+
+
+def test_scores_carry_both_forwards_and_wt_marginal_is_the_studys(lm):
+    """wt_marginal is the score on the lm's forward; each forward's column is that forward's own WT-marginal."""
+    table = scores_table(lm.on("interprot"), "PR40A_HUMAN", SEQ, None, selection(source="model", n=3))
+    assert (table["activations"] == "interprot").all()
+    assert table["wt_marginal"].equals(table["wt_marginal_interprot"])
+    mutants = [parse_mutant(name, SEQ) for name in table["mutant"][:20]]
+    for forward, column in (("interprot", "wt_marginal_interprot"), ("fair-esm", "wt_marginal_fair_esm")):
+        on = lm.on(forward)
+        expected = wt_marginal(on, wt_log_probs(on, SEQ), mutants)
+        assert np.array_equal(table[column][:20].to_numpy(), expected)
+    assert not np.allclose(table["wt_marginal_interprot"], table["wt_marginal_fair_esm"])
 
 
 @needs_dms

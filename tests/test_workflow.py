@@ -18,6 +18,7 @@ from scipy import stats
 
 from esmsae.model.esm import load_esm
 from esmsae.model.sae import load_sae
+from esmsae.pipeline.columns import TABLES
 
 from .conftest import DMS_FILES, SHARED_DMS, WT, needs_dms
 from .snakemake_run import (
@@ -38,8 +39,8 @@ from .snakemake_run import (
 
 pytestmark = pytest.mark.slow
 
-SCORE_COLUMNS = ["mutant", "position", "wt", "mut", "wt_marginal", "dms_score", "selected"]
-QUALITY_COLUMNS = ["layer", "d_sae", "k", "fve", "mean_l0", "dead_fraction", "n_positions"]
+SCORE_COLUMNS = ["mutant", "position", "wt", "mut", "wt_marginal", "dms_score", "selected", "activations",
+                 "wt_marginal_interprot", "wt_marginal_fair_esm"]
 DMS_SINGLES = {"EPHB2_HUMAN": 1239, "DNJA1_HUMAN": 1216, "PR40A_HUMAN": 1163}
 
 
@@ -79,10 +80,10 @@ ATTRIBUTION_FIGURES = ["ig_concentration", "circuit_faithfulness", "universal_fe
                        "mediated_fraction", *(f"feature_graph_{protein}" for protein in WT)]
 GRAPH_LAYERS = sorted(DEMO["graph"]["layers"])
 AGREEMENT_LAYERS = sorted(set(PATCH_LAYERS) & set(IG_LAYERS))
-SINGLE_JOBS = ["build_demo_model", "measure_sae_quality", "tabulate_patching", "tabulate_circuit_sizes",
+SINGLE_JOBS = ["build_demo_model", "tabulate_sae_quality", "tabulate_patching", "tabulate_circuit_sizes",
                "tabulate_attributions", "select_features", "label_features", "tabulate_identity_share",
                "tabulate_agreement", "tabulate_site_share", "tabulate_mediation", "all"] + [
-    f"plot_{name}" for name in PATCHING_FIGURES + ATTRIBUTION_FIGURES]
+    f"plot_{name}" for name in ["sae_fidelity"] + PATCHING_FIGURES + ATTRIBUTION_FIGURES]
 N_CARDS = DEMO["features"]["max_cards"]
 
 
@@ -90,7 +91,8 @@ def per_protein_layer_jobs() -> dict[str, int]:
     return {"score_mutations": len(WT), "patch_features": len(WT) * len(PATCH_LAYERS),
             "integrate_gradients": len(WT) * len(IG_LAYERS), "find_circuits": len(WT) * len(IG_LAYERS),
             "tabulate_top_features": len(WT) * len(IG_LAYERS), "characterize_features": len(DEMO_LAYERS),
-            "measure_output_effects": len(DEMO_LAYERS), "compute_atp": len(WT) * len(AGREEMENT_LAYERS),
+            "measure_output_effects": len(DEMO_LAYERS),
+            "measure_sae_quality": len(DEMO_LAYERS), "compute_atp": len(WT) * len(AGREEMENT_LAYERS),
             "patch_positions": len(WT) * len(PATCH_LAYERS), "link_layers": len(WT) * (len(GRAPH_LAYERS) - 1),
             "assemble_graphs": len(WT)}
 
@@ -306,19 +308,28 @@ def test_demo_scores_table(demo, protein):
 
 
 def test_demo_sae_quality_table(demo):
+    """Both forwards per layer, the study's (interprot: the demo trains its SAEs on it) first and the better
+    one: its SAEs reconstruct their own forward's activations with a higher FVE and a lower KL."""
     table = pd.read_csv(demo.outdir / "tables" / "sae_quality.csv")
-    assert list(table.columns) == QUALITY_COLUMNS
-    assert list(table["layer"]) == DEMO_LAYERS
+    assert list(table.columns) == TABLES["sae_quality"]
+    assert list(table["layer"]) == [layer for layer in DEMO_LAYERS for _ in range(2)]
+    assert table["activations"].tolist() == ["interprot", "fair-esm"] * len(DEMO_LAYERS)
     assert (table["d_sae"] == DEMO["sae"]["train"]["d_sae"]).all()
     assert (table["k"] == DEMO["sae"]["k"]).all()
     assert (table["fve"] > 0.5).all(), table
     assert (table["mean_l0"] <= table["k"]).all(), table
     assert table["dead_fraction"].between(0, 1).all()
-    assert (table["n_positions"] > 0).all()
+    assert (table["n_positions"] > 0).all() and (table["n_proteins"] == len(WT)).all()
+    own, other = table[table["study_forward"]].set_index("layer"), table[~table["study_forward"]].set_index("layer")
+    assert (own["fve"] > other["fve"]).all() and (own["kl"] < other["kl"]).all()
+    assert (table["fve_half_k"] < table["fve"]).all() and table["wrong_k"].isna().all()
+    task = pd.read_csv(demo.outdir / "tables" / "sae_task_fidelity.csv")
+    assert len(task) == 2 * len(WT) * len(DEMO_LAYERS) and task["spearman_dms_clean"].isna().all()
 
 
 def test_demo_logs_and_benchmarks(demo):
-    jobs = (["build_demo_model", "measure_sae_quality"] + [f"train_sae/L{layer}" for layer in DEMO_LAYERS]
+    jobs = (["build_demo_model", "tabulate_sae_quality"] + [f"train_sae/L{layer}" for layer in DEMO_LAYERS]
+            + [f"measure_sae_quality/L{layer}" for layer in DEMO_LAYERS]
             + [f"score_mutations/{protein}" for protein in WT])
     for job in jobs:
         log = demo.outdir / "logs" / f"{job}.log"
@@ -507,17 +518,21 @@ def test_dms_scores_table(dms_run, protein):
 
 @needs_dms
 def test_dms_correlation_table(dms_run):
+    """Both forwards' ρ for singles and all rows, each recomputed from the scores table's own columns."""
     table = pd.read_csv(dms_run / "tables" / "dms_correlation.csv")
-    assert list(table.columns) == ["protein", "rows", "n", "spearman", "p_value"]
-    assert sorted(table["protein"]) == sorted(2 * [*WT, FOURTH])
+    assert list(table.columns) == TABLES["dms_correlation"]
+    assert sorted(table["protein"]) == sorted(4 * [*WT, FOURTH])
+    assert set(table.loc[table["study_forward"], "activations"]) == {"interprot"}
     for row in table.itertuples():
         scores = pd.read_csv(dms_run / "scores" / f"{row.protein}.csv")
         if row.rows == "singles":
             scores = scores[~scores["mutant"].str.contains(":")]
-        expected = stats.spearmanr(scores["wt_marginal"], scores["dms_score"])
+        column = "wt_marginal_" + row.activations.replace("-", "_")
+        expected = stats.spearmanr(scores[column], scores["dms_score"])
         assert row.n == len(scores)
         assert abs(row.spearman - expected.statistic) <= 1e-12
         assert row.p_value == pytest.approx(expected.pvalue, rel=1e-9, abs=1e-300)
+        assert scores["wt_marginal"].equals(scores["wt_marginal_interprot"])
 
 
 @needs_dms

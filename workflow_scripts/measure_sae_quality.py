@@ -1,6 +1,7 @@
-"""Rule measure_sae_quality: how well each layer's SAE reconstructs the study's sequences."""
+"""Rule measure_sae_quality: how faithful one layer's SAE is, to the model and to the assay, on both forwards."""
 from esmsae.analyses.sae_quality import measure_sae_quality
 from esmsae.config.parse import runtime
+from esmsae.config.settings import Forward, from_params
 from esmsae.model.host import set_up_host
 from esmsae.pipeline.keys import keyed
 from esmsae.pipeline.logs import log_to
@@ -9,9 +10,9 @@ from esmsae.pipeline.logs import log_to
 def main(smk):
     with log_to(smk.log[0]):
         set_up_host(smk.threads)
-        measure_sae_quality(smk.params.wt_seqs, keyed(smk.input, "sae", ("layer",)), smk.params.k,
-                            smk.params.precision, runtime(smk.config), smk.input.checkpoint,
-                            keyed(smk.input, "scores", ("protein",)), smk.output.table)
+        measure_sae_quality(smk.params.wt_seqs, int(smk.wildcards.layer), smk.params.k,
+                            from_params(Forward, smk.params.forward), runtime(smk.config), smk.input.checkpoint,
+                            smk.input.sae, keyed(smk.input, "scores", ("protein",)), dict(smk.output.items()))
 
 
 if __name__ == "__main__":

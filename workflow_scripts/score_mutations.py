@@ -1,7 +1,7 @@
 """Rule score_mutations: WT-marginal scores of one protein's mutants, and the selection."""
 from esmsae.analyses.scoring import score_mutations
 from esmsae.config.parse import runtime
-from esmsae.config.settings import Protein, from_params
+from esmsae.config.settings import Forward, Protein, from_params
 from esmsae.model.host import set_up_host
 from esmsae.pipeline.logs import log_to
 
@@ -9,7 +9,7 @@ from esmsae.pipeline.logs import log_to
 def main(smk):
     with log_to(smk.log[0]):
         set_up_host(smk.threads)
-        score_mutations(from_params(Protein, smk.params.protein), smk.params.precision,
+        score_mutations(from_params(Protein, smk.params.protein), from_params(Forward, smk.params.forward),
                         runtime(smk.config), smk.input.checkpoint, smk.input.get("assay"),
                         smk.output.scores)
 

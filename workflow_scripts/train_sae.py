@@ -1,6 +1,6 @@
 """Rule train_sae: fit a TopK SAE to one layer's residual stream."""
 from esmsae.config.parse import runtime
-from esmsae.config.settings import TrainSettings, from_params
+from esmsae.config.settings import Forward, TrainSettings, from_params
 from esmsae.model.host import set_up_host
 from esmsae.model.training import train_layer_sae
 from esmsae.pipeline.logs import log_to
@@ -10,7 +10,7 @@ def main(smk):
     with log_to(smk.log[0]):
         set_up_host(smk.threads)
         train_layer_sae(from_params(TrainSettings, smk.params.train), smk.params.wt_seqs,
-                        int(smk.wildcards.layer), smk.params.k, smk.params.precision,
+                        int(smk.wildcards.layer), smk.params.k, from_params(Forward, smk.params.forward),
                         runtime(smk.config), smk.input.checkpoint, smk.output.sae)
 
 

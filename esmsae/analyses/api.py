@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar
 
 from esmsae.inputs.mutations import Mutant
 from esmsae.model.splice import Splice
-from esmsae.model.view import MutantView
+from esmsae.model.view import MutantView, WTView
 from esmsae.pipeline.resume import WorkFolder, run_items
 
 log = logging.getLogger(__name__)
@@ -46,23 +46,30 @@ class LayerMeta:
     k: int       # the SAE's TopK k
     d_sae: int
     wt_seq: str = ""
+    activations: str = ""  # the study's forward
 
 
 @dataclass(frozen=True)
 class Analysis(Generic[S, R]):
-    """One per-mutant analysis, as the shared job runs it.
+    """One analysis, as the shared job runs it: per mutant, or per unit of a whole protein.
 
     `context`, when given, reads the job's extra inputs (those beside the checkpoint,
     the SAE and the scores, e.g. IG results for circuits) once per job, given the
     inputs, the mutants and the settings; `run` gets what it returns.
+
+    By default `run` gets each selected mutant's :class:`~esmsae.model.view.MutantView`. An
+    analysis of the whole protein instead names its `units` (from the context and settings, e.g.
+    the feature sets to ablate) and `run` gets a :class:`~esmsae.model.view.WTView` per unit;
+    either way each result is one resume piece and the engine owns the batching.
     """
 
     rule: str                                                    # the rule that runs it; names its work
     settings: type[S]
-    run: Callable[[MutantView, S, Any], R]
+    run: Callable[[MutantView | WTView, S, Any], R]
     write: Callable[[list[R], Mapping[str, Path], S, LayerMeta], None]
     summary: Callable[[R], str]
     context: Callable[[Mapping[str, Path], list[Mutant], S], Any] | None = None
+    units: Callable[[Any, S], list[str]] | None = None           # per-protein analyses: the units of work
 
 
 def analyse(analysis: Analysis[S, R], splice: Splice, mutants: list[Mutant], settings: S, *, context: Any = None,
@@ -72,6 +79,8 @@ def analyse(analysis: Analysis[S, R], splice: Splice, mutants: list[Mutant], set
     The mutants' own layer-ℓ states come from one batched forward (always of all
     mutants, so a resumed job computes exactly what an uninterrupted one would).
     """
+    if analysis.units is not None:
+        return analyse_units(analysis, splice, analysis.units(context, settings), settings, context=context, work=work)
     if not mutants:
         return []
     h = splice.hidden([m.apply(splice.wt_seq) for m in mutants])
@@ -86,3 +95,14 @@ def analyse(analysis: Analysis[S, R], splice: Splice, mutants: list[Mutant], set
 
     desc = f"{analysis.rule} {splice.protein} L{splice.layer}"
     return run_items([m.name for m in mutants], one, work, desc=desc)
+
+
+def analyse_units(analysis: Analysis[S, R], splice: Splice, units: list[str], settings: S, *, context: Any = None,
+                  work: WorkFolder | None = None) -> list[R]:
+    """A per-protein `analysis` on each of its `units`, each result kept in `work` as soon as it is done."""
+    def one(index: int) -> R:
+        result = analysis.run(WTView(engine=splice, unit=units[index]), settings, context)
+        log.info("%s L%d %s: %s", splice.protein, splice.layer, units[index], analysis.summary(result))
+        return result
+
+    return run_items(list(units), one, work, desc=f"{analysis.rule} {splice.protein} L{splice.layer}")

@@ -171,3 +171,21 @@ def sum_activity(parts: list[Activity]) -> Activity:
         max_activation=np.maximum.reduce([p.max_activation for p in parts]),
         wt_latents={name: z for p in parts for name, z in p.wt_latents.items()},
     )
+
+
+ABLATION_ARRAYS = ("set", "draw", "size", "features", "scores", "clean", "mutant", "dms", "protein", "layer", "k",
+                   "d_sae", "activations", "n_null", "positions", "seed")
+
+
+def read_ablation(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A set-ablation file's arrays (``ablation/{protein}_L{layer}.npz``, written by
+    :func:`esmsae.analyses.ablation.write_ablation`), checked for its arrays and shapes."""
+    arrays = read_npz(path, "set ablation")
+    missing = [name for name in ABLATION_ARRAYS if name not in arrays]
+    if missing:
+        raise InputError(f"{path}: not a set ablation file (missing {', '.join(missing)})")
+    rows, n = len(arrays["set"]), len(arrays["mutant"])
+    if arrays["scores"].shape != (rows, n) or arrays["clean"].shape != (n,) or arrays["dms"].shape != (n,):
+        raise InputError(f"{path}: scores {arrays['scores'].shape}, clean {arrays['clean'].shape} and dms "
+                         f"{arrays['dms'].shape} do not fit {rows} rows of {n} singles")
+    return arrays

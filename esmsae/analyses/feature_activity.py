@@ -20,6 +20,7 @@ import torch
 from esmsae.analyses.arrays import Activity, sum_activity
 from esmsae.config.settings import (
     FeatureSettings,
+    Forward,
     Runtime,
     as_params,
 )
@@ -128,7 +129,7 @@ def feature_activity(lm: EsmLM, sae: TopKSAE, layer: int, sequences: Iterable[tu
 ACTIVITY_CHUNK = 1000  # reference sequences per resume piece of the activity pass
 
 
-def characterize_features(settings: FeatureSettings, wt_seqs: dict[str, str], layer: int, k: int, precision: str,
+def characterize_features(settings: FeatureSettings, wt_seqs: dict[str, str], layer: int, k: int, forward: Forward,
                           runtime: Runtime, checkpoint: str | Path, sae: str | Path, reference: str | Path | None,
                           out: str | Path) -> None:
     """Rule characterize_features: every feature's activity over the reference positions at one layer.
@@ -136,13 +137,13 @@ def characterize_features(settings: FeatureSettings, wt_seqs: dict[str, str], la
     The reference (WT sequences, then the FASTA) streams in chunks of ``ACTIVITY_CHUNK`` sequences;
     each chunk's counts are a resume piece, and the result is their sum.
     """
-    lm = open_model(checkpoint, precision, runtime)
+    lm = open_model(checkpoint, forward, runtime)
     opened = open_sae(sae, k, lm, layer)
     skipped = Skipped()
     stream = reference_sequences(wt_seqs, reference, settings.max_sequences, MAX_TOKENS - 2, skipped)
     inputs = {"checkpoint": checkpoint, "sae": sae} | ({"reference": reference} if reference else {})
     work = WorkFolder(out, fingerprint(rule="characterize_features", settings=as_params(settings), wt=wt_seqs,
-                                       layer=layer, k=k, precision=precision,
+                                       layer=layer, k=k, forward=as_params(forward),
                                        inputs={n: file_identity(p) for n, p in sorted(inputs.items())}))
     total, index, done = None, 0, 0
     while True:

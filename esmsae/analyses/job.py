@@ -36,7 +36,7 @@ def run_analysis(analysis: Analysis, settings, job: LayerJob, runtime: Runtime, 
     `inputs` has the rule's named inputs: ``checkpoint``, ``sae``, ``scores`` and any
     the analysis reads itself (its ``context``); `outputs` the rule's named outputs.
     """
-    lm = open_model(inputs["checkpoint"], job.precision, runtime)
+    lm = open_model(inputs["checkpoint"], job.forward, runtime)
     sae = open_sae(inputs["sae"], job.k, lm, job.layer)
     mutants = selected_mutants(job.wt_seq, inputs["scores"])
     splice = Splice(lm, sae, job.wt_seq, job.layer, runtime.batch_size, protein=job.protein)
@@ -44,7 +44,8 @@ def run_analysis(analysis: Analysis, settings, job: LayerJob, runtime: Runtime, 
     work = WorkFolder(next(iter(outputs.values())), _fingerprint(analysis, settings, job, mutants, inputs))
     results = analyse(analysis, splice, mutants, settings, context=context, work=work)
     analysis.write(results, outputs, settings, LayerMeta(protein=job.protein, layer=job.layer, k=sae.k,
-                                                         d_sae=sae.info.d_sae, wt_seq=job.wt_seq))
+                                                         d_sae=sae.info.d_sae, wt_seq=job.wt_seq,
+                                                         activations=job.forward.activations))
     work.finish()
 
 

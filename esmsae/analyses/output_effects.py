@@ -17,6 +17,7 @@ from torch import Tensor
 
 from esmsae.config.settings import (
     FeatureSettings,
+    Forward,
     Runtime,
     as_params,
 )
@@ -69,19 +70,19 @@ def output_effects(splice: Splice, features: list[int], max_positions: int) -> t
     return total, count
 
 
-def measure_output_effects(settings: FeatureSettings, wt_seqs: dict[str, str], layer: int, k: int, precision: str,
+def measure_output_effects(settings: FeatureSettings, wt_seqs: dict[str, str], layer: int, k: int, forward: Forward,
                            runtime: Runtime, checkpoint: str | Path, sae: str | Path, shown: str | Path,
                            out: str | Path) -> None:
     """Rule measure_output_effects: each shown feature's output effect at one layer, mean over positions.
 
     One resume piece per protein; rows are (feature, position), batched per position by the engine.
     """
-    lm = open_model(checkpoint, precision, runtime)
+    lm = open_model(checkpoint, forward, runtime)
     opened = open_sae(sae, k, lm, layer)
     table = read_table(shown, "shown_features")
     features = sorted(table.loc[table["layer"] == layer, "feature"].astype(int).tolist())
     work = WorkFolder(out, fingerprint(rule="measure_output_effects", settings=as_params(settings), wt=wt_seqs,
-                                       layer=layer, k=k, precision=precision, features=features,
+                                       layer=layer, k=k, forward=as_params(forward), features=features,
                                        inputs={"checkpoint": file_identity(checkpoint), "sae": file_identity(sae)}))
     proteins = list(wt_seqs)
 

@@ -6,6 +6,7 @@ with logits from one unmodified forward of the WT sequence.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -13,11 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from esmsae.config.settings import (
-    Protein,
-    Runtime,
-    SelectionSettings,
-)
+from esmsae.config.settings import ACTIVATIONS, Forward, Protein, Runtime, SelectionSettings
 from esmsae.inputs.mutations import (
     Mutant,
     all_single_mutants,
@@ -56,9 +53,11 @@ def scores_table(lm: EsmLM, protein: str, wt_seq: str, dms: str | Path | None,
                  settings: SelectionSettings) -> pd.DataFrame:
     """One row per scored mutant with its WT-marginal score, DMS score and selection flag.
 
-    ``source: dms`` scores every substitution in the assay (singles; multi-site too when
-    ``multi``) and selects per METHOD.md; ``source: model`` scores all 19·L singles and
-    selects the n lowest, attaching DMS scores where an assay is given.
+    ``wt_marginal`` is the score on `lm`'s forward (the study's, recorded in ``activations``);
+    ``wt_marginal_interprot`` and ``wt_marginal_fair_esm`` give it on each forward, so that the
+    DMS correlation can be read under both. ``source: dms`` scores every substitution in the
+    assay (singles; multi-site too when ``multi``) and selects per METHOD.md; ``source: model``
+    scores all 19·L singles and selects the n lowest, attaching DMS scores where an assay is given.
     """
     assay = read_assay(dms, wt_seq, multi=settings.multi) if dms else None
     if settings.source == "dms":
@@ -80,8 +79,9 @@ def scores_table(lm: EsmLM, protein: str, wt_seq: str, dms: str | Path | None,
         raise InputError(f"mutations.source must be 'dms' or 'model', got {settings.source!r}")
 
     lm.check_sequence(wt_seq, f"config key proteins.{protein}.wt_seq")
-    score = wt_marginal(lm, wt_log_probs(lm, wt_seq), mutants)
-    if not np.isfinite(score).all():
+    by_forward = {a: wt_marginal(lm.on(a), wt_log_probs(lm.on(a), wt_seq), mutants) for a in ACTIVATIONS}
+    score = by_forward[lm.activations]
+    if not all(np.isfinite(values).all() for values in by_forward.values()):
         raise InputError(f"{protein}: the model's log-probabilities contain NaN or Inf (check the checkpoint)")
     if selected is None:
         selected = select_lowest(score, settings.n)
@@ -95,6 +95,8 @@ def scores_table(lm: EsmLM, protein: str, wt_seq: str, dms: str | Path | None,
         "wt_marginal": score,
         "dms_score": dms_score,
         "selected": np.asarray(selected, dtype=bool),
+        "activations": lm.activations,
+        **{"wt_marginal_" + a.replace("-", "_"): values for a, values in by_forward.items()},
     }, columns=SCORE_COLUMNS)
 
 
@@ -103,17 +105,17 @@ def read_scores(path: str | Path) -> pd.DataFrame:
     return read_table(path, "scores")
 
 
-def score_mutations(protein: Protein, precision: str, runtime: Runtime, checkpoint: str | Path,
+def score_mutations(protein: Protein, forward: Forward, runtime: Runtime, checkpoint: str | Path,
                     assay: str | Path | None, out: str | Path) -> None:
-    """Rule score_mutations: WT-marginal scores and the selection for one protein."""
-    lm = open_model(checkpoint, precision, runtime)
+    """Rule score_mutations: WT-marginal scores (on both forwards, the study's first) and the selection."""
+    lm = open_model(checkpoint, forward, runtime)
     table = scores_table(lm, protein.name, protein.wt_seq, assay, protein.selection)
-    if precision != "fp32":  # report the drift from fp32 on the same mutants
-        reference = open_model(checkpoint, "fp32", runtime)
+    if forward.precision != "fp32":  # report the drift from fp32 on the same mutants
+        reference = open_model(checkpoint, dataclasses.replace(forward, precision="fp32"), runtime)
         fp32 = scores_table(reference, protein.name, protein.wt_seq, assay, protein.selection)
         drift = (table["wt_marginal"] - fp32["wt_marginal"]).abs()
         log.warning("precision %s: wt_marginal differs from fp32 by max %.4g, median %.4g over %d mutants",
-                    precision, drift.max(), drift.median(), len(drift))
+                    forward.precision, drift.max(), drift.median(), len(drift))
     log.info("%s: %d mutants scored, %d selected", protein.name, len(table), int(table["selected"].sum()))
     write_csv(table, out)
 

@@ -15,10 +15,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from esmsae.config.settings import (
+    AblationSettings,
     CircuitSettings,
     CircuitSizeSettings,
     DemoSettings,
     FeatureSettings,
+    Forward,
     GraphSettings,
     IGSettings,
     PatchSettings,
@@ -68,11 +70,17 @@ def parse(config: Mapping) -> Study:
         raise InputError("config keys patching.layers and ig.layers: no layer to analyse")
     sae = config["sae"]
     space = config["space"]
+    a = config["ablation"]
+    ablation_layers = tuple(sorted(a["layers"] if a["layers"] is not None else ig_layers))
+    outside = sorted(set(ablation_layers) - set(ig_layers))
+    if outside:
+        raise InputError(f"config key ablation.layers: layer(s) {outside} have no circuits (not in ig.layers "
+                         f"{sorted(ig_layers)}); the circuit and top sets need them")
     p, g, c = config["patching"], config["ig"], config["circuits"]
     return Study(
         outdir=config["outdir"],
         checkpoint=config["esm_checkpoint"],
-        precision=config["precision"],
+        forward=Forward(precision=config["precision"], activations=config["sae"]["activations"]),
         sae_dir=str(sae["dir"]),
         sae_pattern=sae["pattern"],
         sae_k=_k_by_layer(sae["k"], layers),
@@ -90,6 +98,9 @@ def parse(config: Mapping) -> Study:
         positions_layers=positions_layers,
         graph=GraphSettings(layers=graph_layers, max_edges=graph["max_edges"], check_edges=graph["check_edges"],
                             hold=graph["hold"], top_edges=graph["top_edges"], seed=graph["seed"]),
+        ablation=AblationSettings(sets=tuple(a["sets"]), top_n=a["top_n"], n_null=a["n_null"],
+                                  positions=a["positions"], seed=a["seed"]),
+        ablation_layers=ablation_layers,
         top_n=p["top_n"],
         runtime=runtime(config),
     )

@@ -43,6 +43,8 @@ BIASED_RULES = ("riemann_trapezoid",)
 
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+# The two forwards of one checkpoint (METHOD.md "Which forward the SAEs read"); the first is the default.
+ACTIVATIONS = ("interprot", "fair-esm")
 
 
 S = TypeVar("S")
@@ -60,6 +62,22 @@ class Runtime:
     device: str               # auto | cpu | cuda
     batch_size: int | None    # interventions per pass; None: sized by the engine
     trust_pickle: bool        # esm_trust_pickle
+
+
+@dataclass(frozen=True)
+class Forward:
+    """The forward every job of a study runs: its precision and which activations the SAEs read
+    (``sae.activations``). Scores, splices and every analysis use this one forward, so the splice
+    reproduces its logits and every invariant holds."""
+
+    precision: str
+    activations: str
+
+    def __post_init__(self):
+        if self.activations not in ACTIVATIONS:
+            raise InputError(f"config key sae.activations: {self.activations!r} is not one of {ACTIVATIONS}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"config key precision: {self.precision!r} is not one of {PRECISIONS}")
 
 
 @dataclass(frozen=True)
@@ -196,6 +214,28 @@ class PairSettings:
         _check_space(self.space)
 
 
+ABLATION_SETS = ("circuit", "universal", "identity", "top")
+ABLATION_POSITIONS = ("every", "site")
+
+
+@dataclass(frozen=True)
+class AblationSettings:
+    """The ``ablation`` block's science (which layers run is the study's)."""
+
+    sets: tuple[str, ...]
+    top_n: int | None     # size of the `top` set; None: the circuit set's size
+    n_null: int           # frequency-matched random sets per set
+    positions: str        # every | site
+    seed: int
+
+    def __post_init__(self):
+        bad = [s for s in self.sets if s not in ABLATION_SETS]
+        if bad:
+            raise InputError(f"config key ablation.sets: {bad} not among {ABLATION_SETS}")
+        if self.positions not in ABLATION_POSITIONS:
+            raise InputError(f"config key ablation.positions: {self.positions!r} is not one of {ABLATION_POSITIONS}")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """The ``sae.train`` block: fit SAEs instead of reading released ones."""
@@ -226,7 +266,7 @@ class LayerJob:
     wt_seq: str
     layer: int
     k: int            # the SAE's TopK k at this layer
-    precision: str
+    forward: Forward
 
 
 @dataclass(frozen=True)
@@ -235,7 +275,7 @@ class Study:
 
     outdir: str
     checkpoint: str
-    precision: str
+    forward: Forward
     sae_dir: str
     sae_pattern: str
     sae_k: dict[int, int]            # k of every analysed layer
@@ -252,6 +292,8 @@ class Study:
     positions: PositionSettings
     positions_layers: tuple[int, ...]  # layers of the spread over positions
     graph: GraphSettings
+    ablation: AblationSettings
+    ablation_layers: tuple[int, ...]  # layers whose feature sets are ablated (with circuits: IG layers)
     top_n: int                        # mutants per protein in tables/top_mutations.csv
     runtime: Runtime
 
@@ -291,7 +333,7 @@ class Study:
 
     def layer_job(self, protein: str, layer: int) -> LayerJob:
         return LayerJob(protein=protein, wt_seq=self.proteins[protein].wt_seq, layer=int(layer),
-                        k=self.sae_k[int(layer)], precision=self.precision)
+                        k=self.sae_k[int(layer)], forward=self.forward)
 
 
 def as_params(settings: Any) -> dict:

@@ -16,10 +16,10 @@ from matplotlib.figure import Figure
 from esmsae.figures.style import (
     CONTROL_STYLE,
     PathLike,
-    _grid,
-    _proteins,
+    grid,
     layer_axis,
     note,
+    proteins_of,
     save,
 )
 from esmsae.pipeline.columns import CONTROLS, read_table
@@ -39,7 +39,7 @@ def layer_effects(validation: pd.DataFrame, png: PathLike, pdf: PathLike) -> Fig
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.add_subplot()
     real = validation.loc[validation["control"] == "real"] if len(validation) else validation
-    proteins = _proteins(real)
+    proteins = proteins_of(real)
     for i, protein in enumerate(proteins):
         rows = real.loc[real["protein"] == protein].sort_values("layer", kind="mergesort")
         sem = rows["sem_abs_effect"].to_numpy(dtype=np.float64)
@@ -64,8 +64,8 @@ def controls(validation: pd.DataFrame, png: PathLike, pdf: PathLike) -> Figure:
     Linear y axis, since noop is exactly 0. `validation` is ``control_validation``'s frame;
     each axes holds exactly one data line per control, labelled with the control's name.
     """
-    proteins = _proteins(validation)
-    nrows, ncols = _grid(len(proteins), max_cols=3)
+    proteins = proteins_of(validation)
+    nrows, ncols = grid(len(proteins), max_cols=3)
     fig = Figure(figsize=(4.6 * ncols, 3.6 * nrows), layout="constrained")
     if not proteins:
         ax = fig.add_subplot()
@@ -104,7 +104,7 @@ def delta_vs_effect(tables: Mapping[tuple[str, int], pd.DataFrame], png: PathLik
     proteins = list(dict.fromkeys(protein for protein, _, _ in entries))
     color = {protein: f"C{i}" for i, protein in enumerate(proteins)}
     layers = sorted({layer for _, layer, _ in entries})
-    nrows, ncols = _grid(len(layers))
+    nrows, ncols = grid(len(layers))
     fig = Figure(figsize=(4.2 * ncols, 3.6 * nrows), layout="constrained")
     if not layers:
         ax = fig.add_subplot()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from esmsae.figures.ablation import read_set_ablation, set_ablation
 from esmsae.figures.agreement import attribution_agreement, read_agreement
 from esmsae.figures.circuits import (
     circuit_faithfulness,
@@ -41,6 +42,7 @@ from esmsae.figures.patching import (
     read_validation,
 )
 from esmsae.figures.positions import position_spread, read_positions
+from esmsae.figures.sae_quality import read_quality, sae_fidelity
 
 log = logging.getLogger("esmsae")
 
@@ -67,6 +69,8 @@ FIGURES = {
     "position_spread": Figure(read_positions, position_spread),
     "feature_graph": Figure(read_graph, feature_graph),
     "mediated_fraction": Figure(read_mediation, mediated_fraction),
+    "sae_fidelity": Figure(read_quality, sae_fidelity),
+    "set_ablation": Figure(read_set_ablation, set_ablation),
 }
 
 

@@ -61,10 +61,10 @@ def mean_sem_line(ax: Axes, layers: list[int], samples, *, color: str, label: st
     return mean
 
 
-def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
+def grid(n: int, max_cols: int = 4) -> tuple[int, int]:
     ncols = max(1, min(n, max_cols))
     return -(-max(n, 1) // ncols), ncols
 
 
-def _proteins(frame: pd.DataFrame) -> list[str]:
+def proteins_of(frame: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(frame["protein"])) if len(frame) else []

@@ -8,16 +8,27 @@ which current PyTorch refuses; we load it with ``weights_only=True`` and an
 allow-list of exactly the classes the format needs.
 
 :class:`EsmLM` runs the network in two halves around a layer ℓ (METHOD.md
-"Notation"): ``hidden(tokens, ℓ)`` is fair-esm's ``representations[ℓ]`` and
-``head(h, ℓ, positions)`` is ``F_ℓ`` — blocks ℓ+1..N, the final layer norm and
-the LM head, evaluated only at the positions asked for. Both reuse fair-esm's
-own modules, so ``head(hidden(t, ℓ), ℓ)`` is the model's own logits; the tests
-hold that at every layer.
+"Notation" and "Which forward the SAEs read"), on one of two forwards of the same
+weights, chosen once for the study (``sae.activations``):
+
+* ``interprot`` (the default): the forward the released Adams et al. SAEs were trained on
+  (InterProt's ``get_layer_activations``): token embeddings unscaled, ``h_ℓ`` the output of
+  block ℓ for every ℓ, including N (before the final layer norm);
+* ``fair-esm``: fair-esm's ``ESM2.forward``: with ``token_dropout`` the embeddings are
+  rescaled by ``(1 − 0.15·0.8) / (1 − observed mask ratio)`` (0.88 with no mask), and
+  ``h_N`` is taken after the final layer norm (fair-esm's ``representations[N]``).
+
+``hidden(tokens, ℓ)`` is ``h_ℓ`` and ``head(h, ℓ, positions)`` is ``F_ℓ`` — the rest of
+the same forward (blocks ℓ+1..N, the final layer norm unless ``h_N`` already had it, the
+LM head), evaluated only at the positions asked for; ``logits(tokens)`` is that forward's
+own logits. Both reuse fair-esm's own modules, so ``head(hidden(t, ℓ), ℓ)`` is exactly
+``logits(t)`` on either forward; the tests hold that at every layer.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import math
 import pickle
@@ -31,9 +42,7 @@ import torch
 from esm.model.esm2 import ESM2
 from torch import Tensor
 
-from esmsae.config.settings import (
-    Runtime,
-)
+from esmsae.config.settings import ACTIVATIONS, Forward, Runtime
 from esmsae.inputs.mutations import AMINO_ACIDS
 from esmsae.model.rows import MIN_ROWS, pad_rows
 from esmsae.pipeline.errors import InputError
@@ -210,13 +219,17 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 class EsmLM:
-    """An ESM-2 model cut at a layer: ``hidden`` runs up to it, ``head`` runs the rest.
+    """An ESM-2 model cut at a layer, on one forward: ``hidden`` runs up to it, ``head`` runs the rest.
 
-    Sequences in one call must have the same length (no padding), which holds for
-    a WT sequence and its substitution mutants.
+    `activations` names the forward (``ACTIVATIONS``; no default, so that no caller runs
+    the wrong one silently). Sequences in one call must have the same length (no padding),
+    which holds for a WT sequence and its substitution mutants.
     """
 
-    def __init__(self, model: ESM2, device: torch.device | str = "cpu"):
+    def __init__(self, model: ESM2, device: torch.device | str = "cpu", *, activations: str):
+        if activations not in ACTIVATIONS:
+            raise InputError(f"config key sae.activations: {activations!r} is not one of {ACTIVATIONS}")
+        self.activations = activations
         self.model = model.eval().requires_grad_(False).to(device)
         self.device = torch.device(device)
         self.alphabet: esm.data.Alphabet = model.alphabet
@@ -271,12 +284,29 @@ class EsmLM:
         return int(layer)
 
     # -- the two halves ---------------------------------------------------------
+    def on(self, activations: str) -> EsmLM:
+        """The same weights on another forward (no copy of the model)."""
+        other = copy.copy(self)
+        if activations not in ACTIVATIONS:
+            raise InputError(f"config key sae.activations: {activations!r} is not one of {ACTIVATIONS}")
+        other.activations = activations
+        return other
+
+    @property
+    def final_norm_in_hidden(self) -> bool:
+        """Whether ``h_N`` is taken after the final layer norm (fair-esm) or before it (interprot)."""
+        return self.activations == "fair-esm"
+
     def embed(self, tokens: Tensor) -> Tensor:
-        """The input to block 1, (B, T, E), exactly as fair-esm's forward computes it (padding zeroed)."""
+        """The input to block 1, (B, T, E), as this forward computes it (padding zeroed).
+
+        ``fair-esm``: exactly fair-esm's forward, with its token-dropout rescaling; ``interprot``:
+        the embeddings unscaled (<mask> tokens keep their own embedding), as InterProt computes them.
+        """
         m = self.model
         padding = tokens.eq(m.padding_idx)
         x = m.embed_scale * m.embed_tokens(tokens)
-        if m.token_dropout:
+        if m.token_dropout and self.activations == "fair-esm":
             # No <mask> tokens here, but follow fair-esm's rescaling literally.
             x = x.masked_fill((tokens == m.mask_idx).unsqueeze(-1), 0.0)
             mask_ratio_train = 0.15 * 0.8
@@ -288,7 +318,7 @@ class EsmLM:
         return x
 
     def hidden(self, tokens: Tensor, layer: int) -> Tensor:
-        """``h_ℓ``: fair-esm's ``representations[ℓ]``, (B, T, E); after the final norm at ℓ = N."""
+        """``h_ℓ`` of this forward, (B, T, E): the output of block ℓ (fair-esm: after the final norm at ℓ = N)."""
         return self.hiddens(tokens, [layer])[layer]
 
     def hiddens(self, tokens: Tensor, layers: list[int]) -> dict[int, Tensor]:
@@ -306,16 +336,16 @@ class EsmLM:
             x, _ = block(x, self_attn_padding_mask=mask, need_head_weights=False)
             if index in wanted:
                 out[index] = x.transpose(0, 1)
-        if self.num_layers in wanted:
+        if self.num_layers in wanted and self.final_norm_in_hidden:
             out[self.num_layers] = self.model.emb_layer_norm_after(x).transpose(0, 1)
         return out
 
     def between(self, h: Tensor, start: int, end: int) -> Tensor:
-        """``h_end`` from ``h_start`` (B, T, E): blocks start+1..end, and the final norm when end = N."""
+        """``h_end`` from ``h_start`` (B, T, E): blocks start+1..end (and, fair-esm, the final norm when end = N)."""
         x = h.transpose(0, 1)
         for block in self.model.layers[start:end]:
             x, _ = block(x, self_attn_padding_mask=None, need_head_weights=False)
-        if end == self.num_layers and start < end:
+        if end == self.num_layers and start < end and self.final_norm_in_hidden:
             x = self.model.emb_layer_norm_after(x)
         return x.transpose(0, 1)
 
@@ -335,23 +365,25 @@ class EsmLM:
         if positions is not None:
             x = x[positions]  # everything after the last block is position-wise
             x = pad_rows(x, 1, -(-MIN_ROWS // x.shape[0]))
-        if layer < self.num_layers:
+        if layer < self.num_layers or not self.final_norm_in_hidden:
             x = self.model.emb_layer_norm_after(x)
         return self.model.lm_head(x)[:, :batch].transpose(0, 1)
 
     def logits(self, tokens: Tensor) -> Tensor:
-        """The model's own forward: fair-esm's ``logits``, (B, T, V)."""
-        return self.model(tokens)["logits"]
+        """This forward's own logits, (B, T, V): fair-esm's ``logits``, or InterProt's forward run whole."""
+        if self.activations == "fair-esm":
+            return self.model(tokens)["logits"]
+        return self.head(self.hidden(tokens, self.num_layers), self.num_layers)
 
     def num_parameters(self) -> int:
         return sum(math.prod(p.shape) for p in self.model.parameters())
 
 
-def open_model(checkpoint: str | Path, precision: str, runtime: Runtime) -> EsmLM:
-    """The ESM-2 checkpoint at `precision`, on the runtime's device."""
+def open_model(checkpoint: str | Path, forward: Forward, runtime: Runtime) -> EsmLM:
+    """The ESM-2 checkpoint at the forward's precision and on its activations, on the runtime's device."""
     device = resolve_device(runtime.device)
     model = load_esm(checkpoint, trust_pickle=runtime.trust_pickle)
-    lm = EsmLM(set_precision(model, precision), device)
-    log.info("loaded %s: %d layers, width %d, %.1fM parameters, on %s", checkpoint,
-             lm.num_layers, lm.embed_dim, lm.num_parameters() / 1e6, device)
+    lm = EsmLM(set_precision(model, forward.precision), device, activations=forward.activations)
+    log.info("loaded %s: %d layers, width %d, %.1fM parameters, on %s, %s forward", checkpoint,
+             lm.num_layers, lm.embed_dim, lm.num_parameters() / 1e6, device, lm.activations)
     return lm

@@ -13,6 +13,8 @@ For a residual vector x (METHOD.md "SAE"):
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ from torch import Tensor, nn
 from esmsae.model.esm import EsmLM
 from esmsae.model.rows import matmul
 from esmsae.pipeline.errors import InputError
-from esmsae.pipeline.io import atomic_path
+from esmsae.pipeline.io import atomic_path, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,14 @@ class TopKSAE(nn.Module):
 
     def decode(self, z: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
         return (matmul(z, self.w_dec) + self.b_pre) * sigma + mu
+
+    def at_k(self, k: int) -> TopKSAE:
+        """The same weights run with another TopK k (no copy of the weights)."""
+        if not 1 <= k < self.info.d_sae:
+            raise ValueError(f"k={k} must be in 1..{self.info.d_sae - 1}")
+        other = copy.copy(self)
+        other.info = dataclasses.replace(self.info, k=int(k))
+        return other
 
     def decode_delta(self, dz: Tensor, sigma: Tensor) -> Tensor:
         """``dec(z + dz) − dec(z)``: the decoder is affine, so this is exact and is 0 when dz is 0."""
@@ -162,5 +172,6 @@ def open_sae(path: str | Path, k: int, lm: EsmLM, layer: int) -> TopKSAE:
     """The SAE file for `layer`, checked against the model."""
     lm.check_layer(layer, where=f"config: layer {layer}")
     sae = load_sae(path, k, layer=layer, d_in=lm.embed_dim)
-    log.info("loaded SAE for layer %d: d_sae=%d k=%d from %s", layer, sae.info.d_sae, sae.k, sae.info.source)
+    log.info("loaded SAE for layer %d: d_sae=%d k=%d from %s (%d bytes, sha256 %s)", layer, sae.info.d_sae, sae.k,
+             sae.info.source, Path(path).stat().st_size, sha256_of(path))
     return sae

@@ -101,6 +101,7 @@ class Splice:
             raise InputError(f"layer {self.layer}: the model's activations on the WT sequence contain NaN or Inf "
                              "(check the checkpoint's weights and the precision)")
         self.passes = Passes(lm, self.layer, self.h.shape[1], batch_size)
+        self._residues: SiteCode | None = None
 
     @property
     def batch_size(self) -> int | None:
@@ -206,6 +207,19 @@ class Splice:
         no SAE involved, against the unmodified run."""
         scores, base = self.passes.batched(deltas, lambda batch: self.run(positions, batch, spec))
         return Effects(scores=scores, baseline=base, effects=scores - base)
+
+    def residue_code(self) -> SiteCode:
+        """The WT code at every residue (token positions 1..L), computed once."""
+        if self._residues is None:
+            self._residues = self.wt_code(torch.arange(1, len(self.wt_seq) + 1))
+        return self._residues
+
+    def residue_log_probs(self, z: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Log-probabilities of token ids `tokens` (A,) at every residue, (B, L, A), with the latents at every
+        residue set to `z` (B, L, d_sae) (error at WT), and those of the unmodified run beside each row."""
+        code = self.residue_code()
+        return self.passes.batched(self.delta(code, z),
+                                   lambda batch: self.log_probs(code.positions, batch, code.positions)[..., tokens])
 
     def log_prob_changes(self, wt: SiteCode, z: Tensor, tokens: Tensor) -> Tensor:
         """``log p'(a) − log p(a)`` (B, S, A) at the intervened sites for token ids `tokens` (A,), for B

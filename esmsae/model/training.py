@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from esmsae.config.settings import (
+    Forward,
     Runtime,
     TrainSettings,
 )
@@ -74,10 +75,10 @@ def training_sequences(wt_seqs: list[str], n_mutants: int, seed: int) -> list[st
     return seqs
 
 
-def train_layer_sae(train: TrainSettings, wt_seqs: list[str], layer: int, k: int, precision: str,
+def train_layer_sae(train: TrainSettings, wt_seqs: list[str], layer: int, k: int, forward: Forward,
                     runtime: Runtime, checkpoint: str | Path, out: str | Path) -> None:
-    """Rule train_sae: fit a TopK SAE to layer `layer`'s residual stream on the study's sequences."""
-    lm = open_model(checkpoint, precision, runtime)
+    """Rule train_sae: fit a TopK SAE to layer `layer`'s residual stream (the study's forward) on its sequences."""
+    lm = open_model(checkpoint, forward, runtime)
     lm.check_layer(layer, where=f"sae.train: layer {layer}")
     seqs = training_sequences(wt_seqs, train.n_mutants, train.seed)
     x = residue_activations(lm, seqs, [layer])[layer]

@@ -77,3 +77,32 @@ class MutantView:
     def differentiate(self, use: Callable[[ScoreFn], T]) -> T:
         """``use(score)`` with a differentiable score of values in this view's space (:meth:`Splice.differentiate`)."""
         return self.engine.differentiate(self.wt, self.spec, self.space, use)
+
+
+@dataclass(frozen=True)
+class WTView:
+    """The WT sequence at the splice's layer, as an analysis of the whole protein sees one unit of its work.
+
+    ``code`` is the SAE's reading at every residue (token positions 1..L); interventions are latent
+    vectors there (B, L, d_sae), the error held at WT.
+    """
+
+    engine: Splice = field(repr=False)
+    unit: str
+
+    @property
+    def protein(self) -> str:
+        return self.engine.protein
+
+    @property
+    def layer(self) -> int:
+        return self.engine.layer
+
+    @property
+    def code(self) -> SiteCode:
+        return self.engine.residue_code()
+
+    def log_probs(self, z: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Log-probabilities of token ids `tokens` (A,) at every residue, (B, L, A), for B interventions on the
+        latents `z` (B, L, d_sae), and of the unmodified run beside each (the engine's batching policy)."""
+        return self.engine.residue_log_probs(z, tokens)

@@ -22,7 +22,8 @@ PAIR_SETTINGS = ["k", "d_sae", "k_down", "d_sae_down", "space"]
 
 TABLES: dict[str, list[str]] = {
     # per protein
-    "scores": ["mutant", "position", "wt", "mut", "wt_marginal", "dms_score", "selected"],
+    "scores": ["mutant", "position", "wt", "mut", "wt_marginal", "dms_score", "selected", "activations",
+               "wt_marginal_interprot", "wt_marginal_fair_esm"],
     # per protein and layer
     "patching": ["mutant", "position", "layer", "feature", "control", "wt_pre", "mut_pre", "wt_latent",
                  "mut_latent", "patched_value", "baseline_score", "patched_score", "effect", "k", "d_sae", "space"],
@@ -32,8 +33,26 @@ TABLES: dict[str, list[str]] = {
     "circuit_sizes": ["protein", "layer", "mutant", "full_effect", "negligible", "n_features", "recovered_fraction",
                       "features", "k", "d_sae", "space"],
     # the study's tables
-    "dms_correlation": ["protein", "rows", "n", "spearman", "p_value"],
-    "sae_quality": ["layer", "d_sae", "k", "fve", "mean_l0", "dead_fraction", "n_positions"],
+    "set_ablation": ["protein", "layer", "set", "size", "features", "n_scored", "n_dms", "rho_0", "rho_a",
+                     "delta_rho", "rho_clean_ablated", "mean_abs_delta",
+                     *(f"null_{c}_{s}" for c in ("delta_rho", "rho_clean_ablated", "mean_abs_delta")
+                       for s in ("mean", "p05", "p95")),
+                     "p_delta_rho", "p_rho_clean_ablated", "k", "d_sae", "activations", "n_null", "positions"],
+    "dms_correlation": ["protein", "rows", "activations", "study_forward", "n", "spearman", "p_value"],
+    # per layer, both forwards (measure_sae_quality), then all layers (tabulate_sae_quality)
+    "sae_fidelity": ["layer", "activations", "study_forward", "k", "d_sae", "half_k", "double_k", "fve", "mean_l0",
+                     "dead_fraction", "fve_half_k", "mean_l0_half_k", "dead_fraction_half_k", "fve_double_k",
+                     "mean_l0_double_k", "dead_fraction_double_k", "kl", "ce_clean", "ce_recon", "ce_zero",
+                     "loss_recovered", "n_positions", "n_masked", "wrong_k", "sae_file", "sae_bytes", "sae_sha256"],
+    "sae_quality": ["layer", "activations", "study_forward", "k", "d_sae", "half_k", "double_k", "fve", "mean_l0",
+                    "dead_fraction", "fve_half_k", "mean_l0_half_k", "dead_fraction_half_k", "fve_double_k",
+                    "mean_l0_double_k", "dead_fraction_double_k", "kl", "ce_clean", "ce_recon", "ce_zero",
+                    "loss_recovered", "spearman_clean_recon_mean", "spearman_dms_clean_mean",
+                    "spearman_dms_recon_mean", "n_proteins", "n_positions", "n_masked", "wrong_k", "sae_file",
+                    "sae_bytes", "sae_sha256"],
+    "sae_scores": ["protein", "mutant", "activations", "clean", "recon", "dms_score", "layer", "k", "d_sae"],
+    "sae_task_fidelity": ["protein", "layer", "activations", "study_forward", "n", "n_dms", "spearman_dms_clean",
+                          "spearman_dms_recon", "spearman_clean_recon", "k", "d_sae"],
     "control_validation": ["protein", "layer", "control", "n_mutants", "n_patches", "mean_abs_effect",
                            "sem_abs_effect", "median_abs_effect", "frac_nonzero", "frac_mutants_nonzero",
                            "wilcoxon_p", "k", "d_sae", "space"],
@@ -97,7 +116,12 @@ TABLES: dict[str, list[str]] = {
 
 # Columns read as text whatever they hold (a multi-site mutant's positions are "2:41").
 TEXT = {
-    "scores": {"position": str, "wt": str, "mut": str},
+    "scores": {"position": str, "wt": str, "mut": str, "activations": str},
+    "sae_fidelity": {"wrong_k": str, "sae_sha256": str, "activations": str},
+    "sae_quality": {"wrong_k": str, "sae_sha256": str, "activations": str},
+    "sae_scores": {"mutant": str, "activations": str},
+    "sae_task_fidelity": {"activations": str},
+    "set_ablation": {"features": str, "activations": str, "positions": str},
     "patching": {"position": str, "control": str, "mutant": str, "space": str},
     "circuit_sizes": {"features": str},
     "graph_nodes": {"mutant": str, "space": str},

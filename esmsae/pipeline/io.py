@@ -3,6 +3,7 @@ with one clear error."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import zipfile
@@ -63,3 +64,12 @@ def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: {what} not found") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise InputError(f"{path}: not a readable {what} file (truncated or corrupt?): {err}") from None
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes, read in chunks (memory does not grow with the file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -31,7 +31,7 @@ from typing import TypeVar
 from tqdm import tqdm
 
 from esmsae import __version__
-from esmsae.pipeline.io import atomic_path
+from esmsae.pipeline.io import atomic_path, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def file_identity(path: str | os.PathLike, *, hash_below: int = 64 << 20) -> dic
     stat = path.stat()
     ident = {"path": str(path), "size": stat.st_size}
     if stat.st_size <= hash_below:
-        ident["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        ident["sha256"] = sha256_of(path)
     else:
         ident["mtime_ns"] = stat.st_mtime_ns
     return ident
