@@ -75,7 +75,7 @@ def main() -> None:
         before = peak_mib()
         start = time.perf_counter()
         characterize_features(settings, study.wt_seqs, layer, args.k, study.forward, runtime, tmp / "model.pt",
-                              tmp / "sae.safetensors", tmp / "ref.fa", tmp / "activity.npz")
+                              tmp / "sae.safetensors", tmp / "ref.fa", tmp / "activity.npz", tmp / "examples.csv")
         seconds = time.perf_counter() - start
         after = peak_mib()
         lm = EsmLM(load_esm(tmp / "model.pt"), resolve_device(args.device), activations="interprot")

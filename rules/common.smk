@@ -16,6 +16,11 @@ STUDY = cfg.parse(config)
 OUTDIR = STUDY.outdir
 PROTEINS = list(STUDY.proteins)
 DMS_PROTEINS = [p for p in PROTEINS if STUDY.proteins[p].dms]
+# Concept labels: proteins with a UniProt GFF3 (configured, or fetched for proteins.NAME.uniprot), and those
+# whose assay gives the dms_sensitive concept.
+ANNOTATED_PROTEINS = [p for p in PROTEINS if STUDY.proteins[p].annotations]
+CONCEPT_DMS_PROTEINS = DMS_PROTEINS if STUDY.features.dms_sensitive else []
+UNIPROT_DIR = cfg.UNIPROT_DIR
 LAYERS = STUDY.layers
 IG_LAYERS = sorted(STUDY.ig_layers)
 PATCH_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.patching_layers]
@@ -123,6 +128,25 @@ def graph_pair_inputs(wildcards):
 
 def activity_file(layer):
     return f"{OUTDIR}/features/L{layer}_activity.npz"
+
+
+def annotations_file(protein):
+    return STUDY.proteins[protein].annotations
+
+
+def concept_proteins():
+    """Params: each protein's WT length and UniProt offset (concept coordinates)."""
+    return {
+        p: {
+            "length": len(STUDY.proteins[p].wt_seq),
+            "offset": STUDY.proteins[p].uniprot_offset,
+        }
+        for p in PROTEINS
+    }
+
+
+def examples_file(layer):
+    return f"{OUTDIR}/features/L{layer}_examples.csv"
 
 
 def effects_file(layer):
@@ -294,7 +318,12 @@ def all_targets():
     ]
     targets += [
         table_file(name)
-        for name in ("feature_labels", "identity_share", "identity_share_mutants")
+        for name in (
+            "feature_labels",
+            "feature_concepts",
+            "identity_share",
+            "identity_share_mutants",
+        )
     ]
     targets += [circuits_file(p, layer) for p, layer in IG_PAIRS]
     targets.append(table_file("circuit_sizes"))

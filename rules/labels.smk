@@ -8,13 +8,14 @@ rule characterize_features:
         sae=SAE_FILE,
     output:
         activity=activity_file("{layer}"),
+        examples=examples_file("{layer}"),
     log:
         f"{OUTDIR}/logs/characterize_features/L{{layer}}.log",
     benchmark:
         f"{OUTDIR}/benchmarks/characterize_features/L{{layer}}.tsv"
     threads: 2
     params:
-        settings=as_params(STUDY.features),
+        settings=as_params(STUDY.features.activity),
         wt_seqs=STUDY.wt_seqs,
         k=layer_k,
         forward=as_params(STUDY.forward),
@@ -54,7 +55,7 @@ rule measure_output_effects:
         f"{OUTDIR}/benchmarks/measure_output_effects/L{{layer}}.tsv"
     threads: 2
     params:
-        settings=as_params(STUDY.features),
+        max_positions=STUDY.features.max_positions,
         wt_seqs=STUDY.wt_seqs,
         k=layer_k,
         forward=as_params(STUDY.forward),
@@ -62,10 +63,41 @@ rule measure_output_effects:
         "../workflow_scripts/measure_output_effects.py"
 
 
+rule download_annotations:
+    output:
+        gff=f"{UNIPROT_DIR}/{{accession}}.gff",
+    log:
+        f"{OUTDIR}/logs/download_annotations/{{accession}}.log",
+    benchmark:
+        f"{OUTDIR}/benchmarks/download_annotations/{{accession}}.tsv"
+    localrule: True
+    script:
+        "../workflow_scripts/download_annotations.py"
+
+
+rule tabulate_concepts:
+    input:
+        **by_layer("activity", activity_file, LAYERS),
+        **by_protein("annotations", annotations_file, ANNOTATED_PROTEINS),
+        **by_protein("scores", scores_file, CONCEPT_DMS_PROTEINS),
+    output:
+        table=table_file("feature_concepts"),
+    log:
+        f"{OUTDIR}/logs/tabulate_concepts.log",
+    benchmark:
+        f"{OUTDIR}/benchmarks/tabulate_concepts.tsv"
+    localrule: True
+    params:
+        proteins=concept_proteins(),
+    script:
+        "../workflow_scripts/tabulate_concepts.py"
+
+
 rule label_features:
     input:
         **by_layer("activity", activity_file, LAYERS),
         **by_layer("effects", effects_file, LAYERS),
+        concepts=table_file("feature_concepts"),
     output:
         table=table_file("feature_labels"),
     log:
@@ -75,6 +107,7 @@ rule label_features:
     localrule: True
     params:
         identity_f1=STUDY.features.identity_f1,
+        concept_f1=STUDY.features.concept_f1,
     script:
         "../workflow_scripts/label_features.py"
 
@@ -101,6 +134,7 @@ rule draw_feature_card:
         labels=table_file("feature_labels"),
         activity=activity_file("{layer}"),
         effects=effects_file("{layer}"),
+        examples=examples_file("{layer}"),
     output:
         png=report(
             card_file("{layer}", "{feature}"),
@@ -117,5 +151,7 @@ rule draw_feature_card:
     wildcard_constraints:
         feature=r"\d+",
     localrule: True
+    params:
+        width=STUDY.features.example_window,
     script:
         "../workflow_scripts/draw_feature_card.py"

@@ -197,8 +197,8 @@ def test_planted_identity_feature_is_labelled(lm, tiny_dir, tmp_path, layer, res
     sae_path = tmp_path / f"sae_l{layer}.safetensors"
     save_sae(planted_sae(lm, layer, residue), sae_path)
     settings = DEFAULTS.features
-    characterize_features(settings, dict(WT), layer, 4, FAIR_ESM, RUNTIME, tiny_dir / "esm2_tiny.pt",
-                          sae_path, None, tmp_path / "activity.npz")
+    characterize_features(settings.activity, dict(WT), layer, 4, FAIR_ESM, RUNTIME, tiny_dir / "esm2_tiny.pt",
+                          sae_path, None, tmp_path / "activity.npz", tmp_path / "examples.csv")
     pd.DataFrame(columns=TABLES["output_effects"]).to_csv(tmp_path / "effects.csv", index=False)
     label_features({layer: tmp_path / "activity.npz"}, {layer: tmp_path / "effects.csv"},
                    settings.identity_f1, tmp_path / "labels.csv")
@@ -217,11 +217,11 @@ def test_activity_streams_and_resumes(lm, tiny_dir, saes, tmp_path, monkeypatch)
     fasta = tmp_path / "ref.fa"
     fasta.write_text("".join(f">s{i}\n{''.join(rng.choice(list(AMINO_ACIDS), 30 + i))}\n" for i in range(25))
                      + ">long\n" + "A" * 1100 + "\n>odd\nMKXV\n")
-    settings = dataclasses.replace(DEFAULTS.features, reference=str(fasta), max_sequences=20)
+    settings = dataclasses.replace(DEFAULTS.features.activity, reference=str(fasta), max_sequences=20)
     monkeypatch.setattr(feature_activity_module, "ACTIVITY_CHUNK", 7)
     out = tmp_path / "activity.npz"
     args = (settings, dict(WT), 2, 8, FAIR_ESM, RUNTIME, tiny_dir / "esm2_tiny.pt", tiny_dir / "sae_l2.safetensors",
-            str(fasta), out)
+            str(fasta), out, tmp_path / "examples.csv")
     characterize_features(*args)
     whole = Activity.read(out)
     assert whole.n_sequences == len(WT) + 20  # the first 20 usable records, after the 3 WT sequences
@@ -252,8 +252,8 @@ def test_activity_streams_and_resumes(lm, tiny_dir, saes, tmp_path, monkeypatch)
 def test_splice_and_activity_agree_on_wt_latents(lm, tiny_dir, tmp_path):
     """The cards' WT activations (padded batches) match the engine's own WT code."""
     sae_path = tiny_dir / "sae_l2.safetensors"
-    characterize_features(DEFAULTS.features, dict(WT), 2, 8, FAIR_ESM, RUNTIME, tiny_dir / "esm2_tiny.pt",
-                          sae_path, None, tmp_path / "a.npz")
+    characterize_features(DEFAULTS.features.activity, dict(WT), 2, 8, FAIR_ESM, RUNTIME, tiny_dir / "esm2_tiny.pt",
+                          sae_path, None, tmp_path / "a.npz", tmp_path / "examples.csv")
     stats = Activity.read(tmp_path / "a.npz")
     from esmsae.model.sae import load_sae
 

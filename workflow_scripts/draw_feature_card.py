@@ -8,7 +8,7 @@ def main(smk):
     with log_to(smk.log[0]):
         draw_feature_card(int(smk.wildcards.layer), int(smk.wildcards.feature), smk.input.labels,
                           smk.input.activity, smk.input.effects, keyed(smk.input, "ig", ("protein",)),
-                          smk.output.png, smk.output.pdf)
+                          smk.output.png, smk.output.pdf, smk.input.examples, smk.params.width)
 
 
 if __name__ == "__main__":

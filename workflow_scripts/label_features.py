@@ -7,7 +7,7 @@ from esmsae.tables.labels import label_features
 def main(smk):
     with log_to(smk.log[0]):
         label_features(keyed(smk.input, "activity", ("layer",)), keyed(smk.input, "effects", ("layer",)),
-                       smk.params.identity_f1, smk.output.table)
+                       smk.params.identity_f1, smk.output.table, smk.input.concepts, smk.params.concept_f1)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from esmsae.config.settings import (
-    FeatureSettings,
     Forward,
     Runtime,
     as_params,
@@ -70,7 +69,7 @@ def output_effects(splice: Splice, features: list[int], max_positions: int) -> t
     return total, count
 
 
-def measure_output_effects(settings: FeatureSettings, wt_seqs: dict[str, str], layer: int, k: int, forward: Forward,
+def measure_output_effects(max_positions: int, wt_seqs: dict[str, str], layer: int, k: int, forward: Forward,
                            runtime: Runtime, checkpoint: str | Path, sae: str | Path, shown: str | Path,
                            out: str | Path) -> None:
     """Rule measure_output_effects: each shown feature's output effect at one layer, mean over positions.
@@ -81,14 +80,14 @@ def measure_output_effects(settings: FeatureSettings, wt_seqs: dict[str, str], l
     opened = open_sae(sae, k, lm, layer)
     table = read_table(shown, "shown_features")
     features = sorted(table.loc[table["layer"] == layer, "feature"].astype(int).tolist())
-    work = WorkFolder(out, fingerprint(rule="measure_output_effects", settings=as_params(settings), wt=wt_seqs,
+    work = WorkFolder(out, fingerprint(rule="measure_output_effects", max_positions=max_positions, wt=wt_seqs,
                                        layer=layer, k=k, forward=as_params(forward), features=features,
                                        inputs={"checkpoint": file_identity(checkpoint), "sae": file_identity(sae)}))
     proteins = list(wt_seqs)
 
     def one(index: int):
         splice = Splice(lm, opened, wt_seqs[proteins[index]], layer, runtime.batch_size, protein=proteins[index])
-        return output_effects(splice, features, settings.max_positions)
+        return output_effects(splice, features, max_positions)
 
     parts = run_items(proteins, one, work, desc=f"output effects L{layer}") if features else []
     total = sum(p[0] for p in parts) if parts else np.zeros((0, 20))

@@ -35,6 +35,8 @@ from esmsae.inputs.mutations import check_wt_sequence
 from esmsae.pipeline.errors import InputError
 
 SCHEMA = Path(__file__).with_name("schema.yaml")
+# Where a protein's UniProt GFF3 is fetched to when only its accession is configured.
+UNIPROT_DIR = "data/uniprot"
 
 
 def validate(config: dict) -> dict:
@@ -128,4 +130,8 @@ def _protein(name: str, entry: Mapping, mutations: Mapping) -> Protein:
     max_dms = entry["max_dms"] if entry["max_dms"] is not None else mutations["max_dms"]
     selection = SelectionSettings(source=mutations["source"], max_dms=max_dms, n=int(mutations["n"]),
                                   seed=int(mutations["seed"]), multi=bool(mutations["multi"]))
-    return Protein(name=name, wt_seq=wt_seq, dms=entry["dms"], selection=selection)
+    annotations = entry["annotations"]
+    if annotations is None and entry["uniprot"]:
+        annotations = str(Path(UNIPROT_DIR) / f"{entry['uniprot']}.gff")
+    return Protein(name=name, wt_seq=wt_seq, dms=entry["dms"], selection=selection, annotations=annotations,
+                   uniprot=entry["uniprot"], uniprot_offset=int(entry["uniprot_offset"]))

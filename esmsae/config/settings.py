@@ -99,6 +99,9 @@ class Protein:
     wt_seq: str
     dms: str | None
     selection: SelectionSettings
+    annotations: str | None   # a UniProt GFF3 (concepts); where only `uniprot` is set, the file it is fetched to
+    uniprot: str | None
+    uniprot_offset: int
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,27 @@ class FeatureSettings:
     identity_f1: float
     max_positions: int
     max_cards: int
+    concept_f1: float
+    dms_sensitive: bool
+    n_examples: int
+    example_window: int
+
+    @property
+    def activity(self) -> ActivitySettings:
+        """What the activity pass (characterize_features) depends on: not the label bars, so changing those
+        never reruns it."""
+        return ActivitySettings(reference=self.reference, max_sequences=self.max_sequences,
+                                n_examples=self.n_examples, example_window=self.example_window)
+
+
+@dataclass(frozen=True)
+class ActivitySettings:
+    """The reference and the top examples the activity pass keeps (a part of the ``features`` block)."""
+
+    reference: str | None
+    max_sequences: int
+    n_examples: int
+    example_window: int
 
 
 @dataclass(frozen=True)

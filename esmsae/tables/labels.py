@@ -31,6 +31,7 @@ from esmsae.analyses.arrays import Activity
 from esmsae.inputs.mutations import AMINO_ACIDS
 from esmsae.pipeline.columns import TABLES, read_table
 from esmsae.pipeline.io import write_csv
+from esmsae.tables.concepts import top_concepts
 
 # The enriched-residue label: the fewest residues (at most this many) whose precisions sum to at least
 # ENRICHED_SHARE of the feature's activations.
@@ -99,9 +100,11 @@ def label(n_active: int, top: int, f1_top: float, identity: bool, group: list[in
     return f"{text}; promotes {promotes}" if promotes else text
 
 
-def feature_table(activity: Activity, identity_f1: float, effects: pd.DataFrame | None = None) -> pd.DataFrame:
+def feature_table(activity: Activity, identity_f1: float, effects: pd.DataFrame | None = None,
+                  concepts: pd.DataFrame | None = None, concept_f1: float = 0.5) -> pd.DataFrame:
     """One row per feature of one layer (``TABLES["feature_labels"]``); the output-effect columns are
-    filled for the features in `effects` (``TABLES["output_effects"]`` rows of this layer)."""
+    filled for the features in `effects` (``TABLES["output_effects"]`` rows of this layer), the top concept
+    from `concepts` (``TABLES["feature_concepts"]``); a label gains its top concept where F1 ≥ `concept_f1`."""
     a = activity
     precision, recall, f1 = residue_scores(a.active_by_residue, a.n_active, a.residue_counts)
     top = top_residues(f1)
@@ -132,9 +135,18 @@ def feature_table(activity: Activity, identity_f1: float, effects: pd.DataFrame 
         labels.append(label(int(a.n_active[j]), int(top[j]), float(f1_top[j]), bool(identity[j]), group,
                             group_f1(a.active_by_residue[j], int(a.n_active[j]), a.residue_counts, group)
                             if group else 0.0, table.at[j, "promotes"]))
-    table["label"] = labels
+    names, concept_f1s = top_concepts(concepts if concepts is not None else pd.DataFrame(
+        columns=TABLES["feature_concepts"]), a.layer, a.d_sae)
+    table["top_concept"], table["top_concept_f1"] = names, concept_f1s
+    table["label"] = [with_concept(text, name, value, concept_f1)
+                      for text, name, value in zip(labels, names, concept_f1s, strict=True)]
     table["k"], table["d_sae"] = a.k, a.d_sae
     return table
+
+
+def with_concept(text: str, concept: str, f1: float, bar: float) -> str:
+    """``L-identity; promotes L`` with a concept of F1 ≥ `bar` becomes ``L-identity; promotes L; Helix (F1 0.62)``."""
+    return f"{text}; {concept} (F1 {f1:.2f})" if concept and np.isfinite(f1) and f1 >= bar else text
 
 
 def labels_by_feature(labels: pd.DataFrame, layer: int) -> Mapping[int, str]:
@@ -166,11 +178,13 @@ log = logging.getLogger("esmsae")
 
 
 def label_features(activity: Mapping[int, Path], effects: Mapping[int, Path], identity_f1: float,
-                   out: str | Path) -> None:
-    """Rule label_features: every feature's statistics, output effect (where measured) and label."""
+                   out: str | Path, concepts: str | Path | None = None, concept_f1: float = 0.5) -> None:
+    """Rule label_features: every feature's statistics, output effect (where measured), top concept and label."""
     parts = []
+    concept_table = read_table(concepts, "feature_concepts") if concepts else None
     for layer, path in sorted(activity.items()):
-        table = feature_table(Activity.read(path), identity_f1, read_table(effects[layer], "output_effects"))
+        table = feature_table(Activity.read(path), identity_f1, read_table(effects[layer], "output_effects"),
+                              concept_table, concept_f1)
         log.info("layer %d: %d identity features, %d inactive on the reference", layer, int(table["identity"].sum()),
                  int((table["n_active"] == 0).sum()))
         parts.append(table)
