@@ -135,7 +135,7 @@ def test_site_share_sums_over_the_sites(splices):
 
 
 def test_spread_needs_the_whole_residual_stream(splices):
-    with pytest.raises(ValueError, match="every token"):
+    with pytest.raises(ValueError, match="^position spread needs the mutant's residual stream at every token$"):
         spread(view_of(splices[2], MUTANTS[0]), POSITIONS)
 
 
@@ -510,3 +510,16 @@ def test_tabulate_agreement_from_the_rules_files(tmp_path):
     row = read_table(out["table"], "attribution_agreement").iloc[0]
     assert (row["protein"], row["layer"], row["n_mutants"]) == ("P", 3, 2)
     assert row["spearman_atp_mean"] == pytest.approx(0.75) and row["atp_linear_error_median"] == 0.1875
+
+
+def test_tables_without_mutants_keep_their_columns():
+    """A layer whose AtP file holds no mutant, and a study with no site-share input: empty tables that still
+    carry their header (a CSV without one cannot be read back)."""
+    _, atp = hand_ig_and_atp()
+    none = hand_attributions([], np.zeros((0, D_SAE_HAND)), [])
+    by_mutant = agreement_by_mutant({("P", 3): hand_patching()}, {("P", 3): atp}, {("P", 3): none})
+    assert list(by_mutant.columns) == TABLES["agreement_mutants"] and len(by_mutant) == 0
+    summary = agreement_summary(by_mutant)
+    assert list(summary.columns) == TABLES["attribution_agreement"] and len(summary) == 0
+    shares = site_share_table({})
+    assert list(shares.columns) == TABLES["site_share"] and len(shares) == 0
