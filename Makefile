@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint dry-run clean-demo
+.PHONY: demo test lint dry-run clean-demo mutation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +34,10 @@ dry-run: $(STAMP)
 
 clean-demo:
 	rm -rf results/demo
+
+# Mutation testing of the science modules against the fast unit tests (not part of `make test` or CI:
+# it takes hours on 2 cores). Survivors are triaged in mutation/*.md.
+mutation: $(STAMP)
+	rm -rf mutants
+	$(BIN)/mutmut run
+	$(BIN)/mutmut results

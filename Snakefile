@@ -14,6 +14,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "rules/report/workflow.rst"
+
+
 include: "rules/common.smk"
 
 
@@ -35,4 +38,5 @@ include: "rules/agreement.smk"
 include: "rules/positions.smk"
 include: "rules/graph.smk"
 include: "rules/ablation.smk"
+include: "rules/report.smk"
 include: "rules/figures.smk"

@@ -1,5 +1,6 @@
 # Shared helpers: config validation, paths, named inputs and params, defined once.
 import re
+from pathlib import Path
 
 from snakemake.utils import validate
 
@@ -305,6 +306,90 @@ if AGREEMENT_PAIRS:
     }
 
 
+def study_tables():
+    """The name of every table of the study (tables/<name>.csv), in the order a reader meets them."""
+    names = ["sae_quality", "sae_task_fidelity"]
+    names += ["dms_correlation"] if DMS_PROTEINS else []
+    names += ["control_validation", "layer_progression", "top_mutations"]
+    names += ["ig_concentration", "ig_concentration_mutants", "universal_features"]
+    names += [f"feature_consistency_L{layer}" for layer in IG_LAYERS]
+    names += ["circuit_sizes", "feature_labels", "feature_concepts"]
+    names += ["identity_share", "identity_share_mutants", "site_share"]
+    names += (
+        ["attribution_agreement", "attribution_agreement_mutants"]
+        if AGREEMENT_PAIRS
+        else []
+    )
+    names += ["mediated_shares"] if GRAPH_PAIRS else []
+    names += ["set_ablation"] if ABLATION_PAIRS else []
+    return names + ["findings"]
+
+
+TABLE_NAMES = study_tables()
+
+
+def findings_inputs(wildcards):
+    """The set-ablation table, when the study ablates sets."""
+    return {"ablation": table_file("set_ablation")} if ABLATION_PAIRS else {}
+
+
+def top_features_file(protein, layer):
+    return ig_file(protein, layer, "_top.csv")
+
+
+def explorer_inputs(wildcards):
+    """Each protein's graph folder and the feature cards (known once select_features has run)."""
+    graphs = (
+        {key("graphs", p): f"{OUTDIR}/graph/{p}" for p in PROTEINS}
+        if GRAPH_PAIRS
+        else {}
+    )
+    cards = [path for path in feature_cards(wildcards) if path.endswith(".png")]
+    return graphs | {key("card", Path(c).stem): c for c in cards}
+
+
+def explorer_layers():
+    """Params: the layers each of the explorer's pages lays out."""
+    return {
+        "graph": sorted(STUDY.graph.layers) if GRAPH_PAIRS else [],
+        "ig": IG_LAYERS,
+        "positions": sorted(STUDY.positions_layers),
+        "patching": sorted(STUDY.patching_layers),
+    }
+
+
+def report_findings():
+    """The findings shown on the report's first page (rules/report/workflow.rst): read when the table
+    exists, as `snakemake --report` runs after the workflow; escaped for reStructuredText, each linked to
+    its figure when the report has that figure."""
+    path = Path(table_file("findings"))
+    if not path.is_file():
+        return []
+    import pandas as pd
+
+    rows = pd.read_csv(path).fillna("")
+    shown = {f"{name}.png" for name in FIGURES}
+
+    def rst(text):
+        return "".join("\\" + c if c in "\\|*`_[]<>" else c for c in str(text))
+
+    return [
+        {
+            "claim": rst(r.claim),
+            "scope": rst(r.scope),
+            "verdict": rst(r.verdict),
+            "sentence": rst(r.sentence),
+            "figure": r.figure if r.figure in shown else "",
+        }
+        for r in rows.itertuples()
+    ]
+
+
+# The report's description sees only the config: the findings travel there (never a rule's input or
+# params, so they change no job).
+config["_report"] = {"findings": report_findings(), "outdir": OUTDIR}
+
+
 def all_targets():
     targets = [scores_file(p) for p in PROTEINS]
     targets += [table_file("sae_quality"), table_file("sae_task_fidelity")]
@@ -352,4 +437,9 @@ def all_targets():
     targets += [figure_file(name, ext) for name in FIGURES for ext in ("png", "pdf")]
     if DMS_PROTEINS:
         targets.append(table_file("dms_correlation"))
+    targets += [
+        table_file("findings"),
+        f"{OUTDIR}/report/tables.html",
+        f"{OUTDIR}/explorer/index.html",
+    ]
     return targets

@@ -13,9 +13,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "esmsae"
 # The stages, earliest first: a module may import from its own stage or an earlier one.
-STAGES = ("pipeline", "inputs", "config", "model", "analyses", "tables", "figures")
+STAGES = ("pipeline", "inputs", "config", "model", "analyses", "tables", "figures", "report")
 # What the many small table and figure jobs import: none of it may pull in torch.
-LIGHT = ("pipeline", "inputs", "config", "tables", "figures")
+LIGHT = ("pipeline", "inputs", "config", "tables", "figures", "report")
 LIGHT_MODULES = ("esmsae.analyses.arrays",)
 
 
@@ -148,3 +148,5 @@ def test_an_installed_package_holds_every_subpackage_and_the_schema():
     found = set(find_packages(str(REPO), include=build["packages"]["find"]["include"]))
     assert found == {module_name(p) for p in PACKAGE.rglob("__init__.py")}
     assert build["package-data"]["esmsae.config"] == ["schema.yaml"] and (PACKAGE / "config" / "schema.yaml").is_file()
+    assert build["package-data"]["esmsae.report"] == ["static/*"]
+    assert sorted(p.name for p in (PACKAGE / "report" / "static").iterdir()) == ["app.js", "index.html", "style.css"]

@@ -81,9 +81,10 @@ ATTRIBUTION_FIGURES = ["ig_concentration", "circuit_faithfulness", "universal_fe
 GRAPH_LAYERS = sorted(DEMO["graph"]["layers"])
 AGREEMENT_LAYERS = sorted(set(PATCH_LAYERS) & set(IG_LAYERS))
 SINGLE_JOBS = ["build_demo_model", "tabulate_sae_quality", "tabulate_patching", "tabulate_circuit_sizes",
-               "tabulate_attributions", "select_features", "label_features", "tabulate_identity_share",
-               "tabulate_agreement", "tabulate_site_share", "tabulate_mediation", "all"] + [
-    f"plot_{name}" for name in ["sae_fidelity"] + PATCHING_FIGURES + ATTRIBUTION_FIGURES]
+               "tabulate_attributions", "select_features", "label_features", "tabulate_concepts",
+               "tabulate_identity_share", "tabulate_agreement", "tabulate_site_share", "tabulate_mediation",
+               "tabulate_set_ablation", "tabulate_findings", "render_tables", "build_explorer", "all"] + [
+    f"plot_{name}" for name in ["sae_fidelity", "set_ablation"] + PATCHING_FIGURES + ATTRIBUTION_FIGURES]
 N_CARDS = DEMO["features"]["max_cards"]
 
 
@@ -94,6 +95,7 @@ def per_protein_layer_jobs() -> dict[str, int]:
             "measure_output_effects": len(DEMO_LAYERS),
             "measure_sae_quality": len(DEMO_LAYERS), "compute_atp": len(WT) * len(AGREEMENT_LAYERS),
             "patch_positions": len(WT) * len(PATCH_LAYERS), "link_layers": len(WT) * (len(GRAPH_LAYERS) - 1),
+            "ablate_feature_sets": len(WT) * len(IG_LAYERS),
             "assemble_graphs": len(WT)}
 
 
@@ -283,6 +285,32 @@ def test_report_contains_the_figures(demo):
     for name in PATCHING_FIGURES + ATTRIBUTION_FIGURES:
         assert f"{name}.png" in html
     assert "Feature cards" in html and html.count("features/cards/L") >= N_CARDS
+    # The first page states the findings, each linked to its figure; the tables page is in it too.
+    findings = pd.read_csv(demo.outdir / "tables" / "findings.csv")
+    assert "Findings" in html and "tables.html" in html
+    for verdict in set(findings["verdict"]):
+        assert verdict in html
+
+
+def test_demo_findings_and_explorer(demo):
+    """Every claim has a verdict of the three kinds; the explorer holds every protein's selected mutants and a
+    page for every graph node."""
+    import json
+
+    findings = pd.read_csv(demo.outdir / "tables" / "findings.csv")
+    assert list(findings.columns) == TABLES["findings"]
+    assert set(findings["verdict"]) <= {"supported", "not supported", "indistinguishable from null"}
+    assert {"peak_layer", "top20_share", "single_feature_effects", "universal_features",
+            "mediated_fraction"} <= set(findings["claim"])
+    assert set(findings["scope"]) == {*WT, "all"}
+    text = (demo.outdir / "explorer" / "data.js").read_text()
+    data = json.loads(text.removeprefix("window.EXPLORER = ").rstrip(";\n"))
+    assert set(data["proteins"]) == set(WT)
+    for protein in WT:
+        scores = pd.read_csv(demo.outdir / "scores" / f"{protein}.csv")
+        assert len(data["proteins"][protein]["mutants"]) == int(scores["selected"].sum())
+    nodes = {n["id"] for g in data["graphs"].values() for n in g["nodes"]}
+    assert nodes and nodes <= set(data["features"])
 
 
 @pytest.mark.parametrize("protein", list(WT))

@@ -20,6 +20,7 @@ from esmsae.config.settings import (
     CircuitSizeSettings,
     DemoSettings,
     FeatureSettings,
+    FindingsSettings,
     Forward,
     GraphSettings,
     IGSettings,
@@ -103,6 +104,7 @@ def parse(config: Mapping) -> Study:
         ablation=AblationSettings(sets=tuple(a["sets"]), top_n=a["top_n"], n_null=a["n_null"],
                                   positions=a["positions"], seed=a["seed"]),
         ablation_layers=ablation_layers,
+        findings=FindingsSettings(**config["findings"]),
         top_n=p["top_n"],
         runtime=runtime(config),
     )

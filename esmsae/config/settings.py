@@ -261,6 +261,15 @@ class AblationSettings:
 
 
 @dataclass(frozen=True)
+class FindingsSettings:
+    """The ``findings`` block: the bar of every verdict and the universal-feature null's draws."""
+
+    alpha: float
+    n_null: int
+    seed: int
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     """The ``sae.train`` block: fit SAEs instead of reading released ones."""
 
@@ -317,6 +326,7 @@ class Study:
     positions_layers: tuple[int, ...]  # layers of the spread over positions
     graph: GraphSettings
     ablation: AblationSettings
+    findings: FindingsSettings
     ablation_layers: tuple[int, ...]  # layers whose feature sets are ablated (with circuits: IG layers)
     top_n: int                        # mutants per protein in tables/top_mutations.csv
     runtime: Runtime

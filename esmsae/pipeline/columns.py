@@ -33,6 +33,7 @@ TABLES: dict[str, list[str]] = {
     "circuit_sizes": ["protein", "layer", "mutant", "full_effect", "negligible", "n_features", "recovered_fraction",
                       "features", "k", "d_sae", "space"],
     # the study's tables
+    "findings": ["claim", "scope", "statistic", "null", "test", "p", "p_other", "n", "verdict", "sentence", "figure"],
     "set_ablation": ["protein", "layer", "set", "size", "features", "n_scored", "n_dms", "rho_0", "rho_a",
                      "delta_rho", "rho_clean_ablated", "mean_abs_delta",
                      *(f"null_{c}_{s}" for c in ("delta_rho", "rho_clean_ablated", "mean_abs_delta")
@@ -129,6 +130,7 @@ TEXT = {
     "feature_examples": {"record": str, "window": str, "window_activations": str},
     "feature_concepts": {"concept": str},
     "feature_labels": {"top_concept": str},
+    "findings": {"claim": str, "scope": str, "verdict": str, "sentence": str, "figure": str},
     "patching": {"position": str, "control": str, "mutant": str, "space": str},
     "circuit_sizes": {"features": str},
     "graph_nodes": {"mutant": str, "space": str},

@@ -1,0 +1,151 @@
+"""The explorer and the tables page in a real browser: headless Chromium opens them from file://, with no console
+error and no network request; a click on a graph node opens that feature, and the slider hides edges."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from esmsae.report.explorer import build_explorer, clean
+from esmsae.report.tables_page import tables_page
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+needs_browser = pytest.mark.skipif(not (CHROMIUM and DRIVER),
+                                   reason="no Chromium and chromedriver (Debian packages chromium, chromium-driver)")
+
+
+def graph() -> dict:
+    """A hand-made graph: two layers, three nodes, edges of |M| 0.1, 0.5 and 1.0."""
+    nodes = [{"id": "L2_F3", "layer": 2, "feature": 3, "label": "L-identity", "effect": -0.2},
+             {"id": "L2_F7", "layer": 2, "feature": 7, "label": "broad (top V, F1 0.12)", "effect": 0.1},
+             {"id": "L4_F1", "layer": 4, "feature": 1, "label": "K/R-enriched (F1 0.41)", "effect": -0.3}]
+    edges = [{"source": "L2_F3", "target": "L4_F1", "w": 0.4, "M": -1.0, "linear": -0.9},
+             {"source": "L2_F7", "target": "L4_F1", "w": -0.2, "M": 0.5, "linear": 0.4},
+             {"source": "L2_F3", "target": "L4_F1", "w": 0.1, "M": 0.1, "linear": 0.1}]
+    return {"protein": "P", "mutant": "A5C", "nodes": nodes, "edges": edges}
+
+
+def feature(key: str, layer: int, number: int, label: str) -> dict:
+    return {"id": key, "layer": layer, "feature": number, "label": label, "top_residue": "L", "f1": 0.9,
+            "frequency": 0.05, "n_active": 10, "identity": True, "top_concept": "Helix", "promotes": "L",
+            "concepts": [{"concept": "Helix", "f1": 0.6, "precision": 0.5, "recall": 0.75, "hits": 3}],
+            "examples": [{"rank": 1, "record": "P", "position": 5, "activation": 1.5, "window": "MKVLAGG",
+                          "window_start": 2, "window_activations": "0;0;0.5;1.5;0;0;0"}],
+            "mutants": [{"protein": "P", "mutant": "A5C", "rank": 1, "attribution": -0.4}],
+            "neighbours": [], "card": None}
+
+
+def site(tmp_path: Path) -> Path:
+    data = clean({"title": "test", "layers": {"graph": [2, 4], "ig": [2], "positions": [2], "patching": [2]},
+                  "proteins": {"P": {"mutants": [{"mutant": "A5C", "score": -1.5, "dms": float("nan"),
+                                                  "full_effect": {2: -0.3}, "circuit": {2: 3},
+                                                  "site_share": {2: 0.8}, "graph": True}]}},
+                  "graphs": {"P/A5C": graph()},
+                  "features": {k: feature(k, int(k[1]), int(k.split("F")[1]), n["label"])
+                               for k, n in ((n["id"], n) for n in graph()["nodes"])},
+                  "findings": [{"claim": "peak_layer", "scope": "P", "verdict": "supported", "p": 0.01,
+                                "sentence": "P: peak at layer 2"}]})
+    build_explorer(data, {}, tmp_path / "explorer")
+    return tmp_path / "explorer" / "index.html"
+
+
+def test_the_site_is_self_contained(tmp_path):
+    index = site(tmp_path)
+    assert sorted(p.name for p in index.parent.iterdir()) == ["app.js", "cards", "data.js", "index.html", "style.css"]
+    text = "".join(p.read_text() for p in index.parent.iterdir() if p.is_file())
+    assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text
+    data = json.loads(index.with_name("data.js").read_text().removeprefix("window.EXPLORER = ").rstrip(";\n"))
+    assert data["proteins"]["P"]["mutants"][0]["dms"] is None  # NaN travels as null, never as an invalid NaN
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,1000"):
+        options.add_argument(flag)
+    options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def requested(driver) -> set[str]:
+    urls = set()
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.requestWillBeSent":
+            urls.add(message["params"]["request"]["url"])
+    return urls
+
+
+def wait_for(driver, script: str, timeout: float = 10.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+@needs_browser
+def test_explorer_from_a_mutant_graph_to_a_feature(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    index = site(tmp_path)
+    browser.get(index.as_uri() + "#/mutant/P/A5C")
+    wait_for(browser, "return document.querySelectorAll('svg .edge').length")
+    edges = browser.find_elements(By.CSS_SELECTOR, "svg .edge")
+    assert len(edges) == 3 and len(browser.find_elements(By.CSS_SELECTOR, "svg .node")) == 3
+    hover = [e.find_element(By.TAG_NAME, "title").get_attribute("textContent") for e in edges]
+    assert any("w = 0.4" in t and "M = -1" in t for t in hover)
+    visible = "return document.querySelectorAll('svg .edge:not(.hidden)').length"
+    assert browser.execute_script(visible) == 3
+    browser.execute_script("const s = document.getElementById('threshold'); s.value = 0.3;"
+                           "s.dispatchEvent(new Event('input'));")
+    assert browser.execute_script(visible) == 2   # |M| 0.1 < 0.3 · 1.0 hidden
+    browser.execute_script("const s = document.getElementById('threshold'); s.value = 0.6;"
+                           "s.dispatchEvent(new Event('input'));")
+    assert browser.execute_script(visible) == 1   # only |M| = 1.0 left
+    browser.find_element(By.CSS_SELECTOR, "svg .node[data-id='L4_F1'] circle").click()
+    title = wait_for(browser, "const t = document.getElementById('feature-title'); return t && t.textContent")
+    assert browser.execute_script("return location.hash") == "#/feature/L4_F1" and title == "Layer 4, feature 1"
+    assert "Helix" in browser.find_element(By.ID, "page").text and "MKVLAGG" in browser.find_element(By.ID, "page").text
+    browser.get(index.as_uri() + "#/protein/P")
+    wait_for(browser, "return document.querySelector('table.sortable')")
+    errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert errors == []
+    assert {url.split(":")[0] for url in requested(browser)} <= {"file"}
+
+
+@needs_browser
+def test_the_tables_page_sorts_and_filters_offline(tmp_path, browser):
+    page = tmp_path / "tables.html"
+    page.write_text(tables_page({"a": pd.DataFrame({"x": [3, 1, 2], "y": ["c", "a", "b"]}),
+                                 "b": pd.DataFrame({"z": range(40)})}, "T"), encoding="utf-8")
+    browser.get(page.as_uri())
+    assert wait_for(browser, "return document.querySelectorAll('table.dataTable').length === 2")
+    first = "return document.querySelector('#a table.dataTable tbody tr td').textContent"
+    assert browser.execute_script(first) == "3"  # in file order until sorted
+    browser.execute_script("document.querySelector('#a table.dataTable thead th .dt-column-order').click()")
+    assert wait_for(browser, first + " === '1'")  # sorted on x
+    rows = "return document.querySelectorAll('#b table.dataTable tbody tr').length"
+    assert browser.execute_script(rows) == 15  # a page of 15 of the 40 rows
+    browser.execute_script("const s = document.querySelector('#b input[type=search]'); s.value = '39';"
+                           "s.dispatchEvent(new Event('input', {bubbles: true}));")
+    assert wait_for(browser, rows + " === 1")  # filtered to the one row that reads 39
+    errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert errors == []
+    assert {url.split(":")[0] for url in requested(browser)} <= {"file", "blob"}
