@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import xml.etree.ElementTree as ElementTree
 from types import SimpleNamespace
@@ -12,13 +11,15 @@ import pandas as pd
 import pytest
 import torch
 
-from esmsae.analyses.graph import PairContext, link
+from esmsae.analyses.graph import PairContext, link, read_context
+from esmsae.analyses.graph import mutant_rng as graph_rng
 from esmsae.analyses.patching import changed_features, single_feature_patches
 from esmsae.analyses.scoring import wt_log_probs, wt_marginal
 from esmsae.config.settings import PairSettings
 from esmsae.inputs.mutations import parse_mutant
 from esmsae.model.pair import LayerPair
-from esmsae.model.splice import Effects
+from esmsae.model.sae import random_sae
+from esmsae.model.splice import Effects, Splice
 from esmsae.tables.graph import aggregate_edges, edge_ranking_agreement, graphml, mediation_table, mutant_graph
 
 from .conftest import LAYERS, WT, splice_every_layer
@@ -132,77 +133,280 @@ def test_edges_and_held_effects_equal_hooked_fair_esm(lm, saes, splices, layer1,
         assert abs(float(effects.effects[1]) - (score_from_logits(held, lm, MUTANT) - base)) <= 1e-5
 
 
-def linear_context(lm, saes, splices, layer1, layer2, seed=0):
-    """A stand-in for the two-SAE splice whose mediated effects are known in closed form:
-    ``effect_a|H = c_a + Σ_{b ∉ H} W[a, b] g_b``, with g the real ∂S/∂z_b at the WT at ℓ2 (so AtP's linear
-    estimate ``W[a, b] g_b`` is exact: M(a→b) = W[a, b] g_b)."""
-    view = full_view(splices[layer1], MUTANT)
-    ctx = PairContext(saes[layer2], settings(layer2))
-    _, lower = ctx.for_engine(splices[layer1])
+def fair_esm_states(lm, seq, layer):
+    """fair-esm's own ``representations[layer]`` of `seq`, (T, d): no engine code."""
     with torch.no_grad():
-        states2 = lm.between(view.hidden.unsqueeze(0), layer1, layer2)[0]
-    view2 = lower.view(MUTANT, states2, "latent")
-    v = view2.start.unsqueeze(0).clone().requires_grad_(True)
-    slope = view2.differentiate(lambda score: torch.autograd.grad(score(v).sum(), v)[0][0]).sum(0)
-    up, down = changed_features(view), changed_features(view2)
-    d1, d2 = saes[layer1].info.d_sae, saes[layer2].info.d_sae
-    rng = np.random.default_rng(seed)
-    W = torch.zeros(d1, d2, dtype=torch.float64)
-    W[np.ix_(up.numpy(), down.numpy())] = torch.tensor(rng.normal(size=(len(up), len(down))) *
-                                                       (rng.random((len(up), len(down))) < 0.5))
-    c = torch.tensor(rng.normal(size=d1) * 0.01)
-
-    class Linear:
-        sae2 = SimpleNamespace(info=SimpleNamespace(d_sae=d2))
-
-        def links(self, view, values, hold):
-            a = torch.nonzero(values != view.start.unsqueeze(0))[:, 2]  # the one feature each row patches
-            through = W[a] * slope.double()
-            effects = c[a] + (through * ~hold).sum(-1)
-            return Effects(scores=effects, baseline=torch.zeros_like(effects), effects=effects), W[a].unsqueeze(1)
-
-    ctx._built[id(splices[layer1])] = (Linear(), lower)
-    return view, ctx, W, c, slope.double(), up
+        return lm.model(lm.tokenize([seq]), repr_layers=[layer])["representations"][layer][0]
 
 
-@pytest.mark.parametrize("layer1,layer2", [(1, 2), (2, 4)])
-def test_mediated_effects_and_shares_in_closed_form(lm, saes, splices, layer1, layer2):
-    view, ctx, W, c, g, up = linear_context(lm, saes, splices, layer1, layer2)
-    result = link(view, settings(layer2), ctx)
-    M = W * g  # M(a→b) = W[a, b] g_b
+def sae_reading(lm, sae, layer, mutant):
+    """An SAE's reading of the WT and the mutant at the mutant's sites, from fair-esm's own forwards (no engine
+    code): z_wt, z_mut (S, d_sae), the WT statistics and error, and the changed features (z differs at a site)."""
+    positions = [s.pos for s in mutant.sites]
+    h_wt = fair_esm_states(lm, SEQ, layer)[positions]
+    _, z_wt, mu, sigma = sae.encode(h_wt)
+    _, z_mut, _, _ = sae.encode(fair_esm_states(lm, mutant.apply(SEQ), layer)[positions])
+    return SimpleNamespace(positions=positions, z_wt=z_wt, z_mut=z_mut, mu=mu, sigma=sigma,
+                           error=h_wt - sae.decode(z_wt, mu, sigma),
+                           changed=torch.nonzero((z_mut != z_wt).any(0)).flatten().tolist())
+
+
+def hooked_patch_effect(lm, layer, sae, reading, mutant, feature, base):
+    """One feature patched to its mutant value at every site (others and the error at WT), by a hooked forward."""
+    z = reading.z_wt.clone()
+    z[:, feature] = reading.z_mut[:, feature]
+    vec = sae.decode(z, reading.mu, reading.sigma) + reading.error
+    return score_from_logits(hooked_logits(lm, SEQ, layer, dict(zip(reading.positions, vec, strict=True))),
+                             lm, mutant) - base
+
+
+def hooked_gradient(lm, layer, sae, reading, mutant):
+    """∂S/∂z at the WT latents at `layer`, (S, d_sae): fair-esm's forward with h_ℓ at the sites set to
+    dec(z; μ, σ) + e (the WT's own vector), differentiated by autograd."""
+    model = lm.model
+    module = model.layers[layer - 1] if layer < model.num_layers else model.emb_layer_norm_after
+    z = reading.z_wt.clone().requires_grad_(True)
+
+    def hook(_m, _i, output):
+        x = (output[0] if isinstance(output, tuple) else output).clone()
+        for s, pos in enumerate(reading.positions):
+            x[pos, 0] = sae.decode(z[s], reading.mu[s], reading.sigma[s]) + reading.error[s]
+        return (x, *output[1:]) if isinstance(output, tuple) else x
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            logp = torch.log_softmax(model(lm.tokenize([SEQ]))["logits"][0], -1)
+            score = sum(logp[s.pos, lm.token_index(s.mut)] - logp[s.pos, lm.token_index(s.wt)] for s in mutant.sites)
+            return torch.autograd.grad(score, z)[0]
+    finally:
+        handle.remove()
+
+
+def hooked_pair(lm, layer1, sae1, up, a, layer2, sae2, down, mutant, hold=()):
+    """fair-esm's forward with upstream feature `a` patched at ℓ1 (its mutant value at every site) and, at ℓ2,
+    the features `hold` set back to their WT latents (h'' = h^a − w_b · w_dec_b · σ^a at each site):
+    (w = z^a − z^wt at ℓ2 per site (S, d_sae2), the score)."""
+    z = up.z_wt.clone()
+    z[:, a] = up.z_mut[:, a]
+    vec1 = sae1.decode(z, up.mu, up.sigma) + up.error
+    seen = {}
+
+    def edit(h):
+        _, z2, _, sigma2 = sae2.encode(h[down.positions, 0])
+        seen["w"] = w = z2 - down.z_wt
+        for s, pos in enumerate(down.positions):
+            for b in hold:
+                h[pos, 0] = h[pos, 0] - w[s, b] * sae2.w_dec[b] * sigma2[s, 0]
+        return h
+
+    logits = hooked_two_layers(lm, layer1, dict(zip(up.positions, vec1, strict=True)), layer2, edit)
+    return seen["w"], score_from_logits(logits, lm, mutant)
+
+
+@pytest.mark.parametrize("mutant,layer1,layer2", [(MUTANT, 2, 4)])
+def test_a_real_graph_equals_hooked_fair_esm_with_a_lower_sae_of_its_own(lm, saes, splices, mutant, layer1, layer2):
+    """link() through the context's own two-SAE splice and ℓ2 splice, with an ℓ2 SAE of another width, k and
+    weights than the ℓ1 one (so building anything at ℓ2 with the ℓ1 SAE fails), against fair-esm's forward
+    hooked by hand: both layers' nodes and effects, every measured edge's w (summed over sites), held effect,
+    M and AtP estimate Σ_s w_s ∂S/∂z_b,s, and every share's joint hold."""
+    sae1, sae2 = saes[layer1], random_sae(lm.embed_dim, 48, 6, seed=11, layer=layer2)
+    config = settings(layer2, k2=6, max_edges=6, check_edges=3)
+    result = link(full_view(splices[layer1], mutant), config, PairContext(sae2, config))
+    up, down = sae_reading(lm, sae1, layer1, mutant), sae_reading(lm, sae2, layer2, mutant)
+    base = score_from_logits(hooked_logits(lm, SEQ, layer1, {}), lm, mutant)
+    assert (result.mutant, result.layer_up, result.layer_down, result.d_sae_down) == (mutant.name, layer1, layer2, 48)
+
+    effect_up = {a: hooked_patch_effect(lm, layer1, sae1, up, mutant, a, base) for a in up.changed}
+    effect_down = [hooked_patch_effect(lm, layer2, sae2, down, mutant, b, base) for b in down.changed]
+    assert result.nodes[["layer", "feature"]].values.tolist() == \
+        [[layer1, a] for a in up.changed] + [[layer2, b] for b in down.changed]
+    assert result.nodes["effect"].tolist() == pytest.approx(list(effect_up.values()) + effect_down, abs=1e-5)
+
+    def joint(a, hold=()):
+        w, score = hooked_pair(lm, layer1, sae1, up, a, layer2, sae2, down, mutant, hold)
+        return w, score - base
+
+    g = hooked_gradient(lm, layer2, sae2, down, mutant)
+    w = {a: joint(a)[0] for a in up.changed}
+    linear = {(a, b): float((w[a][:, b] * g[:, b]).sum()) for a in up.changed for b in down.changed
+              if float(w[a][:, b].sum()) != 0}
+    assert result.n_candidates == len(linear)
+    top = sorted(linear, key=lambda edge: -abs(linear[edge]))[:6]
+    assert [(r.up, r.down) for r in result.edges.itertuples() if r.chosen == "atp"] == top
+    assert (result.edges["chosen"] == "check").sum() == min(3, len(linear) - 6)
     for r in result.edges.itertuples():
-        assert r.mediated == pytest.approx(float(M[r.up, r.down]), abs=1e-12)
-        assert r.linear == pytest.approx(float(M[r.up, r.down]), abs=1e-9)  # AtP exact for a linear model
-        assert r.w == pytest.approx(float(W[r.up, r.down]))
-    kept = result.edges[result.edges["chosen"] == "atp"]
-    candidates = int((W[up] != 0).sum())
-    assert result.n_candidates == candidates and len(kept) == min(12, candidates)
-    assert kept["mediated"].abs().min() >= result.edges.loc[result.edges["chosen"] == "check", "mediated"].abs().max()
+        assert r.w == pytest.approx(float(w[r.up][:, r.down].sum()), abs=1e-5)  # summed over the sites
+        assert r.linear == pytest.approx(linear[r.up, r.down], abs=1e-5)
+        held = joint(r.up, [r.down])[1]
+        assert r.held_effect == pytest.approx(held, abs=1e-5)
+        assert r.mediated == pytest.approx(effect_up[r.up] - held, abs=1e-5)
+    assert len(result.shares) == len({r.up for r in result.edges.itertuples() if r.chosen == "atp"})
     for r in result.shares.itertuples():
-        held = [int(b) for b in r.held.split(";")]
-        expected_top = kept[kept["up"] == r.up].sort_values("mediated", key=np.abs, ascending=False)["down"][:3]
-        assert held == expected_top.tolist()
-        effect = float(c[r.up] + M[r.up].sum())
-        assert r.effect == pytest.approx(effect, abs=1e-12)
-        assert r.mediated_share == pytest.approx(float(M[r.up, held].sum()) / effect, rel=1e-9)
-        null = [int(b) for b in r.null_held.split(";")]  # as many linked features, drawn at random
-        assert len(null) == len(set(null)) == len(held) and all(W[r.up, b] != 0 for b in null)
-        assert r.null_share == pytest.approx(float(M[r.up, null].sum()) / effect, rel=1e-9)
-        assert r.null_held_effect == pytest.approx(effect - float(M[r.up, null].sum()), abs=1e-12)
-    agreement = edge_ranking_agreement(result.edges.assign(mutant=MUTANT.name, layer_up=layer1, layer_down=layer2))
+        assert r.effect == pytest.approx(effect_up[r.up], abs=1e-5)
+        held, null = joint(r.up, [int(b) for b in r.held.split(";")])[1], \
+            joint(r.up, [int(b) for b in r.null_held.split(";")])[1]  # each set held all at once
+        assert r.held_effect == pytest.approx(held, abs=1e-5) and r.null_held_effect == pytest.approx(null, abs=1e-5)
+
+
+class LinearPair:
+    """A stand-in for the two-SAE splice whose effects are known in closed form. Patching upstream `a` moves
+    downstream `b` at site s by ``W[s, a, b]``, and a unit of ``z_b`` at site s moves S by ``g[s, b]`` (the real
+    ∂S/∂z at the WT at ℓ2, computed by the test itself), so with the set B held at their WT latents
+    ``effect_a|B = c_a + Σ_{b ∉ B} T[a, b]``, ``T[a, b] = Σ_s W[s, a, b] g[s, b]``: ``M(a→b) = T[a, b]``,
+    ``w(a→b) = Σ_s W[s, a, b]``, and AtP's linear estimate ``Σ_s w_s g_s`` is exact."""
+
+    def __init__(self, W: torch.Tensor, c: list[float], g: torch.Tensor):
+        self.W, self.c = W, c
+        self.T = (W * g[:, None, :]).sum(0).tolist()
+        self.sae2 = SimpleNamespace(info=SimpleNamespace(d_sae=W.shape[2]))
+
+    def effect(self, a: int, held=()) -> float:
+        return self.c[a] + sum(t for b, t in enumerate(self.T[a]) if b not in set(held))  # in order, in Python
+
+    def links(self, view, values, hold):
+        patched = (values != view.start.unsqueeze(0)).any(1)  # (rows, d1)
+        ups = [int(row.nonzero()) for row in patched]  # int() fails unless each row patches exactly one feature
+        effects = torch.tensor([self.effect(a, h.nonzero().flatten().tolist()) for a, h in zip(ups, hold, strict=True)],
+                               dtype=torch.float64)
+        return Effects(scores=effects, baseline=torch.zeros_like(effects), effects=effects), \
+            self.W[:, ups].transpose(0, 1)
+
+
+def linear_graph(lm, saes, splices, mutant, layer1, layer2, seed=0, **changes):
+    """The graph link() makes with the closed-form stand-in in place of the two-SAE splice; the ℓ2 splice is the
+    context's own, while the expected ℓ2 nodes, effects and slopes come from hooked forwards (never from it).
+
+    W links each (a, b) of the changed sets with probability 1/2, its per-site values of either sign; the first
+    upstream feature is linked to exactly two downstream ones (so its null must draw both), and the second has
+    an effect of exactly 0 (its shares are NaN)."""
+    view = full_view(splices[layer1], mutant)
+    config = settings(layer2, **changes)
+    context = PairContext(saes[layer2], config)
+    up = changed_features(view).tolist()
+    down_reading = sae_reading(lm, saes[layer2], layer2, mutant)
+    down = down_reading.changed
+    g = hooked_gradient(lm, layer2, saes[layer2], down_reading, mutant).double()
+    S, d1, d2 = len(mutant.sites), saes[layer1].info.d_sae, saes[layer2].info.d_sae
+    assert len(up) >= 3 and len(down) >= 4
+    rng = np.random.default_rng(seed)
+    W = torch.zeros(S, d1, d2, dtype=torch.float64)
+    links = rng.random((len(up), len(down))) < 0.5
+    links[0] = False
+    links[0, :2] = True
+    links[1, 2] = True
+    values = torch.tensor(rng.normal(size=(S, len(up), len(down))) * links)
+    values[:, 0, :2] *= 50  # the first upstream feature's two edges and one of the second's rank at the top
+    values[:, 1, 2] *= 50
+    W[:, torch.tensor(up)[:, None], torch.tensor(down)[None, :]] = values
+    c = (rng.normal(size=d1) * 0.01).tolist()
+    stand_in = LinearPair(W, c, g)
+    stand_in.c[up[1]] = -sum(stand_in.T[up[1]])  # effect_a exactly 0 (the same sum, in the same order)
+    _, lower = context.for_engine(splices[layer1])  # the context's ℓ2 splice, as link() builds it
+    context._built[id(splices[layer1])] = (stand_in, lower)
+    base = score_from_logits(hooked_logits(lm, SEQ, layer1, {}), lm, mutant)
+    expected = SimpleNamespace(
+        up=up, down=down, W=W, pair=stand_in, T=stand_in.T, w=W.sum(0).tolist(),
+        effect_down=[hooked_patch_effect(lm, layer2, saes[layer2], down_reading, mutant, b, base) for b in down],
+        candidates=[(a, b) for a in up for b in down if float(W[:, a, b].sum()) != 0])
+    return link(view, config, context), expected
+
+
+@pytest.mark.parametrize("mutant,layer1,layer2", [(MUTANT, 1, 2), (MUTANT, 2, 4)])
+def test_mediated_effects_and_shares_in_closed_form(lm, saes, splices, mutant, layer1, layer2):
+    result, x = linear_graph(lm, saes, splices, mutant, layer1, layer2)
+    T, pair = x.T, x.pair
+    # nodes: the upstream features with effect_a = c_a + Σ_b T[a, b], then the ℓ2 SAE's own changed features
+    assert result.nodes[["layer", "feature"]].values.tolist() == [[layer1, a] for a in x.up] + \
+        [[layer2, b] for b in x.down]
+    assert result.nodes["effect"].tolist()[: len(x.up)] == [pair.effect(a) for a in x.up]
+    assert result.nodes["effect"].tolist()[len(x.up):] == pytest.approx(x.effect_down, abs=1e-5)
+    # candidates: every linked (a, b); the top 12 by |AtP| = |M| measured, 6 more drawn from the rest
+    assert result.n_candidates == len(x.candidates) > 12 + 6
+    atp = sorted(x.candidates, key=lambda e: -abs(T[e[0]][e[1]]))[:12]
+    assert result.edges["chosen"].tolist() == ["atp"] * 12 + ["check"] * 6
+    assert [(r.up, r.down) for r in result.edges.itertuples()][:12] == atp  # largest |AtP| first
+    checks = [(r.up, r.down) for r in result.edges.itertuples()][12:]
+    assert len(set(checks)) == 6 and not set(checks) & set(atp) and set(checks) <= set(x.candidates)
+    assert checks == sorted(checks)  # in candidate order
+    for r in result.edges.itertuples():
+        assert r.w == x.w[r.up][r.down]  # Σ_s W[s, a, b]: per-site values of either sign
+        assert r.mediated == pytest.approx(T[r.up][r.down], abs=1e-12)
+        assert r.held_effect == pair.effect(r.up, [r.down])
+        assert r.linear == pytest.approx(T[r.up][r.down], rel=1e-4, abs=1e-7)  # AtP exact for a linear model
+    # shares: every upstream feature with AtP-kept edges, ascending; B = its top 3 kept edges by |M|
+    kept_ups = sorted({a for a, _ in atp})
+    assert result.shares["up"].tolist() == kept_ups
+    for r in result.shares.itertuples():
+        held = [b for a, b in sorted(atp, key=lambda e: -abs(T[e[0]][e[1]])) if a == r.up][:3]
+        assert [int(b) for b in r.held.split(";")] == held
+        effect = pair.effect(r.up)
+        assert r.effect == effect and r.held_effect == pair.effect(r.up, held)
+        null = [int(b) for b in r.null_held.split(";")]  # as many linked features, drawn at random, ascending
+        linked = [b for a, b in x.candidates if a == r.up]
+        assert len(set(null)) == len(null) == len(held) and set(null) <= set(linked) and null == sorted(null)
+        assert r.null_held_effect == pair.effect(r.up, null)
+        if r.up == x.up[1]:  # effect exactly 0: no share
+            assert effect == 0.0 and np.isnan(r.mediated_share) and np.isnan(r.null_share)
+            continue
+        assert r.mediated_share == pytest.approx(sum(T[r.up][b] for b in held) / effect, rel=1e-9)
+        assert r.null_share == pytest.approx(sum(T[r.up][b] for b in null) / effect, rel=1e-9)
+    first = result.shares.set_index("up").loc[x.up[0]]
+    held, null = ([int(b) for b in first[c].split(";")] for c in ("held", "null_held"))
+    assert sorted(held) == null == x.down[:2]  # its only two links: both held, both drawn
+    agreement = edge_ranking_agreement(result.edges.assign(mutant=mutant.name, layer_up=layer1, layer_down=layer2))
     assert agreement["spearman"].iloc[0] == pytest.approx(1.0) and agreement["n_missed"].iloc[0] == 0
 
 
 def test_check_edges_are_seeded_and_outside_the_kept_ones(lm, saes, splices):
-    view, ctx, *_ = linear_context(lm, saes, splices, 1, 3)
-    one = link(view, settings(3, max_edges=5, check_edges=4), ctx)
-    two = link(view, settings(3, max_edges=5, check_edges=4), ctx)
-    other = link(view, settings(3, max_edges=5, check_edges=4, seed=9), ctx)
+    one, _ = linear_graph(lm, saes, splices, MUTANT, 1, 3, max_edges=5, check_edges=4)
+    two, _ = linear_graph(lm, saes, splices, MUTANT, 1, 3, max_edges=5, check_edges=4)
+    other, _ = linear_graph(lm, saes, splices, MUTANT, 1, 3, max_edges=5, check_edges=4, seed=9)
     pd.testing.assert_frame_equal(one.edges, two.edges)
+    pd.testing.assert_frame_equal(one.shares, two.shares)
     keys = {(r.up, r.down) for r in one.edges.itertuples() if r.chosen == "atp"}
     checks = {(r.up, r.down) for r in one.edges.itertuples() if r.chosen == "check"}
-    assert len(checks) == 4 and not keys & checks
+    assert len(keys) == 5 and len(checks) == 4 and not keys & checks
     assert checks != {(r.up, r.down) for r in other.edges.itertuples() if r.chosen == "check"}
+
+
+def test_the_cut_at_its_bounds(lm, saes, splices):
+    """max_edges at or above the candidates: all kept, no checks; check_edges at or above the rest: the whole
+    rest, each once; max_edges 0: only checks, and no shares (their columns still there)."""
+    everything, x = linear_graph(lm, saes, splices, DOUBLE, 1, 3, max_edges=1000, check_edges=6)
+    assert everything.edges["chosen"].tolist() == ["atp"] * len(x.candidates)
+    assert sorted(zip(everything.edges["up"], everything.edges["down"], strict=True)) == x.candidates
+    exact, _ = linear_graph(lm, saes, splices, DOUBLE, 1, 3, max_edges=len(x.candidates) - 5, check_edges=5)
+    rest, _ = linear_graph(lm, saes, splices, DOUBLE, 1, 3, max_edges=len(x.candidates) - 5, check_edges=1000)
+    for frame in (exact.edges, rest.edges):
+        assert frame["chosen"].tolist() == ["atp"] * (len(x.candidates) - 5) + ["check"] * 5
+        assert sorted(zip(frame["up"], frame["down"], strict=True)) == x.candidates  # each candidate once
+    none, _ = linear_graph(lm, saes, splices, DOUBLE, 1, 3, max_edges=0, check_edges=3)
+    assert none.edges["chosen"].tolist() == ["check"] * 3 and none.shares.empty
+    assert list(none.shares.columns) == ["up", "effect", "held", "held_effect", "mediated_share", "null_held",
+                                         "null_held_effect", "null_share"]
+    assert none.n_candidates == len(x.candidates)
+
+
+def test_the_context_builds_its_pair_and_lower_splice_once_per_engine(lm, saes, tiny_dir):
+    config = settings(3, k2=5)
+    context = read_context({"sae2": tiny_dir / "sae_l3.safetensors"}, [], config)
+    assert context.settings is config and context.sae2.k == 5 and context.sae2.info.layer == 3
+    assert torch.equal(context.sae2.w_enc, saes[3].w_enc)  # the ℓ2 file, read with the ℓ2 k
+    upper = Splice(lm, saes[1], SEQ, 1, batch_size=3, protein="P")
+    pair, lower = context.for_engine(upper)
+    again = context.for_engine(upper)
+    assert again[0] is pair and again[1] is lower
+    assert pair.upper is upper and pair.layer2 == 3 and pair.sae2 is context.sae2
+    assert (lower.layer, lower.sae, lower.wt_seq, lower.batch_size, lower.protein) == (3, context.sae2, SEQ, 3, "P")
+    other = Splice(lm, saes[1], SEQ, 1)
+    assert context.for_engine(other)[0] is not pair and context.for_engine(other)[1].batch_size is None
+
+
+def test_graph_rngs_are_seeded_by_seed_protein_layer_and_mutant():
+    draws = {key: graph_rng(*key).random() for key in [(0, "P", 1, "A1C"), (1, "P", 1, "A1C"), (0, "Q", 1, "A1C"),
+                                                        (0, "P", 2, "A1C"), (0, "P", 1, "A1D")]}
+    assert len(set(draws.values())) == 5 and graph_rng(0, "P", 1, "A1C").random() == draws[0, "P", 1, "A1C"]
 
 
 def test_graph_files_and_tables_by_hand():
@@ -230,18 +434,19 @@ def test_graph_files_and_tables_by_hand():
                            "mediated_share": [0.4, 2.0, 0.5, np.nan], "null_held": "9",
                            "null_held_effect": [0.5, -0.1, 0.9, 0.0], "null_share": [0.0, 0.5, 0.1, np.nan],
                            "layer_down": 4, "k": 8, "d_sae": 64, "k_down": 4, "d_sae_down": 32, "space": "latent"})
-    summary = mediation_table({"P": shares}, {"P": pd.concat([edges, second])}).iloc[0]
+    row = mediation_table({"P": shares}, {"P": pd.concat([edges, second])}).iloc[0]
     # per mutant Σ|effect − held| / Σ|effect|: A1C (0.2 + 0.4) / 0.7, D2E 0.5 / 1.0; E3F moves nothing: left out
-    assert summary["n_mutants"] == 2
-    assert summary["mediated_fraction_mean"] == pytest.approx((0.6 / 0.7 + 0.5) / 2)
-    assert summary["mediated_fraction_sem"] == pytest.approx(abs(0.6 / 0.7 - 0.5) / 2)  # sd/√2 of two values
+    assert row["n_mutants"] == 2
+    assert row["mediated_fraction_mean"] == pytest.approx((0.6 / 0.7 + 0.5) / 2)
+    assert row["mediated_fraction_sem"] == pytest.approx(abs(0.6 / 0.7 - 0.5) / 2)  # sd/√2 of two values
     # the null: A1C (0 + 0.1) / 0.7, D2E 0.1 / 1.0; both mutants above it
-    assert summary["null_fraction_mean"] == pytest.approx((0.1 / 0.7 + 0.1) / 2)
-    assert summary["frac_mutants_above_null"] == 1.0
-    assert summary["median_feature_share"] == pytest.approx(0.5) and summary["median_null_share"] == pytest.approx(0.1)
-    assert (summary["k"], summary["d_sae"], summary["k_down"], summary["d_sae_down"]) == (8, 64, 4, 32)
-    assert summary["atp_checked"] == 2 and summary["atp_missed"] == 1  # D2E's check (|M| 0.3) beats its kept 0.2
-    assert dataclasses.is_dataclass(settings(2))
+    assert row["null_fraction_mean"] == pytest.approx((0.1 / 0.7 + 0.1) / 2)
+    assert row["frac_mutants_above_null"] == 1.0
+    assert row["median_feature_share"] == pytest.approx(0.5) and row["median_null_share"] == pytest.approx(0.1)
+    assert (row["k"], row["d_sae"], row["k_down"], row["d_sae_down"]) == (8, 64, 4, 32)
+    assert row["atp_checked"] == 2 and row["atp_missed"] == 1  # D2E's check (|M| 0.3) beats its kept 0.2
+    # both mutants' fractions above their nulls: two positive differences, exact two-sided p = 2 · 1/4
+    assert row["wilcoxon_p"] == 0.5
 
 
 def hand_aggregate(rows):
