@@ -204,7 +204,7 @@ def hooked_pair(lm, layer1, sae1, up, a, layer2, sae2, down, mutant, hold=()):
     return seen["w"], score_from_logits(logits, lm, mutant)
 
 
-@pytest.mark.parametrize("mutant,layer1,layer2", [(MUTANT, 2, 4)])
+@pytest.mark.parametrize("mutant,layer1,layer2", [(DOUBLE, 1, 3), (MUTANT, 2, 4)])
 def test_a_real_graph_equals_hooked_fair_esm_with_a_lower_sae_of_its_own(lm, saes, splices, mutant, layer1, layer2):
     """link() through the context's own two-SAE splice and ℓ2 splice, with an ℓ2 SAE of another width, k and
     weights than the ℓ1 one (so building anything at ℓ2 with the ℓ1 SAE fails), against fair-esm's forward
@@ -312,7 +312,7 @@ def linear_graph(lm, saes, splices, mutant, layer1, layer2, seed=0, **changes):
     return link(view, config, context), expected
 
 
-@pytest.mark.parametrize("mutant,layer1,layer2", [(MUTANT, 1, 2), (MUTANT, 2, 4)])
+@pytest.mark.parametrize("mutant,layer1,layer2", [(MUTANT, 1, 2), (DOUBLE, 2, 4), (DOUBLE, 1, 3)])
 def test_mediated_effects_and_shares_in_closed_form(lm, saes, splices, mutant, layer1, layer2):
     result, x = linear_graph(lm, saes, splices, mutant, layer1, layer2)
     T, pair = x.T, x.pair
