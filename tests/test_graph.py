@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from esmsae.analyses.graph import PairContext, link, read_context
+from esmsae.analyses.graph import Link, PairContext, link, read_context, summary
 from esmsae.analyses.graph import mutant_rng as graph_rng
 from esmsae.analyses.patching import changed_features, single_feature_patches
 from esmsae.analyses.scoring import wt_log_probs, wt_marginal
@@ -20,7 +20,15 @@ from esmsae.inputs.mutations import parse_mutant
 from esmsae.model.pair import LayerPair
 from esmsae.model.sae import random_sae
 from esmsae.model.splice import Effects, Splice
-from esmsae.tables.graph import aggregate_edges, edge_ranking_agreement, graphml, mediation_table, mutant_graph
+from esmsae.tables.graph import (
+    aggregate_edges,
+    edge_ranking_agreement,
+    graphml,
+    mediation_table,
+    mutant_graph,
+    write_json,
+)
+from esmsae.tables.statistics import wilcoxon_p
 
 from .conftest import LAYERS, WT, splice_every_layer
 from .reference import hooked_logits, score_from_logits
@@ -521,3 +529,317 @@ def test_mediated_fraction_figure_pairs_each_mutant_with_its_null(tmp_path):
         [(round(0.1 / 0.7, 9), round(0.6 / 0.7, 9)), (0.1, 0.5)])
     empty = mediated_fraction(fractions.iloc[:0], tmp_path / "e.png", tmp_path / "e.pdf")
     assert "no mediated shares" in [t.get_text() for t in empty.axes[0].texts]
+
+
+def test_a_mutant_graph_by_hand():
+    """The top_edges measured edges by |M| (never a check edge), their nodes sorted, with labels ("" when none)
+    and one-layer effects (None when the node has no row)."""
+    nodes = pd.DataFrame({"layer": [2, 2, 4], "feature": [1, 5, 7], "effect": [0.5, -0.25, 0.125]})
+    edges = pd.DataFrame({"mutant": "A1C", "layer_up": 2, "up": [1, 5, 1, 5], "layer_down": 4, "down": [7, 7, 9, 9],
+                          "w": [0.5, -0.125, 2.0, 0.5], "linear": [0.25, 0.0625, 1.0, -0.5],
+                          "mediated": [0.25, -0.75, -2.0, 0.5], "chosen": ["atp", "atp", "check", "atp"]})
+    labels = {(2, 5): "five", (4, 9): "nine", (2, 1): "one"}
+    # |M| of the measured edges: 0.25, 0.75, 0.5 -> the top two are 5→7 (-0.75) and 5→9 (0.5)
+    assert mutant_graph("P", "A1C", nodes, edges, labels, top_edges=2) == {
+        "protein": "P", "mutant": "A1C",
+        "nodes": [{"id": "L2_F5", "layer": 2, "feature": 5, "label": "five", "effect": -0.25},
+                  {"id": "L4_F7", "layer": 4, "feature": 7, "label": "", "effect": 0.125},
+                  {"id": "L4_F9", "layer": 4, "feature": 9, "label": "nine", "effect": None}],
+        "edges": [{"source": "L2_F5", "target": "L4_F7", "w": -0.125, "M": -0.75, "linear": 0.0625},
+                  {"source": "L2_F5", "target": "L4_F9", "w": 0.5, "M": 0.5, "linear": -0.5}]}
+    assert mutant_graph("P", "A1C", nodes, edges, labels, top_edges=0)["nodes"] == []
+
+
+def test_graphml_by_hand():
+    graph = {"mutant": "A<1>C", "nodes": [{"id": "L2_F5", "layer": 2, "feature": 5, "label": "a & b", "effect": -0.25},
+                                          {"id": "L4_F9", "layer": 4, "feature": 9, "label": "", "effect": None}],
+             "edges": [{"source": "L2_F5", "target": "L4_F9", "w": 0.5, "M": -0.75, "linear": 0.0625}]}
+    keys = ['  <key id="layer" for="node" attr.name="layer" attr.type="int"/>',
+            '  <key id="feature" for="node" attr.name="feature" attr.type="int"/>',
+            '  <key id="label" for="node" attr.name="label" attr.type="string"/>',
+            '  <key id="effect" for="node" attr.name="effect" attr.type="double"/>',
+            '  <key id="w" for="edge" attr.name="w" attr.type="double"/>',
+            '  <key id="M" for="edge" attr.name="M" attr.type="double"/>',
+            '  <key id="linear" for="edge" attr.name="linear" attr.type="double"/>',
+            '  <key id="n_mutants" for="edge" attr.name="n_mutants" attr.type="int"/>']
+    head = ['<?xml version="1.0" encoding="UTF-8"?>', '<graphml xmlns="http://graphml.graphdrawing.org/xmlns">', *keys]
+    assert graphml(graph) == "\n".join([
+        *head, '  <graph id="A&lt;1&gt;C" edgedefault="directed">',
+        '    <node id="L2_F5">', '      <data key="layer">2</data>', '      <data key="feature">5</data>',
+        '      <data key="label">a &amp; b</data>', '      <data key="effect">-0.25</data>', "    </node>",
+        '    <node id="L4_F9">', '      <data key="layer">4</data>', '      <data key="feature">9</data>',
+        '      <data key="label"></data>', "    </node>",  # no effect: left out
+        '    <edge id="e0" source="L2_F5" target="L4_F9">', '      <data key="w">0.5</data>',
+        '      <data key="M">-0.75</data>', '      <data key="linear">0.0625</data>', "    </edge>",
+        "  </graph>", "</graphml>"]) + "\n"
+    aggregate = {"nodes": [], "edges": [{"source": "L2_F1", "target": "L4_F7", "w": 1, "M": 0.125, "n_mutants": 3.0},
+                                        {"source": "L2_F1", "target": "L4_F8", "w": 0.5, "M": 0.25, "n_mutants": 1}]}
+    assert graphml(aggregate) == "\n".join([
+        *head, '  <graph id="aggregate" edgedefault="directed">',
+        '    <edge id="e0" source="L2_F1" target="L4_F7">', '      <data key="w">1.0</data>',
+        '      <data key="M">0.125</data>', '      <data key="n_mutants">3</data>', "    </edge>",
+        '    <edge id="e1" source="L2_F1" target="L4_F8">', '      <data key="w">0.5</data>',
+        '      <data key="M">0.25</data>', '      <data key="n_mutants">1</data>', "    </edge>",
+        "  </graph>", "</graphml>"]) + "\n"
+
+
+def test_json_is_written_indented_with_nan(tmp_path):
+    write_json({"a": float("nan"), "b": [1, 2]}, tmp_path / "g.json")
+    assert (tmp_path / "g.json").read_text() == '{\n "a": NaN,\n "b": [\n  1,\n  2\n ]\n}\n'
+
+
+def edge_frame(rows, **settings_columns):
+    """graph_edges rows (mutant, layer_up, up, layer_down, down, w, linear, mediated, chosen)."""
+    from esmsae.pipeline.columns import TABLES
+
+    frame = pd.DataFrame(rows, columns=["mutant", "layer_up", "up", "layer_down", "down", "w", "linear", "mediated",
+                                        "chosen"])
+    values = {"k": 8, "d_sae": 64, "k_down": 4, "d_sae_down": 32, "space": "latent"} | settings_columns
+    return frame.assign(held_effect=0.0, n_candidates=10, **values).reindex(columns=TABLES["graph_edges"])
+
+
+# X = 2:1→4:7 in A1C (w 0.5, M 0.5) and D2E (w 0.25, M -0.25): n 2, mean w 0.375, mean M 0.125, mean |M| 0.375;
+# Y = 2:5→4:7 in A1C (-0.25, -0.25), D2E (0.75, -0.5), E3F (0.5, 0.25): n 3, mean w 1/3, mean M -1/6, mean |M| 1/3;
+# U = 2:2→4:8 in A1C (0.5, -1.0), D2E (1.0, 0.5): n 2, mean w 0.75, mean M -0.25, mean |M| 0.75;
+# Z = 4:1→6:7 in D2E (1.0, 1.0): n 1 (another layer pair with X's feature numbers); 2:1→4:9 only ever a check.
+AGGREGATE_EDGES = [("A1C", 2, 1, 4, 7, 0.5, 0.0, 0.5, "atp"), ("A1C", 2, 5, 4, 7, -0.25, 0.0, -0.25, "atp"),
+                   ("A1C", 2, 1, 4, 9, 1.0, 0.0, 4.0, "check"), ("A1C", 2, 2, 4, 8, 0.5, 0.0, -1.0, "atp"),
+                   ("D2E", 2, 1, 4, 7, 0.25, 0.0, -0.25, "atp"), ("D2E", 2, 5, 4, 7, 0.75, 0.0, -0.5, "atp"),
+                   ("D2E", 2, 2, 4, 8, 1.0, 0.0, 0.5, "atp"), ("D2E", 4, 1, 6, 7, 1.0, 0.0, 1.0, "atp"),
+                   ("E3F", 2, 5, 4, 7, 0.5, 0.0, 0.25, "atp")]
+
+
+def test_the_aggregate_counts_mutants_and_averages_w_m_and_abs_m():
+    table = aggregate_edges(edge_frame(AGGREGATE_EDGES), {(2, 5): "five", (4, 7): "seven"})
+    # most mutants first, then the larger mean |M| (U 0.75 before X 0.375, though X's mean M 0.125 > U's -0.25)
+    assert table[["layer_up", "up", "layer_down", "down", "n_mutants"]].values.tolist() == \
+        [[2, 5, 4, 7, 3], [2, 2, 4, 8, 2], [2, 1, 4, 7, 2], [4, 1, 6, 7, 1]]
+    assert table["up_label"].tolist() == ["five", "", "", ""]
+    assert table["down_label"].tolist() == ["seven", "", "seven", ""]
+    assert table["mean_w"].tolist() == pytest.approx([1 / 3, 0.75, 0.375, 1.0])
+    assert table["mean_mediated"].tolist() == pytest.approx([-1 / 6, -0.25, 0.125, 1.0])
+    assert table["mean_abs_mediated"].tolist() == pytest.approx([1 / 3, 0.75, 0.375, 1.0])
+    assert list(table.columns) == ["layer_up", "up", "up_label", "layer_down", "down", "down_label", "n_mutants",
+                                   "mean_w", "mean_mediated", "mean_abs_mediated"]
+    assert aggregate_edges(edge_frame([]), {}).empty
+
+
+def test_strongest_paths_skip_edges_that_jump_a_layer_and_break_ties_by_nodes():
+    from esmsae.tables.graph import strongest_paths
+
+    # 2:2→4:5 and 2:1→4:5 both strength 1.0, 4:5→6:0 strength 2.0 (n 2 × 1.0): two paths tie at 1.0;
+    # 2:1→6:3 (strength 10) skips layer 4 and is no path
+    aggregate = hand_aggregate([(2, 2, 4, 5, 1, 1.0), (2, 1, 4, 5, 1, -1.0), (4, 5, 6, 0, 2, 1.0),
+                                (2, 1, 6, 3, 10, 1.0)])
+    assert strongest_paths(aggregate, [2, 4, 6], 5) == [(1.0, [(2, 1), (4, 5), (6, 0)]),
+                                                        (1.0, [(2, 2), (4, 5), (6, 0)])]
+    assert strongest_paths(aggregate, [2, 4, 6], 1) == [(1.0, [(2, 1), (4, 5), (6, 0)])]
+    assert strongest_paths(aggregate, [2, 4, 6], 0) == []
+    assert strongest_paths(aggregate, [2, 6], 5) == [(10.0, [(2, 1), (6, 3)])]  # with layer 4 not in the graph
+
+
+def test_edge_ranking_agreement_counts_a_check_exactly_at_the_floor():
+    edges = edge_frame([
+        # D2E 2→4: no AtP-kept edge, so nothing can be missed
+        ("D2E", 2, 1, 4, 7, 0.0, 0.0, 0.125, "check"),
+        # A1C 2→4: kept |M| 0.5, 4, 1, 2 -> floor 0.5; checks |M| 0.5 (exactly at the floor: missed), 0.25 (not), 0.75
+        ("A1C", 2, 1, 4, 7, 0.0, 1.0, 0.5, "atp"), ("A1C", 2, 1, 4, 8, 0.0, 2.0, -4.0, "atp"),
+        ("A1C", 2, 2, 4, 7, 0.0, 3.0, 1.0, "atp"), ("A1C", 2, 2, 4, 8, 0.0, 4.0, 2.0, "atp"),
+        ("A1C", 2, 3, 4, 7, 0.0, 0.5, -0.5, "check"), ("A1C", 2, 3, 4, 8, 0.0, 0.5, 0.25, "check"),
+        ("A1C", 2, 3, 4, 9, 0.0, 0.5, 0.75, "check"),
+        # A1C 4→6: linear 1, 2, 3 against M 3, 2, 1: ρ = -1, no checks
+        ("A1C", 4, 1, 6, 7, 0.0, 1.0, 3.0, "atp"), ("A1C", 4, 2, 6, 7, 0.0, 2.0, 2.0, "atp"),
+        ("A1C", 4, 3, 6, 7, 0.0, 3.0, 1.0, "atp")])
+    table = edge_ranking_agreement(edges)
+    assert table[["mutant", "layer_up", "layer_down", "n_measured", "n_checked", "n_missed"]].values.tolist() == [
+        ["D2E", 2, 4, 0, 1, 0], ["A1C", 2, 4, 4, 3, 2], ["A1C", 4, 6, 3, 0, 0]]
+    # A1C 2→4: ranks of linear 1 2 3 4, of the signed M 2 1 3 4: Σd² = 2, ρ = 1 − 6·2/(4·15) = 0.8
+    # (the ranks of |M|, 1 4 2 3, would give 0.4)
+    assert np.isnan(table["spearman"].iloc[0]) and table["spearman"].iloc[1:].tolist() == pytest.approx([0.8, -1.0])
+
+
+def test_mediated_fractions_sum_absolute_changes_over_features_per_mutant_and_pair():
+    from esmsae.tables.graph import mediated_fractions
+
+    shares = pd.DataFrame({
+        "mutant": ["A1C", "A1C", "A1C", "A1C", "D2E"], "layer_up": [2, 2, 4, 4, 2], "layer_down": [4, 4, 6, 6, 4],
+        "effect": [0.75, -0.25, 0.0, 0.0, -0.5], "held_effect": [0.25, 0.25, 0.5, 0.5, -0.125],
+        "null_held_effect": [0.5, -0.5, 0.0, 0.0, -0.5]})
+    table = mediated_fractions(shares)
+    assert table[["layer_up", "layer_down", "mutant"]].values.tolist() == [[2, 4, "A1C"], [4, 6, "A1C"], [2, 4, "D2E"]]
+    # A1C 2→4: Σ|effect| = 1 (exactly at the bar of "moves the score"); (|0.5| + |-0.5|) / 1 = 1 (|Σ| would be 0);
+    # null (|0.25| + |0.25|) / 1 = 0.5. A1C 4→6 moves nothing: NaN. D2E: |-0.375| / 0.5 = 0.75, null 0.
+    assert table["mediated_fraction"].tolist()[0::2] == [1.0, 0.75]
+    assert table["null_fraction"].tolist()[0::2] == [0.5, 0.0]
+    assert np.isnan(table["mediated_fraction"].iloc[1]) and np.isnan(table["null_fraction"].iloc[1])
+
+
+def share_frame(rows, **settings_columns):
+    """graph_shares rows (mutant, layer_up, layer_down, up, effect, held_effect, null_held_effect, mediated_share,
+    null_share)."""
+    from esmsae.pipeline.columns import TABLES
+
+    frame = pd.DataFrame(rows, columns=["mutant", "layer_up", "layer_down", "up", "effect", "held_effect",
+                                        "null_held_effect", "mediated_share", "null_share"])
+    values = {"k": 8, "d_sae": 64, "k_down": 4, "d_sae_down": 32, "space": "latent"} | settings_columns
+    return frame.assign(held="7", null_held="9", **values).reindex(columns=TABLES["graph_shares"])
+
+
+# P, 2→4: per-mutant fractions (Σ|effect − held| / Σ|effect|) A1C (0.5 + 0.5) / 1.5 = 2/3, D2E 0.375 / 0.5 = 0.75,
+# E3F (0.25 + 1) / 1.25 = 1; nulls A1C (0.25 + 0.25) / 1.5 = 1/3, D2E 0, E3F 1 (a tie: not above); F4G moves nothing.
+P_24 = [("A1C", 2, 4, 1, 1.0, 0.5, 0.75, 0.5, 0.25), ("A1C", 2, 4, 5, -0.5, 0.0, -0.25, 1.0, 0.5),
+        ("D2E", 2, 4, 1, -0.5, -0.125, -0.5, 0.75, 0.0),
+        ("E3F", 2, 4, 1, 1.0, 0.75, 0.75, 0.25, 0.25), ("E3F", 2, 4, 2, 0.25, -0.75, -0.75, 4.0, 4.0),
+        ("F4G", 2, 4, 1, 0.0, 0.125, 0.0, np.nan, np.nan)]
+# P, 4→6: A1C alone, fraction (2 − 1) / 2 = 0.5, null 0
+P_46 = [("A1C", 4, 6, 7, 2.0, 1.0, 2.0, 0.5, 0.0)]
+Q_24 = [("A1C", 2, 4, 1, 1.0, 0.0, 1.0, 1.0, 0.0)]
+# AtP per mutant: P 2→4 ρ 1 (A1C), -1 (D2E), 1 (E3F: a check at the floor |M| 1 and one above, both missed);
+# P 4→6 ρ -1 and one check above the floor; Q 2→4 ρ -1.
+P_EDGES = [(m, 2, u, 4, 7, 0.5, float(u), float(x), "atp")
+           for m, xs in (("A1C", (1, 2, 3)), ("D2E", (3, 2, 1)), ("E3F", (1, 2, 3))) for u, x in zip((1, 2, 3), xs,
+                                                                                                    strict=True)]
+P_EDGES += [("A1C", 2, 4, 4, 8, 0.5, 0.0, 0.5, "check"), ("D2E", 2, 4, 4, 8, 0.5, 0.0, 0.5, "check"),
+            ("E3F", 2, 4, 4, 8, 0.5, 0.0, -1.0, "check"), ("E3F", 2, 5, 4, 8, 0.5, 0.0, 3.0, "check")]
+P_EDGES += [("A1C", 4, u, 6, 7, 0.5, float(u), float(4 - u), "atp") for u in (1, 2, 3)]
+P_EDGES += [("A1C", 4, 4, 6, 7, 0.5, 0.0, 5.0, "check")]
+Q_EDGES = [("A1C", 2, u, 4, 7, 0.5, float(u), float(4 - u), "atp") for u in (1, 2, 3)]
+
+
+def check_mediation_rows(table):
+    assert table[["protein", "layer_up", "layer_down", "n_mutants"]].values.tolist() == [
+        ["P", 2, 4, 3], ["P", 4, 6, 1], ["Q", 2, 4, 1]]
+    p24, p46, q24 = (table.iloc[i] for i in range(3))
+    # P 2→4: real 2/3, 3/4, 1: mean 29/36, deviations -5/36, -2/36, 7/36, variance 78/1296 / 2, s.e.m. √13/36
+    assert p24["mediated_fraction_mean"] == pytest.approx(29 / 36)
+    assert p24["mediated_fraction_sem"] == pytest.approx(np.sqrt(13) / 36)
+    # null 1/3, 0, 1: mean 4/9, deviations -1/9, -4/9, 5/9, variance 42/81 / 2, s.e.m. √7/9
+    assert p24["null_fraction_mean"] == pytest.approx(4 / 9)
+    assert p24["null_fraction_sem"] == pytest.approx(np.sqrt(7) / 9)
+    assert p24["frac_mutants_above_null"] == pytest.approx(2 / 3)  # E3F's tie is not above
+    assert p24["wilcoxon_p"] == wilcoxon_p(np.array([1 / 3, 0.75, 0.0]))  # the paired differences
+    # per-feature shares pooled over the pair's mutants: median of 0.5, 1, 0.75, 0.25, 4 is 0.75 (mean 1.3);
+    # nulls 0.25, 0.5, 0, 0.25, 4: median 0.25 (mean 1)
+    assert p24["median_feature_share"] == 0.75 and p24["median_null_share"] == 0.25
+    assert p24["atp_spearman_mean"] == pytest.approx(1 / 3)  # mean of 1, -1, 1 (the median would be 1)
+    assert (p24["atp_missed"], p24["atp_checked"]) == (2, 4)
+    assert (p24["k"], p24["d_sae"], p24["k_down"], p24["d_sae_down"], p24["space"]) == (8, 64, 4, 32, "latent")
+    # P 4→6 on its own, never pooled with 2→4
+    assert (p46["mediated_fraction_mean"], p46["null_fraction_mean"], p46["frac_mutants_above_null"]) == (0.5, 0.0, 1.0)
+    assert np.isnan(p46["mediated_fraction_sem"]) and np.isnan(p46["wilcoxon_p"])
+    assert (p46["median_feature_share"], p46["median_null_share"]) == (0.5, 0.0)
+    assert p46["atp_spearman_mean"] == pytest.approx(-1.0)
+    assert (p46["atp_missed"], p46["atp_checked"]) == (1, 1)
+    assert (p46["k"], p46["d_sae"], p46["k_down"], p46["d_sae_down"]) == (4, 32, 2, 16)
+    # Q with its own edges
+    assert (q24["mediated_fraction_mean"], q24["atp_checked"]) == (1.0, 0)
+    assert q24["atp_spearman_mean"] == pytest.approx(-1.0)
+
+
+def test_the_mediation_table_per_protein_and_layer_pair_by_hand():
+    other = {"k": 4, "d_sae": 32, "k_down": 2, "d_sae_down": 16}
+    shares = {"P": pd.concat([share_frame(P_24), share_frame(P_46, **other)]), "Q": share_frame(Q_24)}
+    table = mediation_table(shares, {"P": edge_frame(P_EDGES), "Q": edge_frame(Q_EDGES)})
+    check_mediation_rows(table)
+
+
+def test_tabulate_mediation_reads_every_layer_file_of_each_protein(tmp_path):
+    from esmsae.pipeline.columns import read_table
+    from esmsae.pipeline.io import write_csv
+    from esmsae.tables.graph import tabulate_mediation
+
+    other = {"k": 4, "d_sae": 32, "k_down": 2, "d_sae_down": 16}
+    files = {("P", 2): (share_frame(P_24), edge_frame(P_EDGES[:-4])), ("P", 4): (share_frame(P_46, **other),
+                                                                               edge_frame(P_EDGES[-4:])),
+             ("Q", 2): (share_frame(Q_24), edge_frame(Q_EDGES))}
+    shares, edges = {}, {}
+    for (protein, layer), (share, edge) in files.items():
+        shares[protein, layer] = tmp_path / f"s{protein}{layer}.csv"
+        edges[protein, layer] = tmp_path / f"e{protein}{layer}.csv"
+        write_csv(share, shares[protein, layer])
+        write_csv(edge, edges[protein, layer])
+    tabulate_mediation(shares, edges, tmp_path / "out.csv")
+    check_mediation_rows(read_table(tmp_path / "out.csv", "mediated_shares"))
+
+
+def test_assemble_graphs_writes_each_mutant_and_the_aggregate(tmp_path):
+    from esmsae.pipeline.columns import TABLES, read_table
+    from esmsae.pipeline.io import write_csv
+    from esmsae.tables.graph import assemble_graphs
+
+    def nodes(rows, layer_up, layer_down):
+        return pd.DataFrame(rows, columns=["mutant", "layer", "feature", "effect"]).assign(
+            layer_up=layer_up, layer_down=layer_down, k=8, d_sae=64, k_down=4, d_sae_down=32, space="latent")
+
+    paths = {"n2": nodes([("A1C", 2, 1, 0.5), ("A1C", 4, 7, 0.25), ("D2E", 2, 5, -1.0), ("D2E", 4, 7, 0.125)], 2, 4),
+             "n4": nodes([("A1C", 4, 7, 0.25), ("A1C", 6, 7, 2.0), ("D2E", 4, 1, 1.0), ("D2E", 6, 7, 0.5)], 4, 6),
+             "e2": edge_frame([row for row in AGGREGATE_EDGES if row[1] == 2]),
+             "e4": edge_frame([row for row in AGGREGATE_EDGES if row[1] == 4])}
+    for name, frame in paths.items():
+        write_csv(frame, tmp_path / f"{name}.csv")
+    labels = pd.DataFrame({"layer": [2, 4], "feature": [5, 7], "label": ["five", "seven"]}).reindex(
+        columns=TABLES["feature_labels"])
+    write_csv(labels, tmp_path / "labels.csv")
+    assemble_graphs("P", {2: tmp_path / "n2.csv", 4: tmp_path / "n4.csv"},
+                    {2: tmp_path / "e2.csv", 4: tmp_path / "e4.csv"}, tmp_path / "labels.csv", 2,
+                    tmp_path / "graphs", tmp_path / "aggregate.csv", tmp_path / "agg.graphml")
+    assert sorted(p.name for p in (tmp_path / "graphs").iterdir()) == ["P_A1C.graphml", "P_A1C.json", "P_D2E.graphml",
+                                                                        "P_D2E.json"]
+    # D2E over both layer pairs: measured |M| 0.25 (2:1→4:7), 0.5 (2:5→4:7), 0.5 (2:2→4:8), 1 (4:1→6:7): the top two
+    # are 4:1→6:7 and the first of the ties in file order, 2:5→4:7
+    d2e = json.loads((tmp_path / "graphs" / "P_D2E.json").read_text())
+    assert [(e["source"], e["target"], e["M"]) for e in d2e["edges"]] == [("L4_F1", "L6_F7", 1.0),
+                                                                            ("L2_F5", "L4_F7", -0.5)]
+    assert [(n["id"], n["label"], n["effect"]) for n in d2e["nodes"]] == [
+        ("L2_F5", "five", -1.0), ("L4_F1", "", 1.0), ("L4_F7", "seven", 0.125), ("L6_F7", "", 0.5)]
+    assert (tmp_path / "graphs" / "P_D2E.graphml").read_text() == graphml(d2e)
+    table = read_table(tmp_path / "aggregate.csv", "graph_aggregate")
+    assert table[["up", "down", "n_mutants"]].values.tolist() == [[5, 7, 3], [2, 8, 2], [1, 7, 2], [1, 7, 1]]
+    # the aggregate graph: its top two edges (Y in 3 mutants, U in 2), mean w and M, counts and labelled nodes
+    root = ElementTree.fromstring((tmp_path / "agg.graphml").read_text())
+    ns = {"g": "http://graphml.graphdrawing.org/xmlns"}
+    assert root.find("g:graph", ns).get("id") == "aggregate"
+    found = [(e.get("source"), e.get("target"), {d.get("key"): float(d.text) for d in e})
+             for e in root.iter(f"{{{ns['g']}}}edge")]
+    assert found == [("L2_F5", "L4_F7", {"w": pytest.approx(1 / 3), "M": pytest.approx(-1 / 6), "n_mutants": 3}),
+                     ("L2_F2", "L4_F8", {"w": 0.75, "M": -0.25, "n_mutants": 2})]
+    node_labels = {n.get("id"): {d.get("key"): d.text for d in n} for n in root.iter(f"{{{ns['g']}}}node")}
+    assert node_labels == {"L2_F2": {"layer": "2", "feature": "2", "label": None},  # an empty label reads as None
+                           "L2_F5": {"layer": "2", "feature": "5", "label": "five"},
+                           "L4_F7": {"layer": "4", "feature": "7", "label": "seven"},
+                           "L4_F8": {"layer": "4", "feature": "8", "label": None}}
+
+
+def hand_link(mutant, n_nodes, chosen, n_candidates, d_sae_down=32):
+    nodes = pd.DataFrame({"layer": [2] * n_nodes, "feature": list(range(n_nodes)), "effect": 0.5})
+    edges = pd.DataFrame({"up": 0, "down": list(range(len(chosen))), "w": 0.25, "linear": 0.125, "mediated": 0.5,
+                          "held_effect": 0.0, "chosen": chosen})
+    shares = pd.DataFrame({"up": [0], "effect": [0.5], "held": ["1"], "held_effect": [0.25], "mediated_share": [0.5],
+                           "null_held": ["2"], "null_held_effect": [0.5], "null_share": [0.0]})
+    return Link(mutant=mutant, layer_up=2, layer_down=4, nodes=nodes, edges=edges, shares=shares,
+                n_candidates=n_candidates, d_sae_down=d_sae_down)
+
+
+def test_link_tables_and_summary(tmp_path):
+    from esmsae.analyses.api import LayerMeta
+    from esmsae.analyses.graph import link_tables, write_links
+    from esmsae.pipeline.columns import TABLES, read_table
+
+    links = [hand_link("A1C", 3, ["atp", "atp", "check"], 7), hand_link("D2E", 1, ["atp"], 2)]
+    assert summary(links[0]) == "3 nodes, 7 candidate edges, 2 measured (+1 checks)"
+    meta, config = LayerMeta(protein="P", layer=2, k=8, d_sae=64), settings(4, k2=4)
+    tables = link_tables(links, meta, config)
+    for kind, name, rows in (("graph_nodes", "nodes", 4), ("graph_edges", "edges", 4), ("graph_shares", "shares", 2)):
+        frame = tables[name]
+        assert list(frame.columns) == TABLES[kind] and len(frame) == rows
+        assert frame[["layer_up", "layer_down", "k", "d_sae", "k_down", "d_sae_down", "space"]].drop_duplicates(
+            ).values.tolist() == [[2, 4, 8, 64, 4, 32, "latent"]]
+    assert tables["nodes"]["mutant"].tolist() == ["A1C"] * 3 + ["D2E"]
+    assert tables["edges"]["n_candidates"].tolist() == [7, 7, 7, 2]  # each mutant's own count
+    outputs = {kind: tmp_path / f"{kind}.csv" for kind in ("nodes", "edges", "shares")}
+    write_links(links, outputs, config, meta)
+    for kind, name in (("graph_nodes", "nodes"), ("graph_edges", "edges"), ("graph_shares", "shares")):
+        pd.testing.assert_frame_equal(read_table(outputs[name], kind), tables[name], check_dtype=False)
+    empty = link_tables([], meta, config)
+    assert all(list(empty[name].columns) == TABLES[kind] and empty[name].empty
+               for kind, name in (("graph_nodes", "nodes"), ("graph_edges", "edges"), ("graph_shares", "shares")))
