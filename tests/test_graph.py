@@ -320,33 +320,35 @@ def linear_graph(lm, saes, splices, mutant, layer1, layer2, seed=0, **changes):
     return link(view, config, context), expected
 
 
-@pytest.mark.parametrize("mutant,layer1,layer2", [(MUTANT, 1, 2), (DOUBLE, 2, 4), (DOUBLE, 1, 3)])
-def test_mediated_effects_and_shares_in_closed_form(lm, saes, splices, mutant, layer1, layer2):
-    result, x = linear_graph(lm, saes, splices, mutant, layer1, layer2)
+@pytest.mark.parametrize("mutant,layer1,layer2,changes", [(MUTANT, 1, 2, {}), (DOUBLE, 2, 4, {}),
+                                                          (DOUBLE, 1, 3, {"max_edges": 30, "hold": 2})])
+def test_mediated_effects_and_shares_in_closed_form(lm, saes, splices, mutant, layer1, layer2, changes):
+    result, x = linear_graph(lm, saes, splices, mutant, layer1, layer2, **changes)
+    E, C, H = changes.get("max_edges", 12), 6, changes.get("hold", 3)  # kept, checked, held
     T, pair = x.T, x.pair
     # nodes: the upstream features with effect_a = c_a + Σ_b T[a, b], then the ℓ2 SAE's own changed features
     assert result.nodes[["layer", "feature"]].values.tolist() == [[layer1, a] for a in x.up] + \
         [[layer2, b] for b in x.down]
     assert result.nodes["effect"].tolist()[: len(x.up)] == [pair.effect(a) for a in x.up]
     assert result.nodes["effect"].tolist()[len(x.up):] == pytest.approx(x.effect_down, abs=1e-5)
-    # candidates: every linked (a, b); the top 12 by |AtP| = |M| measured, 6 more drawn from the rest
-    assert result.n_candidates == len(x.candidates) > 12 + 6
-    atp = sorted(x.candidates, key=lambda e: -abs(T[e[0]][e[1]]))[:12]
-    assert result.edges["chosen"].tolist() == ["atp"] * 12 + ["check"] * 6
-    assert [(r.up, r.down) for r in result.edges.itertuples()][:12] == atp  # largest |AtP| first
-    checks = [(r.up, r.down) for r in result.edges.itertuples()][12:]
-    assert len(set(checks)) == 6 and not set(checks) & set(atp) and set(checks) <= set(x.candidates)
+    # candidates: every linked (a, b); the top E by |AtP| = |M| measured, C more drawn from the rest
+    assert result.n_candidates == len(x.candidates) > E + C
+    atp = sorted(x.candidates, key=lambda e: -abs(T[e[0]][e[1]]))[:E]
+    assert result.edges["chosen"].tolist() == ["atp"] * E + ["check"] * C
+    assert [(r.up, r.down) for r in result.edges.itertuples()][:E] == atp  # largest |AtP| first
+    checks = [(r.up, r.down) for r in result.edges.itertuples()][E:]
+    assert len(set(checks)) == C and not set(checks) & set(atp) and set(checks) <= set(x.candidates)
     assert checks == sorted(checks)  # in candidate order
     for r in result.edges.itertuples():
         assert r.w == x.w[r.up][r.down]  # Σ_s W[s, a, b]: per-site values of either sign
         assert r.mediated == pytest.approx(T[r.up][r.down], abs=1e-12)
         assert r.held_effect == pair.effect(r.up, [r.down])
         assert r.linear == pytest.approx(T[r.up][r.down], rel=1e-4, abs=1e-7)  # AtP exact for a linear model
-    # shares: every upstream feature with AtP-kept edges, ascending; B = its top 3 kept edges by |M|
+    # shares: every upstream feature with AtP-kept edges, ascending; B = its top H kept edges by |M|
     kept_ups = sorted({a for a, _ in atp})
     assert result.shares["up"].tolist() == kept_ups
     for r in result.shares.itertuples():
-        held = [b for a, b in sorted(atp, key=lambda e: -abs(T[e[0]][e[1]])) if a == r.up][:3]
+        held = [b for a, b in sorted(atp, key=lambda e: -abs(T[e[0]][e[1]])) if a == r.up][:H]
         assert [int(b) for b in r.held.split(";")] == held
         effect = pair.effect(r.up)
         assert r.effect == effect and r.held_effect == pair.effect(r.up, held)
@@ -362,6 +364,8 @@ def test_mediated_effects_and_shares_in_closed_form(lm, saes, splices, mutant, l
     first = result.shares.set_index("up").loc[x.up[0]]
     held, null = ([int(b) for b in first[c].split(";")] for c in ("held", "null_held"))
     assert sorted(held) == null == x.down[:2]  # its only two links: both held, both drawn
+    if H < 3:  # some upstream feature has more kept edges than are held
+        assert max(len([b for a, b in atp if a == up]) for up in kept_ups) > H
     agreement = edge_ranking_agreement(result.edges.assign(mutant=mutant.name, layer_up=layer1, layer_down=layer2))
     assert agreement["spearman"].iloc[0] == pytest.approx(1.0) and agreement["n_missed"].iloc[0] == 0
 
@@ -394,6 +398,69 @@ def test_the_cut_at_its_bounds(lm, saes, splices):
     assert list(none.shares.columns) == ["up", "effect", "held", "held_effect", "mediated_share", "null_held",
                                          "null_held_effect", "null_share"]
     assert none.n_candidates == len(x.candidates)
+
+
+def tie_graph(lm, saes, splices, sae2, W, g, **changes):
+    """link() of W4A:N38Y from layer 1 to 3 with the closed-form stand-in given W and g (effects only)."""
+    view = full_view(splices[1], DOUBLE)
+    config = settings(3, **changes)
+    context = PairContext(sae2, config)
+    _, lower = context.for_engine(splices[1])
+    context._built[id(splices[1])] = (LinearPair(W, [0.0] * W.shape[1], g), lower)
+    return link(view, config, context)
+
+
+def test_tied_atp_estimates_keep_the_candidate_order(lm, saes, splices):
+    """Every upstream feature moves one downstream feature, every other one by twice the per-site amounts, so the
+    AtP estimates take two values, each tied many times: a stable ranking keeps the larger ones in candidate order
+    (ascending upstream feature). More than numpy's insertion-sort cutoff (16), so an unstable sort reorders them."""
+    up = changed_features(full_view(splices[1], DOUBLE)).tolist()
+    b = sae_reading(lm, saes[3], 3, DOUBLE).changed[0]
+    assert len(up) > 16
+    W = torch.zeros(2, saes[1].info.d_sae, saes[3].info.d_sae, dtype=torch.float64)
+    W[0, up, b], W[1, up, b] = 0.5, -0.25
+    W[:, up[1::2], b] *= 2
+    result = tie_graph(lm, saes, splices, saes[3], W, torch.ones(2, saes[3].info.d_sae), max_edges=5, check_edges=0)
+    assert result.n_candidates == len(up) and len(set(result.edges["linear"])) == 1
+    assert [(r.up, r.down) for r in result.edges.itertuples()] == [(a, b) for a in up[1::2][:5]]
+
+
+def test_tied_mediated_effects_hold_the_first_in_ranking_order(lm, saes, splices):
+    """One upstream feature moves every downstream feature of a wider-k ℓ2 SAE, every other one by twice the
+    amounts, and each of the others moves S four times as much, so M takes two values, each tied many times: B is the
+    first `hold` of the larger in the table's (AtP) order, as a stable sort keeps them."""
+    sae2 = random_sae(lm.embed_dim, 96, 24, seed=5, layer=3)
+    a = changed_features(full_view(splices[1], DOUBLE)).tolist()[0]
+    down = sae_reading(lm, sae2, 3, DOUBLE).changed
+    assert len(down) > 16
+    W = torch.zeros(2, saes[1].info.d_sae, 96, dtype=torch.float64)
+    W[0, a, down], W[1, a, down] = 0.5, -0.25
+    W[:, a, down[1::2]] *= 2
+    g = torch.ones(2, 96)
+    g[:, down[::2]] = 4  # the smaller moves count more: M 1 for them, 0.5 for the others
+    result = tie_graph(lm, saes, splices, sae2, W, g, max_edges=1000, check_edges=0, hold=10)
+    assert len(result.edges) == len(down) and set(result.edges["mediated"]) == {1.0, 0.5}
+    larger = [b for b, m in zip(result.edges["down"], result.edges["mediated"], strict=True) if m == 1.0]
+    assert result.shares["held"].tolist() == [";".join(map(str, larger[:10]))]
+
+
+def test_nothing_measured_gives_edges_and_shares_with_no_rows(lm, saes, splices):
+    result, x = linear_graph(lm, saes, splices, MUTANT, 1, 3, max_edges=0, check_edges=0)
+    assert result.edges.empty and result.shares.empty and result.n_candidates == len(x.candidates)
+    assert list(result.edges.columns) == ["up", "down", "w", "linear", "mediated", "held_effect", "chosen"]
+    assert summary(result) == f"{len(x.up) + len(x.down)} nodes, {len(x.candidates)} candidate edges, 0 measured " \
+        "(+0 checks)"
+
+
+def test_no_downstream_change_gives_the_upstream_nodes_and_no_edges(saes, splices, monkeypatch):
+    import esmsae.analyses.graph as graph
+
+    full = link(full_view(splices[1], MUTANT), settings(3), PairContext(saes[3], settings(3)))
+    real = graph.changed_features
+    monkeypatch.setattr(graph, "changed_features", lambda view: real(view) if view.layer == 1 else real(view)[:0])
+    none = link(full_view(splices[1], MUTANT), settings(3), PairContext(saes[3], settings(3)))
+    pd.testing.assert_frame_equal(none.nodes, full.nodes[full.nodes["layer"] == 1])
+    assert none.edges.empty and none.shares.empty and none.n_candidates == 0
 
 
 def test_the_context_builds_its_pair_and_lower_splice_once_per_engine(lm, saes, tiny_dir):
@@ -550,6 +617,16 @@ def test_a_mutant_graph_by_hand():
     assert mutant_graph("P", "A1C", nodes, edges, labels, top_edges=0)["nodes"] == []
 
 
+def test_a_mutant_graph_keeps_tied_edges_in_table_order():
+    """20 measured edges, |M| 0.25 and 1 in turn, of either sign (more than numpy's insertion-sort cutoff, 16, so
+    only a stable sort keeps the ties in order): the top 5 are the first five rows with |M| = 1, rows 1, 3, … 9."""
+    edges = pd.DataFrame({"mutant": "A1C", "layer_up": 2, "up": list(range(20)), "layer_down": 4, "down": 7, "w": 1.0,
+                          "linear": 0.0, "mediated": [(0.25, -1.0, -0.25, 1.0)[i % 4] for i in range(20)],
+                          "chosen": "atp"})
+    graph = mutant_graph("P", "A1C", pd.DataFrame(columns=["layer", "feature", "effect"]), edges, {}, top_edges=5)
+    assert [e["source"] for e in graph["edges"]] == [f"L2_F{i}" for i in (1, 3, 5, 7, 9)]
+
+
 def test_graphml_by_hand():
     graph = {"mutant": "A<1>C", "nodes": [{"id": "L2_F5", "layer": 2, "feature": 5, "label": "a & b", "effect": -0.25},
                                           {"id": "L4_F9", "layer": 4, "feature": 9, "label": "", "effect": None}],
@@ -621,6 +698,7 @@ def test_the_aggregate_counts_mutants_and_averages_w_m_and_abs_m():
     assert table["mean_abs_mediated"].tolist() == pytest.approx([1 / 3, 0.75, 0.375, 1.0])
     assert list(table.columns) == ["layer_up", "up", "up_label", "layer_down", "down", "down_label", "n_mutants",
                                    "mean_w", "mean_mediated", "mean_abs_mediated"]
+    assert table.index.tolist() == [0, 1, 2, 3]  # rows numbered in their sorted order
     assert aggregate_edges(edge_frame([]), {}).empty
 
 
@@ -634,7 +712,7 @@ def test_strongest_paths_skip_edges_that_jump_a_layer_and_break_ties_by_nodes():
     assert strongest_paths(aggregate, [2, 4, 6], 5) == [(1.0, [(2, 1), (4, 5), (6, 0)]),
                                                         (1.0, [(2, 2), (4, 5), (6, 0)])]
     assert strongest_paths(aggregate, [2, 4, 6], 1) == [(1.0, [(2, 1), (4, 5), (6, 0)])]
-    assert strongest_paths(aggregate, [2, 4, 6], 0) == []
+    assert strongest_paths(aggregate, [2, 4, 6], 0) == [] and strongest_paths(aggregate, [2, 4, 6], -1) == []
     assert strongest_paths(aggregate, [2, 6], 5) == [(10.0, [(2, 1), (6, 3)])]  # with layer 4 not in the graph
 
 
@@ -656,6 +734,9 @@ def test_edge_ranking_agreement_counts_a_check_exactly_at_the_floor():
     # A1C 2→4: ranks of linear 1 2 3 4, of the signed M 2 1 3 4: Σd² = 2, ρ = 1 − 6·2/(4·15) = 0.8
     # (the ranks of |M|, 1 4 2 3, would give 0.4)
     assert np.isnan(table["spearman"].iloc[0]) and table["spearman"].iloc[1:].tolist() == pytest.approx([0.8, -1.0])
+    empty = edge_ranking_agreement(edges.iloc[:0])
+    assert empty.empty and list(empty.columns) == ["mutant", "layer_up", "layer_down", "n_measured", "spearman",
+                                                   "n_checked", "n_missed"]
 
 
 def test_mediated_fractions_sum_absolute_changes_over_features_per_mutant_and_pair():
@@ -664,14 +745,18 @@ def test_mediated_fractions_sum_absolute_changes_over_features_per_mutant_and_pa
     shares = pd.DataFrame({
         "mutant": ["A1C", "A1C", "A1C", "A1C", "D2E"], "layer_up": [2, 2, 4, 4, 2], "layer_down": [4, 4, 6, 6, 4],
         "effect": [0.75, -0.25, 0.0, 0.0, -0.5], "held_effect": [0.25, 0.25, 0.5, 0.5, -0.125],
-        "null_held_effect": [0.5, -0.5, 0.0, 0.0, -0.5]})
+        "null_held_effect": [0.5, -0.5, 0.25, 0.25, -0.5]})
     table = mediated_fractions(shares)
     assert table[["layer_up", "layer_down", "mutant"]].values.tolist() == [[2, 4, "A1C"], [4, 6, "A1C"], [2, 4, "D2E"]]
     # A1C 2→4: Σ|effect| = 1 (exactly at the bar of "moves the score"); (|0.5| + |-0.5|) / 1 = 1 (|Σ| would be 0);
-    # null (|0.25| + |0.25|) / 1 = 0.5. A1C 4→6 moves nothing: NaN. D2E: |-0.375| / 0.5 = 0.75, null 0.
+    # null (|0.25| + |0.25|) / 1 = 0.5. A1C 4→6 moves nothing: NaN, though its held effects are not 0.
+    # D2E: |-0.375| / 0.5 = 0.75, null 0.
     assert table["mediated_fraction"].tolist()[0::2] == [1.0, 0.75]
     assert table["null_fraction"].tolist()[0::2] == [0.5, 0.0]
-    assert np.isnan(table["mediated_fraction"].iloc[1]) and np.isnan(table["null_fraction"].iloc[1])
+    assert np.isnan(table["mediated_fraction"].iloc[1]) and np.isnan(table["null_fraction"].iloc[1])  # not x / 0
+    empty = mediated_fractions(shares.iloc[:0])
+    assert empty.empty and list(empty.columns) == ["layer_up", "layer_down", "mutant", "mediated_fraction",
+                                                   "null_fraction"]
 
 
 def share_frame(rows, **settings_columns):
@@ -694,6 +779,8 @@ P_24 = [("A1C", 2, 4, 1, 1.0, 0.5, 0.75, 0.5, 0.25), ("A1C", 2, 4, 5, -0.5, 0.0,
 # P, 4→6: A1C alone, fraction (2 − 1) / 2 = 0.5, null 0
 P_46 = [("A1C", 4, 6, 7, 2.0, 1.0, 2.0, 0.5, 0.0)]
 Q_24 = [("A1C", 2, 4, 1, 1.0, 0.0, 1.0, 1.0, 0.0)]
+# Q, 1→4 (another layer pair ending at 4): fraction 0.5, null 0
+Q_14 = [("A1C", 1, 4, 1, 1.0, 0.5, 1.0, 0.5, 0.0)]
 # AtP per mutant: P 2→4 ρ 1 (A1C), -1 (D2E), 1 (E3F: a check at the floor |M| 1 and one above, both missed);
 # P 4→6 ρ -1 and one check above the floor; Q 2→4 ρ -1.
 P_EDGES = [(m, 2, u, 4, 7, 0.5, float(u), float(x), "atp")
@@ -704,12 +791,15 @@ P_EDGES += [("A1C", 2, 4, 4, 8, 0.5, 0.0, 0.5, "check"), ("D2E", 2, 4, 4, 8, 0.5
 P_EDGES += [("A1C", 4, u, 6, 7, 0.5, float(u), float(4 - u), "atp") for u in (1, 2, 3)]
 P_EDGES += [("A1C", 4, 4, 6, 7, 0.5, 0.0, 5.0, "check")]
 Q_EDGES = [("A1C", 2, u, 4, 7, 0.5, float(u), float(4 - u), "atp") for u in (1, 2, 3)]
+# Q 1→4: ρ 1 and a missed check; never counted with Q 2→4, though both end at layer 4
+Q_EDGES_14 = [("A1C", 1, u, 4, 7, 0.5, float(u), float(u), "atp") for u in (1, 2, 3)] + \
+    [("A1C", 1, 4, 4, 7, 0.5, 0.0, 5.0, "check")]
 
 
 def check_mediation_rows(table):
     assert table[["protein", "layer_up", "layer_down", "n_mutants"]].values.tolist() == [
-        ["P", 2, 4, 3], ["P", 4, 6, 1], ["Q", 2, 4, 1]]
-    p24, p46, q24 = (table.iloc[i] for i in range(3))
+        ["P", 2, 4, 3], ["P", 4, 6, 1], ["Q", 1, 4, 1], ["Q", 2, 4, 1]]  # layer pairs in order, per protein
+    p24, p46, q14, q24 = (table.iloc[i] for i in range(4))
     # P 2→4: real 2/3, 3/4, 1: mean 29/36, deviations -5/36, -2/36, 7/36, variance 78/1296 / 2, s.e.m. √13/36
     assert p24["mediated_fraction_mean"] == pytest.approx(29 / 36)
     assert p24["mediated_fraction_sem"] == pytest.approx(np.sqrt(13) / 36)
@@ -732,15 +822,23 @@ def check_mediation_rows(table):
     assert (p46["atp_missed"], p46["atp_checked"]) == (1, 1)
     assert (p46["k"], p46["d_sae"], p46["k_down"], p46["d_sae_down"]) == (4, 32, 2, 16)
     # Q with its own edges
-    assert (q24["mediated_fraction_mean"], q24["atp_checked"]) == (1.0, 0)
+    assert (q24["mediated_fraction_mean"], q24["atp_checked"], q24["atp_missed"]) == (1.0, 0, 0)
     assert q24["atp_spearman_mean"] == pytest.approx(-1.0)
+    assert (q14["mediated_fraction_mean"], q14["atp_checked"], q14["atp_missed"]) == (0.5, 1, 1)
+    assert q14["atp_spearman_mean"] == pytest.approx(1.0)
 
 
 def test_the_mediation_table_per_protein_and_layer_pair_by_hand():
+    from esmsae.pipeline.columns import TABLES
+
     other = {"k": 4, "d_sae": 32, "k_down": 2, "d_sae_down": 16}
-    shares = {"P": pd.concat([share_frame(P_24), share_frame(P_46, **other)]), "Q": share_frame(Q_24)}
-    table = mediation_table(shares, {"P": edge_frame(P_EDGES), "Q": edge_frame(Q_EDGES)})
+    # 4→6 first and Q's pairs out of order: the table sorts the layer pairs
+    shares = {"P": pd.concat([share_frame(P_46, **other), share_frame(P_24)]),
+              "Q": pd.concat([share_frame(Q_24), share_frame(Q_14)])}
+    table = mediation_table(shares, {"P": edge_frame(P_EDGES), "Q": edge_frame(Q_EDGES + Q_EDGES_14)})
     check_mediation_rows(table)
+    empty = mediation_table({"P": share_frame([])}, {"P": edge_frame([])})
+    assert empty.empty and list(empty.columns) == TABLES["mediated_shares"]
 
 
 def test_tabulate_mediation_reads_every_layer_file_of_each_protein(tmp_path):
@@ -751,7 +849,7 @@ def test_tabulate_mediation_reads_every_layer_file_of_each_protein(tmp_path):
     other = {"k": 4, "d_sae": 32, "k_down": 2, "d_sae_down": 16}
     files = {("P", 2): (share_frame(P_24), edge_frame(P_EDGES[:-4])), ("P", 4): (share_frame(P_46, **other),
                                                                                edge_frame(P_EDGES[-4:])),
-             ("Q", 2): (share_frame(Q_24), edge_frame(Q_EDGES))}
+             ("Q", 2): (share_frame(Q_24), edge_frame(Q_EDGES)), ("Q", 1): (share_frame(Q_14), edge_frame(Q_EDGES_14))}
     shares, edges = {}, {}
     for (protein, layer), (share, edge) in files.items():
         shares[protein, layer] = tmp_path / f"s{protein}{layer}.csv"
@@ -774,27 +872,36 @@ def test_assemble_graphs_writes_each_mutant_and_the_aggregate(tmp_path):
     paths = {"n2": nodes([("A1C", 2, 1, 0.5), ("A1C", 4, 7, 0.25), ("D2E", 2, 5, -1.0), ("D2E", 4, 7, 0.125)], 2, 4),
              "n4": nodes([("A1C", 4, 7, 0.25), ("A1C", 6, 7, 2.0), ("D2E", 4, 1, 1.0), ("D2E", 6, 7, 0.5)], 4, 6),
              "e2": edge_frame([row for row in AGGREGATE_EDGES if row[1] == 2]),
-             "e4": edge_frame([row for row in AGGREGATE_EDGES if row[1] == 4])}
+             # A1C has a row in each edge file, both numbered 0 in their file
+             "e4": edge_frame([("A1C", 4, 3, 6, 7, 0.5, 0.0, 0.125, "atp")]
+                              + [row for row in AGGREGATE_EDGES if row[1] == 4])}
     for name, frame in paths.items():
         write_csv(frame, tmp_path / f"{name}.csv")
     labels = pd.DataFrame({"layer": [2, 4], "feature": [5, 7], "label": ["five", "seven"]}).reindex(
         columns=TABLES["feature_labels"])
     write_csv(labels, tmp_path / "labels.csv")
-    assemble_graphs("P", {2: tmp_path / "n2.csv", 4: tmp_path / "n4.csv"},
-                    {2: tmp_path / "e2.csv", 4: tmp_path / "e4.csv"}, tmp_path / "labels.csv", 2,
-                    tmp_path / "graphs", tmp_path / "aggregate.csv", tmp_path / "agg.graphml")
-    assert sorted(p.name for p in (tmp_path / "graphs").iterdir()) == ["P_A1C.graphml", "P_A1C.json", "P_D2E.graphml",
-                                                                        "P_D2E.json"]
+    for _ in range(2):  # into a folder not there yet (nor its parent), then again over it: a rerun
+        assemble_graphs("P", {2: tmp_path / "n2.csv", 4: tmp_path / "n4.csv"},
+                        {2: tmp_path / "e2.csv", 4: tmp_path / "e4.csv"}, tmp_path / "labels.csv", 2,
+                        tmp_path / "out" / "graphs", tmp_path / "aggregate.csv", tmp_path / "agg.graphml")
+    assert sorted(p.name for p in (tmp_path / "out" / "graphs").iterdir()) == [
+        "P_A1C.graphml", "P_A1C.json", "P_D2E.graphml", "P_D2E.json"]
     # D2E over both layer pairs: measured |M| 0.25 (2:1→4:7), 0.5 (2:5→4:7), 0.5 (2:2→4:8), 1 (4:1→6:7): the top two
     # are 4:1→6:7 and the first of the ties in file order, 2:5→4:7
-    d2e = json.loads((tmp_path / "graphs" / "P_D2E.json").read_text())
+    d2e = json.loads((tmp_path / "out" / "graphs" / "P_D2E.json").read_text())
+    assert (d2e["protein"], d2e["mutant"]) == ("P", "D2E")
     assert [(e["source"], e["target"], e["M"]) for e in d2e["edges"]] == [("L4_F1", "L6_F7", 1.0),
                                                                             ("L2_F5", "L4_F7", -0.5)]
     assert [(n["id"], n["label"], n["effect"]) for n in d2e["nodes"]] == [
         ("L2_F5", "five", -1.0), ("L4_F1", "", 1.0), ("L4_F7", "seven", 0.125), ("L6_F7", "", 0.5)]
-    assert (tmp_path / "graphs" / "P_D2E.graphml").read_text() == graphml(d2e)
+    assert (tmp_path / "out" / "graphs" / "P_D2E.graphml").read_text() == graphml(d2e)
+    # A1C: measured |M| 0.5, 0.25, 1 (2:2→4:8) and 0.125 (4:3→6:7, the other file): the top two
+    a1c = json.loads((tmp_path / "out" / "graphs" / "P_A1C.json").read_text())
+    assert [(e["source"], e["target"], e["M"]) for e in a1c["edges"]] == [("L2_F2", "L4_F8", -1.0),
+                                                                            ("L2_F1", "L4_F7", 0.5)]
     table = read_table(tmp_path / "aggregate.csv", "graph_aggregate")
-    assert table[["up", "down", "n_mutants"]].values.tolist() == [[5, 7, 3], [2, 8, 2], [1, 7, 2], [1, 7, 1]]
+    assert table[["up", "down", "n_mutants"]].values.tolist() == [[5, 7, 3], [2, 8, 2], [1, 7, 2], [1, 7, 1],
+                                                                  [3, 7, 1]]
     # the aggregate graph: its top two edges (Y in 3 mutants, U in 2), mean w and M, counts and labelled nodes
     root = ElementTree.fromstring((tmp_path / "agg.graphml").read_text())
     ns = {"g": "http://graphml.graphdrawing.org/xmlns"}
@@ -840,6 +947,8 @@ def test_link_tables_and_summary(tmp_path):
     write_links(links, outputs, config, meta)
     for kind, name in (("graph_nodes", "nodes"), ("graph_edges", "edges"), ("graph_shares", "shares")):
         pd.testing.assert_frame_equal(read_table(outputs[name], kind), tables[name], check_dtype=False)
+    one = link_tables(links[1:], meta, config)
+    assert one["nodes"]["d_sae_down"].tolist() == [32] and one["edges"]["n_candidates"].tolist() == [2]
     empty = link_tables([], meta, config)
     assert all(list(empty[name].columns) == TABLES[kind] and empty[name].empty
                for kind, name in (("graph_nodes", "nodes"), ("graph_edges", "edges"), ("graph_shares", "shares")))
