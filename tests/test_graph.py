@@ -713,6 +713,9 @@ def test_strongest_paths_skip_edges_that_jump_a_layer_and_break_ties_by_nodes():
                                                         (1.0, [(2, 2), (4, 5), (6, 0)])]
     assert strongest_paths(aggregate, [2, 4, 6], 1) == [(1.0, [(2, 1), (4, 5), (6, 0)])]
     assert strongest_paths(aggregate, [2, 4, 6], 0) == [] and strongest_paths(aggregate, [2, 4, 6], -1) == []
+    # n below 1 is no path at all, even where five one-edge paths exist (never "all but the last")
+    fan = hand_aggregate([(4, u, 6, 9 if u <= 3 else 1, 1, 0.5) for u in range(1, 6)])
+    assert len(strongest_paths(fan, [4, 6], 5)) == 5 and strongest_paths(fan, [4, 6], -1) == []
     assert strongest_paths(aggregate, [2, 6], 5) == [(10.0, [(2, 1), (6, 3)])]  # with layer 4 not in the graph
 
 
