@@ -7,7 +7,8 @@ Through the engine's two-SAE splice (:class:`esmsae.model.pair.LayerPair`), exac
 1. every upstream feature ``a`` patched alone to its mutant value: its effect ``effect_a`` (the
    one-layer patch effect) and every edge weight ``w(a→b) = z_b^a − z_b^wt`` (summed over sites);
 2. candidate edges (``a`` upstream, ``b`` downstream, ``w ≠ 0``) ranked by AtP's linear estimate of
-   the mediated effect, ``w(a→b) · ∂S/∂z_b`` at the WT (one backward pass); the top ``max_edges``
+   the mediated effect, ``Σ_sites w_s(a→b) · ∂S/∂z_b,s`` at the WT (one backward pass; per site, as
+   AtP's ``(z_mut − z_wt) · ∂S/∂z`` is, so a multi-site mutant has no cross-site terms); the top ``max_edges``
    measured exactly, ``M(a→b) = effect_a − effect_a|b`` with ``b`` held at its WT latent at ℓ2, and
    ``check_edges`` more drawn at random from the rest (seeded) to see what the cut missed;
 3. for each upstream feature with measured edges, its mediated share
@@ -112,10 +113,11 @@ def link(view: MutantView, settings: PairSettings, context: PairContext) -> Link
         v = view2.start.unsqueeze(0).clone().requires_grad_(True)
         return torch.autograd.grad(score(v).sum(), v)[0][0]
 
-    slope = view2.differentiate(gradient).double().cpu().numpy().sum(0) if len(down) else np.zeros(d_sae2)
+    per_site = w.double().cpu().numpy()  # (A, S, d_sae2)
+    slope = view2.differentiate(gradient).double().cpu().numpy() if len(down) else np.zeros(per_site.shape[1:])
     up_list, down_list = up.cpu().tolist(), down.cpu().tolist()
     candidates = [(i, b) for i in range(len(up_list)) for b in down_list if weights[i, b] != 0]
-    linear = np.array([weights[i, b] * slope[b] for i, b in candidates])
+    linear = np.array([per_site[i, :, b] @ slope[:, b] for i, b in candidates])  # Σ_s w_s(a→b) ∂S/∂z_b,s
     order = np.argsort(-np.abs(linear), kind="stable")
     chosen = order[: settings.max_edges].tolist()
     rest = order[settings.max_edges:]
