@@ -15,6 +15,7 @@ from esmsae.analyses.ablation import (
     ablate,
     feature_sets,
     frequency_deciles,
+    NullUndrawable,
     null_sets,
 )
 from esmsae.analyses.arrays import Attributions
@@ -165,7 +166,7 @@ def test_null_sets_are_frequency_matched_and_exclude_the_set():
     three = np.array([i // 3 for i in range(12)])  # decile d = {3d, 3d + 1, 3d + 2}
     draws = null_sets([0, 3], three, 200, np.random.default_rng(1))
     assert {tuple(d) for d in draws} == {(1, 4), (1, 5), (2, 4), (2, 5)}  # each member from its own decile
-    with pytest.raises(InputError, match="decile"):
+    with pytest.raises(NullUndrawable, match="decile"):
         null_sets([0, 1], deciles, 1, rng)  # decile 0 has nothing left
     same = null_sets([0, 3], three, 5, np.random.default_rng(7))
     assert same == null_sets([0, 3], three, 5, np.random.default_rng(7))  # seeded
@@ -267,3 +268,42 @@ def test_ablation_rows_by_hand():
     assert row["null_delta_rho_mean"] == pytest.approx((-0.1 - 2.0 + 0.0) / 3)
     assert row["p_rho_clean_ablated"] == pytest.approx(2 / 4)
     assert row["null_mean_abs_delta_mean"] == pytest.approx((0.4 + 2.4 + 0.0) / 3)  # |Δ| means: 2/5, 12/5, 0
+
+
+def test_a_set_too_large_for_its_deciles_is_reported_without_a_null(caplog):
+    """A two-feature set that fills its decile has nothing of it left to draw, so it gets
+    no null (and a warning) while a one-feature set of the same job still gets its nulls; its table row has
+    n_null 0 and NaN null columns and p."""
+    from types import SimpleNamespace
+
+    from esmsae.analyses.ablation import prepared
+    from esmsae.tables.ablation import ablation_rows
+
+    circuits = pd.DataFrame({"protein": ["P"], "layer": [2], "negligible": [False], "features": ["3;7"]})
+    universal = pd.DataFrame({"feature": [4], "label": [""], "layer": [2], "proteins": ["P;Q"]})
+    labels = pd.DataFrame({"layer": [2] * 20, "feature": range(20), "identity": [False] * 20,
+                           "frequency": [100.0 if j in (3, 7) else float(j) for j in range(20)]})
+    # deciles of two by rank: the top one is {3, 7}, the circuit set itself, so nothing is left to draw
+    settings = AblationSettings(sets=("circuit", "universal"), top_n=None, n_null=3, positions="every", seed=0)
+    raw = {"settings": settings, "circuits": circuits, "universal": universal, "labels": labels,
+           "ig": ig_result(np.zeros((1, 20))), "inputs": {"labels": "feature_labels.csv"}, "mutants": [],
+           "positions": np.zeros(0, int), "wt": np.zeros(0, int), "mut": np.zeros(0, int), "dms": np.zeros(0)}
+    view = SimpleNamespace(protein="P", layer=2, engine=SimpleNamespace(sae=SimpleNamespace(
+        info=SimpleNamespace(d_sae=20))))
+    assert (frequency_deciles(labels["frequency"].to_numpy()) == 9).nonzero()[0].tolist() == [3, 7]
+    with caplog.at_level("WARNING"):
+        ctx = prepared(view, raw)
+    assert ctx.sets == {"circuit": [3, 7], "universal": [4]}
+    assert ctx.nulls["circuit"] == [] and "no frequency-matched null" in caplog.text
+    assert len(ctx.nulls["universal"]) == 3
+
+    clean = np.array([0.0, 1.0, 2.0, 3.0])
+
+    dms = np.array([0.0, 1.0, 3.0, 2.0])
+    arrays = {"set": np.array(["circuit"]), "draw": np.array([-1]), "size": np.array([2]),
+              "features": np.array([[3, 7]]), "scores": np.array([[0.0, 1.0, 3.0, 2.0]]), "clean": clean,
+              "dms": dms, "protein": np.array("P"), "layer": np.array(2), "k": np.array(2), "d_sae": np.array(10),
+              "activations": np.array("interprot"), "n_null": np.array(100), "positions": np.array("every")}
+    row = ablation_rows(arrays).iloc[0]
+    assert row["n_null"] == 0 and np.isnan(row["p_delta_rho"]) and np.isnan(row["null_delta_rho_mean"])
+    assert row["rho_a"] == pytest.approx(1.0) and row["rho_0"] == pytest.approx(0.8)  # hand: ρ(clean, dms) = 0.8

@@ -21,6 +21,7 @@ mean |Δ score|, the nulls' spread and the empirical p — are the table rule's
 from __future__ import annotations
 
 import io
+import logging
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from esmsae.model.view import WTView
 from esmsae.pipeline.columns import read_table
 from esmsae.pipeline.errors import InputError
 from esmsae.pipeline.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 DECILES = 10
 
@@ -78,9 +81,14 @@ def frequency_deciles(frequency: np.ndarray, deciles: int = DECILES) -> np.ndarr
     return groups
 
 
+class NullUndrawable(ValueError):
+    """A set too large for its deciles: some decile has fewer free features than the set has members in it."""
+
+
 def null_sets(features: list[int], deciles: np.ndarray, n_null: int, rng: np.random.Generator) -> list[list[int]]:
     """`n_null` random sets of `features`' size: member i replaced by a feature of the same decile, drawn
-    without replacement within the set, never one of `features`. A decile without a free feature is an error."""
+    without replacement within the set, never one of `features`. A decile without a free feature raises
+    :class:`NullUndrawable`."""
     chosen = set(features)
     out = []
     for _ in range(n_null):
@@ -90,8 +98,9 @@ def null_sets(features: list[int], deciles: np.ndarray, n_null: int, rng: np.ran
             pool = np.flatnonzero(deciles == deciles[feature])
             pool = np.array([j for j in pool.tolist() if j not in chosen and j not in taken], dtype=np.int64)
             if not len(pool):
-                raise InputError(f"feature {feature}: no feature of its activation-frequency decile is left to draw "
-                                 f"for a null set of size {len(features)}; the set is too large for its decile")
+                raise NullUndrawable(f"feature {feature}: no feature of its activation-frequency decile is left to "
+                                     f"draw for a null set of size {len(features)}; the set is too large for its "
+                                     "decile")
             pick = int(rng.choice(pool))
             taken.add(pick)
             draw.append(pick)
@@ -155,9 +164,15 @@ def prepared(view: WTView, raw: dict) -> AblationContext:
             raise InputError(f"{raw['inputs']['labels']}: {len(labels)} features at layer {view.layer}, the SAE has "
                              f"{d_sae}")
         deciles = frequency_deciles(labels["frequency"].to_numpy(dtype=np.float64))
-        nulls = {name: null_sets(members, deciles, settings.n_null,
-                                 set_rng(settings.seed, view.protein, view.layer, name))
-                 for name, members in sets.items()}
+        nulls = {}
+        for name, members in sets.items():
+            try:
+                nulls[name] = null_sets(members, deciles, settings.n_null,
+                                        set_rng(settings.seed, view.protein, view.layer, name))
+            except NullUndrawable as error:  # a small SAE, a large set: reported without a null, never skipped
+                log.warning("%s layer %d, set %r: no frequency-matched null (%s); its null statistics and p are "
+                            "NaN and its n_null is 0", view.protein, view.layer, name, error)
+                nulls[name] = []
         raw["prepared"] = AblationContext(sets=sets, nulls=nulls, mutants=raw["mutants"], positions=raw["positions"],
                                           wt=raw["wt"], mut=raw["mut"], dms=raw["dms"])
     return raw["prepared"]

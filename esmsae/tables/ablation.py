@@ -74,7 +74,7 @@ def ablation_rows(arrays: Mapping[str, np.ndarray]) -> pd.DataFrame:
         row["p_rho_clean_ablated"] = empirical_p(row["rho_clean_ablated"],
                                                  np.array([stats[r]["rho_clean_ablated"] for r in nulls]))
         rows.append(row | {"k": int(arrays["k"]), "d_sae": int(arrays["d_sae"]),
-                           "activations": str(arrays["activations"]), "n_null": int(arrays["n_null"]),
+                           "activations": str(arrays["activations"]), "n_null": len(nulls),
                            "positions": str(arrays["positions"])})
     return pd.DataFrame(rows, columns=TABLES["set_ablation"])
 
