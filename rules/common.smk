@@ -7,6 +7,7 @@ from snakemake.utils import validate
 from esmsae.config import parse as cfg
 from esmsae.pipeline.keys import key
 from esmsae.config.settings import as_params
+from esmsae.inputs.mutations import MODEL_WINDOW
 
 validate(config, schema=str(cfg.SCHEMA), set_default=True)
 # The config, typed, parsed once. Rules get the science settings they depend on as params
@@ -17,10 +18,20 @@ STUDY = cfg.parse(config)
 OUTDIR = STUDY.outdir
 PROTEINS = list(STUDY.proteins)
 DMS_PROTEINS = [p for p in PROTEINS if STUDY.proteins[p].dms]
+# Proteins the model reads whole. A longer one is analysed per mutant on windows (METHOD.md "Long
+# sequences") and left out of the whole-sequence stages: SAE training and fidelity, feature activity,
+# labels and output effects, and set ablation (each says so in its log).
+WHOLE_PROTEINS = [
+    p for p in PROTEINS if len(STUDY.proteins[p].wt_seq) + 2 <= MODEL_WINDOW
+]
 # Concept labels: proteins with a UniProt GFF3 (configured, or fetched for proteins.NAME.uniprot), and those
 # whose assay gives the dms_sensitive concept.
-ANNOTATED_PROTEINS = [p for p in PROTEINS if STUDY.proteins[p].annotations]
-CONCEPT_DMS_PROTEINS = DMS_PROTEINS if STUDY.features.dms_sensitive else []
+ANNOTATED_PROTEINS = [p for p in WHOLE_PROTEINS if STUDY.proteins[p].annotations]
+CONCEPT_DMS_PROTEINS = (
+    [p for p in DMS_PROTEINS if p in WHOLE_PROTEINS]
+    if STUDY.features.dms_sensitive
+    else []
+)
 UNIPROT_DIR = cfg.UNIPROT_DIR
 LAYERS = STUDY.layers
 IG_LAYERS = sorted(STUDY.ig_layers)
@@ -28,10 +39,13 @@ PATCH_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.patching_layers]
 IG_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.ig_layers]
 AGREEMENT_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.agreement_layers]
 POSITION_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.positions_layers]
-ABLATION_PAIRS = [(p, layer) for p in PROTEINS for layer in STUDY.ablation_layers]
+ABLATION_PAIRS = [(p, layer) for p in WHOLE_PROTEINS for layer in STUDY.ablation_layers]
 # Graph jobs: one per protein and upstream layer (every graph layer but the last).
 GRAPH_PAIRS = [(p, up) for p in PROTEINS for up, _ in STUDY.graph_pairs]
 SAE_FILE = STUDY.sae_file_pattern
+# The proteins the per-protein figures draw (figures.proteins; default: the 3 with the most selected mutants).
+# Where that is fewer than the study's, every per-protein figure gets them as its `proteins` option.
+FIGURE_PROTEINS = list(cfg.figure_proteins(config["figures"], STUDY.proteins))
 
 
 wildcard_constraints:
@@ -214,6 +228,22 @@ def layer_job(wildcards):
     return as_params(STUDY.layer_job(wildcards.protein, wildcards.layer))
 
 
+def ablation_inputs(wildcards):
+    """Each ablation layer's SAE and the protein's IG there (its `top` set)."""
+    inputs = by_layer("sae", sae_file, STUDY.ablation_layers)
+    return inputs | by_layer(
+        "ig", lambda layer: ig_file(wildcards.protein, layer), STUDY.ablation_layers
+    )
+
+
+def ablation_jobs(wildcards):
+    """Params: what each ablation layer's piece works on (as layer_job), by layer."""
+    return {
+        layer: as_params(STUDY.layer_job(wildcards.protein, layer))
+        for layer in STUDY.ablation_layers
+    }
+
+
 def protein_params(wildcards):
     """One protein's WT sequence, assay and mutation selection."""
     return as_params(STUDY.proteins[wildcards.protein])
@@ -282,7 +312,7 @@ if GRAPH_PAIRS:
         "subcategory": "all proteins",
         "input": by_pair("shares", graph_shares_file, GRAPH_PAIRS),
     }
-for graph_protein in PROTEINS if GRAPH_PAIRS else []:
+for graph_protein in FIGURE_PROTEINS if GRAPH_PAIRS else []:
     FIGURES[f"feature_graph_{graph_protein}"] = {
         "category": "Feature graphs",
         "subcategory": graph_protein,
@@ -304,6 +334,18 @@ if AGREEMENT_PAIRS:
         "category": "Attribution",
         "input": {"mutants": table_file("attribution_agreement_mutants")},
     }
+# Figures that pool every protein (one summary over all of them); the others draw a panel, line or colour
+# per protein, and only FIGURE_PROTEINS' where the study has more.
+POOLED_FIGURES = {
+    "sae_fidelity",
+    "ig_concentration",
+    "minimal_circuit_sizes",
+    "circuit_faithfulness",
+}
+if len(FIGURE_PROTEINS) < len(PROTEINS):
+    for name, spec in FIGURES.items():
+        if name not in POOLED_FIGURES and spec.get("draw") != "feature_graph":
+            spec["options"] = spec.get("options", {}) | {"proteins": FIGURE_PROTEINS}
 
 
 def study_tables():
@@ -371,7 +413,7 @@ def report_findings():
     shown = {f"{name}.png" for name in FIGURES}
 
     def rst(text):
-        return "".join("\\" + c if c in "\\|*`_[]<>" else c for c in str(text))
+        return "".join(f"\\{c}" if c in "\\|*`_[]<>" else c for c in str(text))
 
     return [
         {

@@ -34,6 +34,8 @@ rule tabulate_attributions:
     benchmark:
         f"{OUTDIR}/benchmarks/tabulate_attributions.tsv"
     localrule: True
+    params:
+        min_proteins=STUDY.min_proteins,
     script:
         "../workflow_scripts/tabulate_attributions.py"
 

@@ -38,6 +38,7 @@ checkpoint select_features:
     params:
         sizes=as_params(STUDY.circuit_sizes),
         max_cards=STUDY.features.max_cards,
+        min_proteins=STUDY.min_proteins,
     script:
         "../workflow_scripts/select_features.py"
 

@@ -17,6 +17,7 @@ rule tabulate_findings:
     localrule: True
     params:
         settings=as_params(STUDY.findings),
+        min_proteins=STUDY.min_proteins,
     script:
         "../workflow_scripts/tabulate_findings.py"
 

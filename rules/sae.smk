@@ -13,7 +13,7 @@ if STUDY.train:
         threads: 2
         params:
             train=as_params(STUDY.train),
-            wt_seqs=[STUDY.proteins[p].wt_seq for p in PROTEINS],
+            wt_seqs=[STUDY.proteins[p].wt_seq for p in WHOLE_PROTEINS],
             k=layer_k,
             forward=as_params(STUDY.forward),
         script:

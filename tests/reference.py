@@ -9,8 +9,10 @@ from __future__ import annotations
 import torch
 
 
-def hooked_logits(lm, seq: str, layer: int, replace: dict[int, torch.Tensor]) -> torch.Tensor:
-    """fair-esm's own forward with ``h_ℓ`` at token positions replaced (a hook on its module)."""
+def hooked_logits(lm, seq: str, layer: int, replace: dict[int, torch.Tensor],
+                  window: tuple[int, int] | None = None) -> torch.Tensor:
+    """fair-esm's own forward with ``h_ℓ`` at token positions replaced (a hook on its module); with `window`,
+    on the token slice ``[start, end)`` (positions in `replace` and the result are the slice's)."""
     model = lm.model
     module = model.layers[layer - 1] if layer < model.num_layers else model.emb_layer_norm_after
 
@@ -24,7 +26,8 @@ def hooked_logits(lm, seq: str, layer: int, replace: dict[int, torch.Tensor]) ->
     handle = module.register_forward_hook(hook)
     try:
         with torch.no_grad():
-            return model(lm.tokenize([seq]))["logits"][0]
+            tokens = lm.tokenize([seq])
+            return model(tokens if window is None else tokens[:, window[0]:window[1]])["logits"][0]
     finally:
         handle.remove()
 

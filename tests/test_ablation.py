@@ -12,10 +12,10 @@ import torch
 
 from esmsae.analyses.ablation import (
     AblationContext,
+    NullUndrawable,
     ablate,
     feature_sets,
     frequency_deciles,
-    NullUndrawable,
     null_sets,
 )
 from esmsae.analyses.arrays import Attributions

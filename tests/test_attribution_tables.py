@@ -15,6 +15,7 @@ import pytest
 from scipy import stats
 
 from esmsae.pipeline.columns import CONCENTRATION_COLUMNS, CONSISTENCY_COLUMNS, SIZE_COLUMNS, TABLES, read_table
+from esmsae.pipeline.errors import InputError
 from esmsae.tables.circuits import circuit_sizes
 from esmsae.tables.ig import (
     concentration_by_mutant,
@@ -462,3 +463,27 @@ def test_tables_carry_the_features_labels():
     assert list(consistency.columns[:3]) == ["protein", "feature", "label"]
     assert set(consistency.loc[consistency["feature"] == 7, "label"]) == {"L-identity; promotes L"}
     assert set(consistency.loc[~consistency["feature"].isin([3, 7]), "label"]) == {""}
+
+
+def test_universal_features_min_proteins_count_and_fraction():
+    """Layer 3 of the ordering case: feature 4 is consistent in A, B and C, feature 9 in A and B (C has
+    results, so three proteins at the layer). A count of 3, or a fraction of 2/3 < x ≤ 1 rounded up to 3, keeps
+    only 4; a fraction of 0.5 (⌈1.5⌉ = 2) or 0.1 (⌈0.3⌉ = 1, raised to 2) keeps both."""
+    a = np.zeros((2, 10))
+    a[:, 4] = 1.0
+    a[:, 9] = 2.0
+    b = a.copy()
+    b[:, 9] = 0.0
+    results = {("A", 3): result(a, 3), ("B", 3): result(a, 3), ("C", 3): result(b, 3)}
+    kept = {m: universal_features(results, min_proteins=m)["feature"].tolist() for m in (2, 3, 4, 0.5, 0.1, 0.7, 0.99)}
+    assert kept == {2: [4, 9], 3: [4], 4: [], 0.5: [4, 9], 0.1: [4, 9], 0.7: [4], 0.99: [4]}
+
+
+def test_required_proteins_by_hand():
+    from esmsae.config.settings import required_proteins
+
+    assert [required_proteins(m, n) for m, n in [(2, 217), (5, 3), (0.1, 217), (0.5, 4), (0.3, 10), (0.75, 4),
+                                                 (0.01, 3), (0.5, 5)]] == [2, 5, 22, 2, 3, 3, 2, 3]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(InputError, match="universal.min_proteins"):
+            required_proteins(bad, 3)

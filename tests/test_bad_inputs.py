@@ -13,9 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from esmsae.analyses.scoring import scores_table
 from esmsae.config.parse import load
-from esmsae.config.settings import SelectionSettings
 from esmsae.model.esm import EsmLM
 from esmsae.model.splice import Splice
 from esmsae.pipeline.errors import InputError
@@ -31,10 +29,14 @@ def study(**changes) -> dict:
             "patching": {"layers": [1]}, "ig": {"layers": [1]}, **changes}
 
 
-def test_sequence_longer_than_the_context(lm):
-    with pytest.raises(InputError, match=r"proteins\.LONG\.wt_seq: sequence of 1023 residues is longer"):
-        scores_table(lm, "LONG", "A" * 1023, None, SelectionSettings(source="model", max_dms=None, n=1, seed=0,
-                                                                     multi=False))
+def test_sequence_longer_than_the_context(lm, saes):
+    """A long sequence is read on windows; nothing runs the model past its context."""
+    with pytest.raises(InputError, match=r"WT sequence: sequence of 1023 residues is longer.*on windows"):
+        Splice(lm, saes[1], "A" * 1023, 1)
+    with pytest.raises(ValueError, match=r"1025 tokens exceed the model's context of 1024"):
+        lm.hidden(lm.tokenize(["A" * 1023]), 1)
+    with pytest.raises(ValueError, match=r"1025 tokens exceed"):
+        lm.on("fair-esm").logits(lm.tokenize(["A" * 1023]))
 
 
 def test_sequence_with_non_canonical_residue(lm):

@@ -246,9 +246,14 @@ class CubicEngine:
     """A stand-in engine whose row effect is ``(Σ_{p,c} delta_pc)³``: so ``P_p = (Σ_c change_pc)³`` and
     ``P_all = (Σ_{p,c} change_pc)³`` (not Σ_p P_p). It checks it is asked about every token with the view's spec."""
 
+    offset = 0  # the whole sequence (no window): residue i is token i
+
     def __init__(self, wt):
         self.h = wt.unsqueeze(0)
         self.rows = []
+
+    def token(self, residue):
+        return residue
 
     def residual_effects(self, positions, deltas, spec):
         assert positions.tolist() == list(range(deltas.shape[1])) and spec == "spec"

@@ -115,3 +115,10 @@ def test_set_ablation_claims_are_bonferroni_over_layers():
     assert ablation_claims(ablation_table([0.03, 0.3], [-0.2, -0.05], [0.1, 0.1]), 0.05)[0]["verdict"] == NULL
     above = ablation_claims(ablation_table([0.5, 0.9], [0.2, 0.0], [0.1, 0.1]), 0.05)[0]
     assert above["verdict"] == NOT_SUPPORTED
+
+
+def test_universal_count_with_min_proteins():
+    """Three proteins at layer 2: 1 is consistent in P, Q and R, 5 in Q and R only. min_proteins 3 (or a
+    fraction above 2/3) counts 1 alone; 2 (or 0.5: ⌈1.5⌉ = 2) counts both."""
+    tops = {("P", 2): [{1}, {1, 2}], ("Q", 2): [{1, 5}, {5}], ("R", 2): [{1, 5}]}
+    assert [universal_count(tops, m) for m in (2, 3, 0.5, 0.9, 4)] == [2, 1, 2, 1, 0]

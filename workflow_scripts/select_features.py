@@ -11,7 +11,7 @@ def main(smk):
     with log_to(smk.log[0]):
         select_features(keyed(smk.input, "ig", PAIR), keyed(smk.input, "patching", PAIR),
                         keyed(smk.input, "curves", PAIR), from_params(CircuitSizeSettings, smk.params.sizes),
-                        smk.params.max_cards, smk.output.shown)
+                        smk.params.max_cards, smk.output.shown, smk.params.min_proteins)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from esmsae.tables.ig import tabulate_attributions
 def main(smk):
     with log_to(smk.log[0]):
         tabulate_attributions(keyed(smk.input, "ig", ("protein", "layer")), smk.input.labels, dict(smk.output.items()),
-                              keyed(smk.output, "consistency", ("layer",)))
+                              keyed(smk.output, "consistency", ("layer",)), smk.params.min_proteins)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ def main(smk):
         settings = from_params(FindingsSettings, smk.params.settings)
         tabulate_findings(keyed(smk.input, "patching", PAIR), smk.input.concentration, keyed(smk.input, "ig", PAIR),
                           keyed(smk.input, "shares", PAIR), smk.input.get("ablation"), settings.n_null,
-                          settings.seed, settings.alpha, smk.output.table)
+                          settings.seed, settings.alpha, smk.output.table, smk.params.min_proteins)
 
 
 if __name__ == "__main__":

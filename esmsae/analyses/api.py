@@ -72,29 +72,45 @@ class Analysis(Generic[S, R]):
     units: Callable[[Any, S], list[str]] | None = None           # per-protein analyses: the units of work
 
 
-def analyse(analysis: Analysis[S, R], splice: Splice, mutants: list[Mutant], settings: S, *, context: Any = None,
-            work: WorkFolder | None = None) -> list[R]:
+def analyse(analysis: Analysis[S, R], splice: Splice | Mapping[str, Splice], mutants: list[Mutant], settings: S, *,
+            context: Any = None, work: WorkFolder | None = None) -> list[R]:
     """`analysis` on every mutant, each result kept in `work` as soon as it is done.
 
-    The mutants' own layer-ℓ states come from one batched forward (always of all
-    mutants, so a resumed job computes exactly what an uninterrupted one would).
+    `splice` is the engine, or for a sequence longer than the model's context each mutant's own (by name:
+    the splice of its window, METHOD.md "Long sequences"). The mutants' own layer-ℓ states come from one
+    batched forward per splice (always of all its mutants, so a resumed job computes exactly what an
+    uninterrupted one would).
     """
     if analysis.units is not None:
+        if not isinstance(splice, Splice):
+            raise ValueError(f"{analysis.rule} analyses a whole protein: it needs one splice of the whole sequence")
         return analyse_units(analysis, splice, analysis.units(context, settings), settings, context=context, work=work)
     if not mutants:
         return []
-    h = splice.hidden([m.apply(splice.wt_seq) for m in mutants])
+    if isinstance(splice, Splice):
+        splices = {m.name: splice for m in mutants}
+    else:
+        missing = [m.name for m in mutants if m.name not in splice]
+        if missing:
+            raise ValueError(f"{analysis.rule}: no splice for {missing[:5]}")
+        splices = {m.name: splice[m.name] for m in mutants}
+    states = {}
+    for engine in {id(s): s for s in splices.values()}.values():
+        group = [m for m in mutants if splices[m.name] is engine]
+        for m, h in zip(group, engine.hidden([m.apply(engine.wt_seq) for m in group]), strict=True):
+            states[m.name] = h
     space = getattr(settings, "space", "latent")  # analyses that never touch the SAE's code have none
 
     def one(index: int) -> R:
         mutant = mutants[index]
-        view = splice.view(mutant, h[index], space)
+        engine = splices[mutant.name]
+        view = engine.view(mutant, states[mutant.name], space)
         result = analysis.run(view, settings, context)
-        log.info("%s L%d %s: %s", splice.protein, splice.layer, mutant.name, analysis.summary(result))
+        log.info("%s L%d %s: %s", engine.protein, engine.layer, mutant.name, analysis.summary(result))
         return result
 
-    desc = f"{analysis.rule} {splice.protein} L{splice.layer}"
-    return run_items([m.name for m in mutants], one, work, desc=desc)
+    first = next(iter(splices.values()))
+    return run_items([m.name for m in mutants], one, work, desc=f"{analysis.rule} {first.protein} L{first.layer}")
 
 
 def analyse_units(analysis: Analysis[S, R], splice: Splice, units: list[str], settings: S, *, context: Any = None,

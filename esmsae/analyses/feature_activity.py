@@ -27,7 +27,7 @@ from esmsae.config.settings import (
     as_params,
 )
 from esmsae.inputs.fasta import Skipped, reference_sequences
-from esmsae.inputs.mutations import AMINO_ACIDS
+from esmsae.inputs.mutations import AMINO_ACIDS, within_context
 from esmsae.model.esm import (
     MAX_TOKENS,
     EsmLM,
@@ -248,11 +248,13 @@ def characterize_features(settings: ActivitySettings, wt_seqs: dict[str, str], l
     lm = open_model(checkpoint, forward, runtime)
     opened = open_sae(sae, k, lm, layer)
     skipped = Skipped()
+    wt_seqs = within_context(wt_seqs, f"feature activity at layer {layer}")
     stream = reference_sequences(wt_seqs, reference, settings.max_sequences, MAX_TOKENS - 2, skipped)
     inputs = {"checkpoint": checkpoint, "sae": sae} | ({"reference": reference} if reference else {})
     work = WorkFolder(out, fingerprint(rule="characterize_features", settings=as_params(settings), wt=wt_seqs,
                                        layer=layer, k=k, forward=as_params(forward),
-                                       inputs={n: file_identity(p) for n, p in sorted(inputs.items())}))
+                                       inputs={n: file_identity(p) for n, p in sorted(inputs.items())}),
+                      keep=runtime.keep_pieces)
     total, index, done = None, 0, 0
     best = TopExamples.empty(opened.info.d_sae, settings.n_examples, settings.example_window)
     while True:

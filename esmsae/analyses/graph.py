@@ -71,7 +71,7 @@ class PairContext:
     def for_engine(self, upper: Splice) -> tuple[LayerPair, Splice]:
         if id(upper) not in self._built:
             lower = Splice(upper.lm, self.sae2, upper.wt_seq, self.settings.layer2, upper.batch_size,
-                           protein=upper.protein)
+                           protein=upper.protein, window=upper.window)
             self._built[id(upper)] = (LayerPair(upper, self.sae2, self.settings.layer2), lower)
         return self._built[id(upper)]
 

@@ -18,12 +18,11 @@ from esmsae.config.settings import (
     Runtime,
     as_params,
 )
-from esmsae.inputs.mutations import Mutant
-from esmsae.model.esm import (
-    open_model,
-)
-from esmsae.model.sae import open_sae
+from esmsae.inputs.mutations import Mutant, mutant_window
+from esmsae.model.esm import MAX_TOKENS, EsmLM, open_model
+from esmsae.model.sae import TopKSAE, open_sae
 from esmsae.model.splice import Splice
+from esmsae.pipeline.errors import InputError
 from esmsae.pipeline.resume import WorkFolder, file_identity, fingerprint
 
 log = logging.getLogger("esmsae")
@@ -39,14 +38,36 @@ def run_analysis(analysis: Analysis, settings, job: LayerJob, runtime: Runtime, 
     lm = open_model(inputs["checkpoint"], job.forward, runtime)
     sae = open_sae(inputs["sae"], job.k, lm, job.layer)
     mutants = selected_mutants(job.wt_seq, inputs["scores"])
-    splice = Splice(lm, sae, job.wt_seq, job.layer, runtime.batch_size, protein=job.protein)
+    splice = splices(lm, sae, job, runtime, mutants)
     context = analysis.context(inputs, mutants, settings) if analysis.context else None
-    work = WorkFolder(next(iter(outputs.values())), _fingerprint(analysis, settings, job, mutants, inputs))
+    work = WorkFolder(next(iter(outputs.values())), _fingerprint(analysis, settings, job, mutants, inputs),
+                      keep=runtime.keep_pieces)
     results = analyse(analysis, splice, mutants, settings, context=context, work=work)
     analysis.write(results, outputs, settings, LayerMeta(protein=job.protein, layer=job.layer, k=sae.k,
                                                          d_sae=sae.info.d_sae, wt_seq=job.wt_seq,
                                                          activations=job.forward.activations))
     work.finish()
+
+
+def splices(lm: EsmLM, sae: TopKSAE, job: LayerJob, runtime: Runtime, mutants: list[Mutant]) -> Splice | dict:
+    """The engine for the job: one splice of the WT sequence, or for a sequence longer than the model's context
+    one per window, by mutant (METHOD.md "Long sequences"; mutants sharing a window share its WT forward).
+    The scores table holds only mutants that have a window."""
+    if len(job.wt_seq) + 2 <= MAX_TOKENS:
+        return Splice(lm, sae, job.wt_seq, job.layer, runtime.batch_size, protein=job.protein)
+    by_window: dict[tuple[int, int], Splice] = {}
+    out = {}
+    for mutant in mutants:
+        window = mutant_window(mutant, len(job.wt_seq))
+        if window is None:
+            raise InputError(f"{job.protein} {mutant.name}: its sites lie further apart than the model's window")
+        if window not in by_window:
+            by_window[window] = Splice(lm, sae, job.wt_seq, job.layer, runtime.batch_size, protein=job.protein,
+                                       window=window)
+        out[mutant.name] = by_window[window]
+    log.info("%s (%d residues, longer than the model's context): %d mutants on %d windows of %d tokens",
+             job.protein, len(job.wt_seq), len(mutants), len(by_window), MAX_TOKENS)
+    return out
 
 
 def _fingerprint(analysis: Analysis, settings, job: LayerJob, mutants: list[Mutant],

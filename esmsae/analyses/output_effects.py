@@ -20,7 +20,7 @@ from esmsae.config.settings import (
     Runtime,
     as_params,
 )
-from esmsae.inputs.mutations import AMINO_ACIDS
+from esmsae.inputs.mutations import AMINO_ACIDS, within_context
 from esmsae.model.esm import (
     open_model,
 )
@@ -80,9 +80,11 @@ def measure_output_effects(max_positions: int, wt_seqs: dict[str, str], layer: i
     opened = open_sae(sae, k, lm, layer)
     table = read_table(shown, "shown_features")
     features = sorted(table.loc[table["layer"] == layer, "feature"].astype(int).tolist())
+    wt_seqs = within_context(wt_seqs, f"output effects at layer {layer}")
     work = WorkFolder(out, fingerprint(rule="measure_output_effects", max_positions=max_positions, wt=wt_seqs,
                                        layer=layer, k=k, forward=as_params(forward), features=features,
-                                       inputs={"checkpoint": file_identity(checkpoint), "sae": file_identity(sae)}))
+                                       inputs={"checkpoint": file_identity(checkpoint), "sae": file_identity(sae)}),
+                      keep=runtime.keep_pieces)
     proteins = list(wt_seqs)
 
     def one(index: int):

@@ -38,6 +38,7 @@ class Spread:
     all_effect: float     # P_all
     site_effect: float    # Σ_sites P_site
     negligible: bool      # |P_all| < min_effect
+    offset: int = 0       # token 0 of `effects` is this token of the whole sequence (a long one's window)
 
     @property
     def site_share(self) -> float:
@@ -60,10 +61,11 @@ def spread(view: MutantView, settings: PositionSettings, context: None = None) -
         effects.append(engine.residual_effects(positions, deltas, view.spec).effects)
     everything = engine.residual_effects(positions, change.unsqueeze(0), view.spec).effects
     per_position = torch.cat(effects).double().cpu().numpy()
-    sites = [s.pos for s in view.mutant.sites]
+    sites = [engine.token(s.pos) for s in view.mutant.sites]
     all_effect = float(everything[0])
     return Spread(mutant=view.mutant.name, effects=per_position, all_effect=all_effect,
-                  site_effect=float(per_position[sites].sum()), negligible=abs(all_effect) < settings.min_effect)
+                  site_effect=float(per_position[sites].sum()), negligible=abs(all_effect) < settings.min_effect,
+                  offset=engine.offset)
 
 
 def summary(s: Spread) -> str:
@@ -72,12 +74,13 @@ def summary(s: Spread) -> str:
 
 
 def spread_tables(results: list[Spread], wt_seq: str, layer: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The per-position table (one row per mutant and token) and the per-mutant summary."""
+    """The per-position table (one row per mutant and token, in the whole sequence's numbering) and the
+    per-mutant summary."""
     residues = ["<cls>", *wt_seq, "<eos>"]
     rows = pd.DataFrame({
         "mutant": np.repeat([s.mutant for s in results], [len(s.effects) for s in results]),
-        "position": np.concatenate([np.arange(len(s.effects)) for s in results]) if results else [],
-        "residue": [residues[p] for s in results for p in range(len(s.effects))],
+        "position": np.concatenate([np.arange(len(s.effects)) + s.offset for s in results]) if results else [],
+        "residue": [residues[p + s.offset] for s in results for p in range(len(s.effects))],
         "effect": np.concatenate([s.effects for s in results]) if results else [],
         "layer": layer,
     }, columns=TABLES["positions"])

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from esmsae.analyses.scoring import read_scores, selected_mutants, wt_marginal
 from esmsae.config.settings import ACTIVATIONS, Forward, Runtime
-from esmsae.inputs.mutations import AMINO_ACIDS, parse_mutant
+from esmsae.inputs.mutations import AMINO_ACIDS, parse_mutant, within_context
 from esmsae.model.esm import EsmLM, open_model
 from esmsae.model.sae import TopKSAE, open_sae
 from esmsae.pipeline.columns import TABLES
@@ -215,6 +215,7 @@ def measure_sae_quality(wt_seqs: dict[str, str], layer: int, k: int, forward: Fo
     lm = open_model(checkpoint, forward, runtime)
     sae = open_sae(sae_path, k, lm, layer)
     size, digest = Path(sae_path).stat().st_size, sha256_of(sae_path)
+    wt_seqs = within_context(wt_seqs, f"SAE fidelity at layer {layer}")
     seqs = []
     for protein, wt in wt_seqs.items():
         seqs += [wt] + [m.apply(wt) for m in selected_mutants(wt, scores[protein])]

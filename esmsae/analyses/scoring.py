@@ -16,17 +16,16 @@ import torch
 
 from esmsae.config.settings import ACTIVATIONS, Forward, Protein, Runtime, SelectionSettings
 from esmsae.inputs.mutations import (
+    MODEL_WINDOW,
     Mutant,
     all_single_mutants,
+    mutant_window,
     parse_mutant,
     read_assay,
     select_from_assay,
     select_lowest,
 )
-from esmsae.model.esm import (
-    EsmLM,
-    open_model,
-)
+from esmsae.model.esm import MAX_TOKENS, EsmLM, open_model
 from esmsae.pipeline.columns import SCORE_COLUMNS, read_table
 from esmsae.pipeline.errors import InputError
 from esmsae.pipeline.io import write_csv
@@ -40,12 +39,26 @@ def wt_log_probs(lm: EsmLM, wt_seq: str) -> torch.Tensor:
         return torch.log_softmax(lm.logits(lm.tokenize([wt_seq]))[0].float(), dim=-1)
 
 
-def wt_marginal(lm: EsmLM, logp: torch.Tensor, mutants: list[Mutant]) -> np.ndarray:
-    """``S(m)`` for each mutant from WT log-probabilities (residue i is token i)."""
+def wt_marginal(lm: EsmLM, logp: torch.Tensor, mutants: list[Mutant], offset: int = 0) -> np.ndarray:
+    """``S(m)`` for each mutant from WT log-probabilities (residue i is token i − `offset`: a window's)."""
     out = np.empty(len(mutants), dtype=np.float64)
     idx = lm.token_index
     for row, mutant in enumerate(mutants):
-        out[row] = sum(float(logp[s.pos, idx(s.mut)] - logp[s.pos, idx(s.wt)]) for s in mutant.sites)
+        out[row] = sum(float(logp[s.pos - offset, idx(s.mut)] - logp[s.pos - offset, idx(s.wt)])
+                       for s in mutant.sites)
+    return out
+
+
+def windowed_scores(lm: EsmLM, wt_seq: str, mutants: list[Mutant],
+                    windows: list[tuple[int, int]]) -> np.ndarray:
+    """``S(m)`` of each mutant on its own window's WT forward (METHOD.md "Long sequences"): one forward per
+    distinct window, shared by the mutants in it."""
+    out = np.empty(len(mutants), dtype=np.float64)
+    for window in dict.fromkeys(windows):
+        rows = [i for i, w in enumerate(windows) if w == window]
+        with torch.no_grad():
+            logp = torch.log_softmax(lm.logits(lm.window_tokens([wt_seq], window))[0].float(), dim=-1)
+        out[rows] = wt_marginal(lm, logp, [mutants[i] for i in rows], offset=window[0])
     return out
 
 
@@ -78,8 +91,23 @@ def scores_table(lm: EsmLM, protein: str, wt_seq: str, dms: str | Path | None,
     else:
         raise InputError(f"mutations.source must be 'dms' or 'model', got {settings.source!r}")
 
-    lm.check_sequence(wt_seq, f"config key proteins.{protein}.wt_seq")
-    by_forward = {a: wt_marginal(lm.on(a), wt_log_probs(lm.on(a), wt_seq), mutants) for a in ACTIVATIONS}
+    if len(wt_seq) + 2 <= MAX_TOKENS:
+        windows = [(0, len(wt_seq) + 2)] * len(mutants)
+        by_forward = {a: wt_marginal(lm.on(a), wt_log_probs(lm.on(a), wt_seq), mutants) for a in ACTIVATIONS}
+    else:  # longer than the model's context: each mutant on its own window (METHOD.md "Long sequences")
+        found = [mutant_window(m, len(wt_seq)) for m in mutants]
+        keep = np.array([w is not None for w in found], dtype=bool)
+        if not keep.all():
+            log.warning("%s: %d mutants skipped, their sites further apart than the model's window of %d tokens "
+                        "(first: %s)", protein, int((~keep).sum()), MODEL_WINDOW,
+                        ", ".join(m.name for m, k in zip(mutants, keep, strict=True) if not k)[:200])
+        mutants = [m for m, k in zip(mutants, keep, strict=True) if k]
+        dms_score = dms_score[keep]
+        selected = None if selected is None else selected[keep]
+        windows = [w for w in found if w is not None]
+        by_forward = {a: windowed_scores(lm.on(a), wt_seq, mutants, windows) for a in ACTIVATIONS}
+        log.info("%s: %d residues, longer than the model's context: %d mutants scored on %d windows", protein,
+                 len(wt_seq), len(mutants), len(set(windows)))
     score = by_forward[lm.activations]
     if not all(np.isfinite(values).all() for values in by_forward.values()):
         raise InputError(f"{protein}: the model's log-probabilities contain NaN or Inf (check the checkpoint)")
@@ -97,6 +125,7 @@ def scores_table(lm: EsmLM, protein: str, wt_seq: str, dms: str | Path | None,
         "selected": np.asarray(selected, dtype=bool),
         "activations": lm.activations,
         **{"wt_marginal_" + a.replace("-", "_"): values for a, values in by_forward.items()},
+        "window_start": [w[0] for w in windows], "window_end": [w[1] for w in windows],
     }, columns=SCORE_COLUMNS)
 
 

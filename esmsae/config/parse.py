@@ -32,7 +32,8 @@ from esmsae.config.settings import (
     Study,
     TrainSettings,
 )
-from esmsae.inputs.mutations import check_wt_sequence
+from esmsae.inputs.mutations import check_wt_sequence, selectable_count
+from esmsae.inputs.proteingym import read_reference
 from esmsae.pipeline.errors import InputError
 
 SCHEMA = Path(__file__).with_name("schema.yaml")
@@ -57,7 +58,7 @@ def runtime(config: Mapping) -> Runtime:
     """The runtime knobs of a validated config (``snakemake.config`` in a rule script)."""
     batch = config["batch_size"]
     return Runtime(device=config["device"], batch_size=None if batch == "auto" else int(batch),
-                   trust_pickle=bool(config["esm_trust_pickle"]))
+                   trust_pickle=bool(config["esm_trust_pickle"]), keep_pieces=bool(config["keep_pieces"]))
 
 
 def parse(config: Mapping) -> Study:
@@ -89,7 +90,7 @@ def parse(config: Mapping) -> Study:
         sae_k=_k_by_layer(sae["k"], layers),
         train=TrainSettings(**sae["train"]) if sae["train"] is not None else None,
         demo=DemoSettings(**config["demo"]) if config["demo"] is not None else None,
-        proteins={name: _protein(name, entry, config["mutations"]) for name, entry in config["proteins"].items()},
+        proteins={name: _protein(name, entry, config["mutations"]) for name, entry in study_proteins(config).items()},
         patching_layers=patching_layers,
         ig_layers=ig_layers,
         patching=PatchSettings(space=space, features=p["features"], n=p["n"], stable_n=p["stable_n"], seed=p["seed"]),
@@ -106,6 +107,7 @@ def parse(config: Mapping) -> Study:
         ablation_layers=ablation_layers,
         findings=FindingsSettings(**config["findings"]),
         top_n=p["top_n"],
+        min_proteins=config["universal"]["min_proteins"],
         runtime=runtime(config),
     )
 
@@ -123,6 +125,46 @@ def _k_by_layer(k: int | Mapping, layers: list[int]) -> dict[int, int]:
     if missing:
         raise InputError(f"config key sae.k: no k given for layer(s) {missing}")
     return {layer: by_layer[layer] for layer in layers}
+
+
+def figure_proteins(figures: Mapping, proteins: Mapping[str, Protein]) -> tuple[str, ...]:
+    """The proteins the per-protein figures draw: ``figures.proteins`` as given (each a studied protein), or
+    the ``figures.n_proteins`` with the most selected mutants, ties in config order (every protein when there
+    are no more)."""
+    if figures["proteins"] is not None:
+        unknown = [name for name in figures["proteins"] if name not in proteins]
+        if unknown:
+            raise InputError(f"config key figures.proteins: {unknown} not among the studied proteins")
+        return tuple(figures["proteins"])
+    names = list(proteins)
+    if len(names) <= figures["n_proteins"]:
+        return tuple(names)
+
+    def selected(protein: Protein) -> int:
+        s = protein.selection
+        if s.source == "model" or not protein.dms:
+            return s.n
+        return selectable_count(protein.dms, s.max_dms, s.n, s.multi)
+
+    counts = {name: selected(proteins[name]) for name in names}
+    ranked = sorted(names, key=lambda name: (-counts[name], names.index(name)))
+    return tuple(ranked[:figures["n_proteins"]])
+
+
+def study_proteins(config: Mapping) -> dict[str, Mapping]:
+    """The proteins written under ``proteins`` and those read from ProteinGym's reference file (``proteingym``):
+    a name in both is an error, and a study needs at least one."""
+    written = dict(config["proteins"])
+    pg = config.get("proteingym")
+    read = read_reference(pg["reference"], pg["dms_dir"], pg["assays"]) if pg else {}
+    both = sorted(set(written) & set(read))
+    if both:
+        raise InputError(f"config keys proteins and proteingym: {both} named in both")
+    defaults = {"max_dms": None, "annotations": None, "uniprot": None, "uniprot_offset": 0}
+    merged = written | {name: defaults | entry for name, entry in read.items()}
+    if not merged:
+        raise InputError("config keys proteins and proteingym: no protein to study")
+    return merged
 
 
 def _protein(name: str, entry: Mapping, mutations: Mapping) -> Protein:

@@ -20,6 +20,7 @@ Each error names the config key at fault.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ class Runtime:
     device: str               # auto | cpu | cuda
     batch_size: int | None    # interventions per pass; None: sized by the engine
     trust_pickle: bool        # esm_trust_pickle
+    keep_pieces: bool = False  # keep finished resume pieces beside their output (profiles/unity)
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,18 @@ class AblationSettings:
             raise InputError(f"config key ablation.positions: {self.positions!r} is not one of {ABLATION_POSITIONS}")
 
 
+def required_proteins(min_proteins: int | float, n_proteins: int) -> int:
+    """The ``universal.min_proteins`` bar at a layer with `n_proteins` proteins: a count as given, or a fraction of
+    `n_proteins` rounded up; never fewer than 2 (one protein is not "universal")."""
+    if isinstance(min_proteins, bool) or min_proteins <= 0:
+        raise InputError(f"config key universal.min_proteins: {min_proteins!r} is neither a count nor a fraction")
+    if isinstance(min_proteins, float) and min_proteins < 1:
+        return max(2, math.ceil(min_proteins * n_proteins - 1e-9))
+    if min_proteins != int(min_proteins):
+        raise InputError(f"config key universal.min_proteins: {min_proteins!r} is neither a count nor a fraction")
+    return max(2, int(min_proteins))
+
+
 @dataclass(frozen=True)
 class FindingsSettings:
     """The ``findings`` block: the bar of every verdict and the universal-feature null's draws."""
@@ -329,6 +343,7 @@ class Study:
     findings: FindingsSettings
     ablation_layers: tuple[int, ...]  # layers whose feature sets are ablated (with circuits: IG layers)
     top_n: int                        # mutants per protein in tables/top_mutations.csv
+    min_proteins: int | float         # universal.min_proteins: a count, or a fraction of the proteins
     runtime: Runtime
 
     @property

@@ -8,10 +8,12 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from esmsae.figures.ablation import read_set_ablation, set_ablation
 from esmsae.figures.agreement import attribution_agreement, read_agreement
@@ -74,8 +76,26 @@ FIGURES = {
 }
 
 
+def only_proteins(value: Any, proteins: Collection[str]) -> Any:
+    """A figure's read input restricted to `proteins`: a table's rows by its ``protein`` column, a mapping's
+    entries keyed by ``(protein, ...)``; anything else (labels keyed by layer and feature) as it is."""
+    if isinstance(value, pd.DataFrame) and "protein" in value.columns:
+        return value[value["protein"].astype(str).isin(set(proteins))].reset_index(drop=True)
+    if isinstance(value, Mapping) and value and all(isinstance(k, tuple) and k and isinstance(k[0], str)
+                                                     for k in value):
+        return {k: v for k, v in value.items() if k[0] in set(proteins)}
+    return value
+
+
 def plot_figure(name: str, inputs: Mapping[str, Path], options: Mapping[str, Any], png: str | Path,
                 pdf: str | Path) -> None:
-    """Rules plot_<name>: one figure from its named inputs, as PNG and PDF."""
+    """Rules plot_<name>: one figure from its named inputs, as PNG and PDF. A ``proteins`` option (the study's
+    ``figures.proteins``) keeps only those proteins' data."""
     figure = FIGURES[name]
-    figure.draw(**figure.read(inputs), png=png, pdf=pdf, **options)
+    options = dict(options)
+    proteins = options.pop("proteins", None)
+    read = figure.read(inputs)
+    if proteins is not None:
+        read = {k: only_proteins(v, proteins) for k, v in read.items()}
+        log.info("%s: drawn for %d proteins (figures.proteins): %s", name, len(proteins), ", ".join(proteins))
+    figure.draw(**read, png=png, pdf=pdf, **options)

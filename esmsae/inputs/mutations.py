@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -268,6 +268,17 @@ def select_from_assay(
     return pd.Series(mask, index=assay.index, name="selected")
 
 
+def selectable_count(path: str | os.PathLike, max_dms: float | None, n: int, multi: bool) -> int:
+    """How many rows :func:`select_from_assay` would select from the assay file at `path` (its singles, or every
+    row with `multi`, with ``DMS_score <= max_dms``, at most `n`), counted without validating the rows: it
+    only ranks proteins for the figures (``figures.proteins``)."""
+    table = pd.read_csv(path, usecols=["mutant", "DMS_score"])
+    keep = np.ones(len(table), dtype=bool) if multi else ~table["mutant"].astype(str).str.contains(":").to_numpy()
+    if max_dms is not None:
+        keep &= table["DMS_score"].to_numpy(dtype=float) <= float(max_dms)
+    return min(n, int(keep.sum()))
+
+
 def select_lowest(scores: Sequence[float], n: int) -> np.ndarray:
     """Mask of the `n` lowest scores (``source: model``); ties keep earlier rows first."""
     values = np.asarray(scores, dtype=float)
@@ -282,3 +293,42 @@ def select_lowest(scores: Sequence[float], n: int) -> np.ndarray:
     log.info("lowest scores: %d read, %d kept, %d dropped (not among the %d lowest)",
              len(values), int(mask.sum()), len(values) - int(mask.sum()), n)
     return mask
+
+
+# ESM-2's context: 1,024 tokens, BOS and EOS included (METHOD.md "Long sequences").
+MODEL_WINDOW = 1024
+
+
+def optimal_window(token: int, n_tokens: int, window: int = MODEL_WINDOW) -> tuple[int, int]:
+    """ProteinGym's ``get_optimal_window``: the `window`-token slice ``[start, end)`` of a sequence of `n_tokens`
+    tokens (BOS and EOS included) for a site at token `token`: the whole sequence when it fits, else centred on
+    the token and shifted to lie inside the sequence (so it keeps BOS or EOS only where it reaches a real end)."""
+    half = window // 2
+    if n_tokens <= window:
+        return 0, n_tokens
+    if token < half:
+        return 0, window
+    if token >= n_tokens - half:
+        return n_tokens - window, n_tokens
+    return max(0, token - half), min(n_tokens, token + half)
+
+
+def mutant_window(mutant: Mutant, length: int, window: int = MODEL_WINDOW) -> tuple[int, int] | None:
+    """The slice of a mutant of a WT sequence of `length` residues: centred on the middle of its sites (residue
+    i is token i); None when its sites lie further apart than the window can hold."""
+    positions = [s.pos for s in mutant.sites]
+    start, end = optimal_window((min(positions) + max(positions)) // 2, length + 2, window)
+    if min(positions) < start or max(positions) >= end:
+        return None
+    return start, end
+
+
+def within_context(wt_seqs: Mapping[str, str], what: str, window: int = MODEL_WINDOW) -> dict[str, str]:
+    """The sequences of `wt_seqs` the model reads whole. Only per-mutant analyses run on windows (METHOD.md
+    "Long sequences"); a whole-sequence stage (`what`) leaves a longer one out, and says so."""
+    kept = {name: seq for name, seq in wt_seqs.items() if len(seq) + 2 <= window}
+    left = [f"{name} ({len(seq)} residues)" for name, seq in wt_seqs.items() if name not in kept]
+    if left:
+        log.warning("%s: %d protein(s) longer than the model's context of %d tokens left out: %s", what, len(left),
+                    window, ", ".join(left))
+    return kept

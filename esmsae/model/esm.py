@@ -43,7 +43,7 @@ from esm.model.esm2 import ESM2
 from torch import Tensor
 
 from esmsae.config.settings import ACTIVATIONS, Forward, Runtime
-from esmsae.inputs.mutations import AMINO_ACIDS
+from esmsae.inputs.mutations import AMINO_ACIDS, MODEL_WINDOW
 from esmsae.model.rows import MIN_ROWS, pad_rows
 from esmsae.pipeline.errors import InputError
 
@@ -65,8 +65,16 @@ _OPTIONAL_KEYS = {"contact_head.regression.weight", "contact_head.regression.bia
 _ARCH_FIELDS = ("encoder_layers", "encoder_embed_dim", "encoder_attention_heads")
 
 
-# ESM-2 was trained on crops of at most 1024 tokens (BOS and EOS included).
-MAX_TOKENS = 1024
+# ESM-2 was trained on crops of at most 1024 tokens (BOS and EOS included); no forward runs past them.
+MAX_TOKENS = MODEL_WINDOW
+
+
+def check_width(tokens: Tensor) -> Tensor:
+    """`tokens`, refused when wider than the trained context: rotary embeddings would run on silently."""
+    if tokens.shape[-1] > MAX_TOKENS:
+        raise ValueError(f"{tokens.shape[-1]} tokens exceed the model's context of {MAX_TOKENS}: a longer sequence "
+                         "is analysed on windows (METHOD.md \"Long sequences\")")
+    return tokens
 
 
 @dataclass(frozen=True)
@@ -268,11 +276,23 @@ class EsmLM:
             rows.append(row + [a.padding_idx] * (width - len(row)))
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
+    def window_tokens(self, seqs: list[str], window: tuple[int, int] | None) -> Tensor:
+        """``[BOS] s [EOS]`` of equal-length sequences, cut to the token slice ``window = (start, end)`` (the
+        whole when None): a slice inside a long sequence has no BOS or EOS (METHOD.md "Long sequences")."""
+        tokens = self.tokenize(seqs)
+        if window is None:
+            return tokens
+        start, end = window
+        if not 0 <= start < end <= tokens.shape[1] or end - start > MAX_TOKENS:
+            raise ValueError(f"window {window} does not fit {tokens.shape[1]} tokens and the model's {MAX_TOKENS}")
+        return tokens[:, start:end]
+
     def check_sequence(self, seq: str, where: str) -> str:
         """A WT sequence the model can read: canonical residues, within ESM-2's context."""
         if len(seq) + 2 > MAX_TOKENS:
             raise InputError(f"{where}: sequence of {len(seq)} residues is longer than ESM-2's context "
-                             f"({MAX_TOKENS - 2} residues plus BOS/EOS)")
+                             f"({MAX_TOKENS - 2} residues plus BOS/EOS); it is read on windows "
+                             "(METHOD.md \"Long sequences\")")
         bad = sorted(set(seq) - set(AMINO_ACIDS))
         if bad:
             raise InputError(f"{where}: non-canonical residue(s) {bad}")
@@ -328,6 +348,7 @@ class EsmLM:
         positions are zeroed and masked out of attention; their outputs are meaningless.
         """
         wanted = {self.check_layer(layer) for layer in layers}
+        check_width(tokens)
         out: dict[int, Tensor] = {}
         padding = tokens.eq(self.model.padding_idx)
         mask = padding if bool(padding.any()) else None
@@ -372,7 +393,7 @@ class EsmLM:
     def logits(self, tokens: Tensor) -> Tensor:
         """This forward's own logits, (B, T, V): fair-esm's ``logits``, or InterProt's forward run whole."""
         if self.activations == "fair-esm":
-            return self.model(tokens)["logits"]
+            return self.model(check_width(tokens))["logits"]
         return self.head(self.hidden(tokens, self.num_layers), self.num_layers)
 
     def num_parameters(self) -> int:

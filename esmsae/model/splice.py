@@ -84,7 +84,7 @@ class Splice:
     """
 
     def __init__(self, lm: EsmLM, sae: TopKSAE, wt_seq: str, layer: int, batch_size: int | None = None, *,
-                 protein: str = ""):
+                 protein: str = "", window: tuple[int, int] | None = None):
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.protein = protein
@@ -93,8 +93,12 @@ class Splice:
         if sae.info.d_in != lm.embed_dim:
             raise ValueError(f"SAE width {sae.info.d_in} != model width {lm.embed_dim}")
         self.sae = sae.to(device=lm.device, dtype=lm.dtype)
-        self.wt_seq = lm.check_sequence(wt_seq, "WT sequence")
-        self.tokens = lm.tokenize([wt_seq])
+        # A sequence longer than the model's context runs on a slice of its tokens (METHOD.md "Long
+        # sequences"): token t of the slice is token t + offset of the whole; residues keep their numbering.
+        self.window = window
+        self.offset = window[0] if window is not None else 0
+        self.wt_seq = wt_seq if window is not None else lm.check_sequence(wt_seq, "WT sequence")
+        self.tokens = lm.window_tokens([wt_seq], window)
         with torch.no_grad():
             self.h = lm.hidden(self.tokens, self.layer)  # (1, T, d), the cached WT prefix
         if not bool(torch.isfinite(self.h).all()):
@@ -119,6 +123,13 @@ class Splice:
         positions = torch.as_tensor(positions, dtype=torch.long, device=self.lm.device)
         return read_code(self.sae, positions, self.h[0, positions])
 
+    def token(self, residue: int) -> int:
+        """The token of residue `residue` (1-based, the whole sequence's numbering) in this splice's tokens."""
+        token = residue - self.offset
+        if not 0 <= token < self.h.shape[1]:
+            raise ValueError(f"residue {residue} lies outside the window {self.window}")
+        return token
+
     def mutant_code(self, h_sites: Tensor, wt: SiteCode) -> SiteCode:
         """A mutant's code at the sites, its error against the WT statistics (see :mod:`esmsae.model.code`)."""
         return mutant_code(self.sae, h_sites, wt)
@@ -129,7 +140,7 @@ class Splice:
         with torch.no_grad():
             while start < len(seqs):
                 def forward(rows: int, start: int = start) -> Tensor:
-                    return self.lm.hidden(self.lm.tokenize(seqs[start:start + rows]), self.layer)
+                    return self.lm.hidden(self.lm.window_tokens(seqs[start:start + rows], self.window), self.layer)
 
                 part = self.passes.halving(forward, grad=False)
                 out.append(part)
@@ -144,7 +155,7 @@ class Splice:
         """
         if space not in SPACES:
             raise ValueError(f"space must be one of {SPACES}, got {space!r}")
-        positions = [s.pos for s in mutant.sites]
+        positions = [self.token(s.pos) for s in mutant.sites]
         full = states.shape[0] == self.h.shape[1]
         wt = self.wt_code(positions)
         return MutantView(engine=self, mutant=mutant, space=space, wt=wt,
@@ -167,7 +178,7 @@ class Splice:
             if self.wt_seq[site.pos - 1] != site.wt:
                 raise ValueError(f"{mutant.name}: WT residue {site.wt}{site.pos} disagrees with the sequence")
         return ScoreSpec(
-            positions=torch.tensor([s.pos for s in mutant.sites], device=dev),
+            positions=torch.tensor([self.token(s.pos) for s in mutant.sites], device=dev),
             wt=torch.tensor([self.lm.token_index(s.wt) for s in mutant.sites], device=dev),
             mut=torch.tensor([self.lm.token_index(s.mut) for s in mutant.sites], device=dev),
         )
@@ -211,6 +222,8 @@ class Splice:
     def residue_code(self) -> SiteCode:
         """The WT code at every residue (token positions 1..L), computed once."""
         if self._residues is None:
+            if self.window is not None:
+                raise ValueError("a windowed splice has no whole-sequence residue code")
             self._residues = self.wt_code(torch.arange(1, len(self.wt_seq) + 1))
         return self._residues
 

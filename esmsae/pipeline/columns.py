@@ -23,7 +23,7 @@ PAIR_SETTINGS = ["k", "d_sae", "k_down", "d_sae_down", "space"]
 TABLES: dict[str, list[str]] = {
     # per protein
     "scores": ["mutant", "position", "wt", "mut", "wt_marginal", "dms_score", "selected", "activations",
-               "wt_marginal_interprot", "wt_marginal_fair_esm"],
+               "wt_marginal_interprot", "wt_marginal_fair_esm", "window_start", "window_end"],
     # per protein and layer
     "patching": ["mutant", "position", "layer", "feature", "control", "wt_pre", "mut_pre", "wt_latent",
                  "mut_latent", "patched_value", "baseline_score", "patched_score", "effect", "k", "d_sae", "space"],

@@ -65,9 +65,10 @@ def fingerprint(**parts) -> str:
 class WorkFolder:
     """Per-item pieces of one output, kept across restarts of the job that makes it."""
 
-    def __init__(self, output: str | os.PathLike, key: str):
+    def __init__(self, output: str | os.PathLike, key: str, keep: bool = False):
         self.root = Path(f"{output}.work")
         self.dir = self.root / key
+        self.keep = keep  # finish() leaves the pieces: a job rerun whole (a SLURM group) reloads them
         if self.root.is_dir():
             for stale in self.root.iterdir():
                 if stale != self.dir:
@@ -97,7 +98,9 @@ class WorkFolder:
                 pickle.dump((name, value), fh, protocol=pickle.HIGHEST_PROTOCOL)
 
     def finish(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        """The output is written: its pieces go, unless they are kept (``keep_pieces``)."""
+        if not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def run_items(names: Sequence[str], compute: Callable[[int], T], work: WorkFolder | None,

@@ -33,6 +33,7 @@ import pandas as pd
 from scipy import stats
 
 from esmsae.analyses.arrays import Attributions
+from esmsae.config.settings import required_proteins
 from esmsae.pipeline.columns import TABLES, read_table
 from esmsae.pipeline.io import write_csv
 from esmsae.tables.graph import mediated_fractions
@@ -139,10 +140,13 @@ def paired_claim(claim: str, scope: str, values: pd.DataFrame, x: str, y: str, w
 
 
 # -- universal features against random top-20s -----------------------------------------------------------------------
-def universal_count(tops: Mapping[tuple[str, int], list[set[int]]]) -> int:
-    """How many (layer, feature) are in the top set of at least half the mutants (2·n_top ≥ n) of ≥ 2 proteins."""
+def universal_count(tops: Mapping[tuple[str, int], list[set[int]]], min_proteins: int | float = 2) -> int:
+    """How many (layer, feature) are in the top set of at least half the mutants (2·n_top ≥ n) of at least
+    `min_proteins` proteins (a count, or a fraction of the proteins with results at the layer)."""
     layers: dict[int, dict[int, int]] = {}
+    n_proteins: dict[int, int] = {}
     for (_protein, layer), sets in tops.items():  # one key per protein and layer
+        n_proteins[int(layer)] = n_proteins.get(int(layer), 0) + 1
         if not sets:
             continue
         counts: dict[int, int] = {}
@@ -153,14 +157,16 @@ def universal_count(tops: Mapping[tuple[str, int], list[set[int]]]) -> int:
             if 2 * c >= len(sets):
                 layers.setdefault(int(layer), {}).setdefault(f, 0)
                 layers[int(layer)][f] += 1
-    return sum(1 for per in layers.values() for proteins in per.values() if proteins >= 2)
+    return sum(1 for layer, per in layers.items() for proteins in per.values()
+               if proteins >= required_proteins(min_proteins, n_proteins[layer]))
 
 
-def universal_claim(results: Mapping[tuple[str, int], Attributions], n_null: int, seed: int, alpha: float) -> dict:
+def universal_claim(results: Mapping[tuple[str, int], Attributions], n_null: int, seed: int, alpha: float,
+                    min_proteins: int | float = 2) -> dict:
     """Claim 4: the observed universal count vs `n_null` counts with each mutant's top-20 drawn at random
     from its changed set (as many as its own top-20 holds, at most 20), seeded."""
     tops = {key: [set(row_.tolist()) for row_ in top_n_features(r.attribution)] for key, r in results.items()}
-    observed = universal_count(tops)
+    observed = universal_count(tops, min_proteins)
     rng = np.random.default_rng(seed)
     null = []
     for _ in range(n_null):
@@ -172,7 +178,7 @@ def universal_claim(results: Mapping[tuple[str, int], Attributions], n_null: int
                 size = min(len(tops[key][m]), TOP_N, len(changed))
                 sets.append(set(rng.choice(changed, size=size, replace=False).tolist()) if size else set())
             drawn[key] = sets
-        null.append(universal_count(drawn))
+        null.append(universal_count(drawn, min_proteins))
     p, p_other = empirical(float(observed), np.array(null, dtype=np.float64))
     mean = float(np.mean(null)) if null else float("nan")
     return row("universal_features", ALL, float(observed), mean, f"empirical, {n_null} random top-20 draws", p,
@@ -205,7 +211,8 @@ def ablation_claims(table: pd.DataFrame, alpha: float) -> list[dict]:
 
 def findings(patching: Mapping[tuple[str, int], pd.DataFrame], concentration: pd.DataFrame,
              results: Mapping[tuple[str, int], Attributions], shares: Mapping[tuple[str, int], pd.DataFrame],
-             ablation: pd.DataFrame | None, n_null: int, seed: int, alpha: float) -> pd.DataFrame:
+             ablation: pd.DataFrame | None, n_null: int, seed: int, alpha: float,
+             min_proteins: int | float = 2) -> pd.DataFrame:
     """Every claim's row (``TABLES["findings"]``)."""
     rows = []
     values = patch_values(patching)
@@ -237,7 +244,7 @@ def findings(patching: Mapping[tuple[str, int], pd.DataFrame], concentration: pd
                                      "null_fraction", "an upstream feature's effect flows through its top downstream "
                                                       "features more than through random ones", alpha))
     if results:
-        rows.append(universal_claim(results, n_null, seed, alpha))
+        rows.append(universal_claim(results, n_null, seed, alpha, min_proteins))
     if ablation is not None and len(ablation):
         rows += ablation_claims(ablation, alpha)
     return pd.DataFrame(rows, columns=TABLES["findings"])
@@ -245,13 +252,14 @@ def findings(patching: Mapping[tuple[str, int], pd.DataFrame], concentration: pd
 
 def tabulate_findings(patching: Mapping[tuple[str, int], Path], concentration: str | Path,
                       ig: Mapping[tuple[str, int], Path], shares: Mapping[tuple[str, int], Path],
-                      ablation: str | Path | None, n_null: int, seed: int, alpha: float, out: str | Path) -> None:
+                      ablation: str | Path | None, n_null: int, seed: int, alpha: float, out: str | Path,
+                      min_proteins: int | float = 2) -> None:
     """Rule tabulate_findings: ``tables/findings.csv``."""
     table = findings({key: read_patching(path) for key, path in patching.items()},
                      read_table(concentration, "ig_concentration_mutants"),
                      {key: Attributions.read(path) for key, path in ig.items()},
                      {key: read_table(path, "graph_shares") for key, path in shares.items()},
-                     read_table(ablation, "set_ablation") if ablation else None, n_null, seed, alpha)
+                     read_table(ablation, "set_ablation") if ablation else None, n_null, seed, alpha, min_proteins)
     for r in table.itertuples():
         log.info("%s", r.sentence)
     write_csv(table, out)

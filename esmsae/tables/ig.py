@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from esmsae.analyses.arrays import Attributions
+from esmsae.config.settings import required_proteins
 from esmsae.pipeline.columns import (
     CONCENTRATION_COLUMNS,
     CONCENTRATION_MUTANT_COLUMNS,
@@ -163,8 +164,11 @@ def feature_consistency(results_at_layer: Mapping[str, Mapping[str, np.ndarray]]
     return pd.concat(parts, ignore_index=True)
 
 
-def universal_features(results: Results, n: int = TOP_N, labels: Labels | None = None) -> pd.DataFrame:
-    """Features in the top-n of at least half the mutants (``2·n_top ≥ n_mutants``) of at least two proteins.
+def universal_features(results: Results, n: int = TOP_N, labels: Labels | None = None,
+                       min_proteins: int | float = 2) -> pd.DataFrame:
+    """Features in the top-n of at least half the mutants (``2·n_top ≥ n_mutants``) of at least `min_proteins`
+    proteins (``universal.min_proteins``: a count, or a fraction of the proteins with results at the layer,
+    :func:`~esmsae.config.settings.required_proteins`).
 
     Per layer. Columns ``feature, layer, proteins`` (the proteins meeting the bar, ";"-joined in
     input order), then ``freq_<protein>`` for every protein among the keys: the fraction of that
@@ -184,8 +188,9 @@ def universal_features(results: Results, n: int = TOP_N, labels: Labels | None =
         table = feature_consistency(at_layer, n)
         n_mutants = {protein: checked(protein, layer, result).n for protein, result in at_layer.items()}
         met = table.loc[2 * table["n_top"] >= table["n_mutants"]]
+        bar = required_proteins(min_proteins, len(at_layer))
         for feature, group in met.groupby("feature", sort=True):
-            if len(group) < 2:
+            if len(group) < bar:
                 continue
             hits = set(group["protein"])
             values = []
@@ -252,13 +257,13 @@ log = logging.getLogger("esmsae")
 
 
 def tabulate_attributions(ig: Mapping[tuple[str, int], Path], labels_table: str | Path, out: Mapping[str, Path],
-                          consistency: Mapping[int, Path]) -> None:
+                          consistency: Mapping[int, Path], min_proteins: int | float = 2) -> None:
     """Rule tabulate_attributions: concentration, feature consistency per layer and universal features."""
     results = {pair: Attributions.read(path) for pair, path in ig.items()}
     names = label_lookup(read_table(labels_table, "feature_labels"))
     write_csv(ig_concentration(results), out["concentration"])
     write_csv(concentration_by_mutant(results), out["concentration_mutants"])
-    write_csv(universal_features(results, labels=names), out["universal"])
+    write_csv(universal_features(results, labels=names, min_proteins=min_proteins), out["universal"])
     for layer, path in consistency.items():
         at_layer = {p: r for (p, lay), r in results.items() if lay == layer}
         write_csv(feature_consistency(at_layer, labels=names), path)

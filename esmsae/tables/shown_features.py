@@ -54,7 +54,7 @@ log = logging.getLogger("esmsae")
 
 def select_features(ig: Mapping[tuple[str, int], Path], patching: Mapping[tuple[str, int], Path],
                     curves: Mapping[tuple[str, int], Path], sizes: CircuitSizeSettings, max_cards: int,
-                    out: str | Path) -> None:
+                    out: str | Path, min_proteins: int | float = 2) -> None:
     """Rule select_features: every feature a table or figure shows, and which get a card."""
     results = {pair: Attributions.read(path) for pair, path in ig.items()}
     top: dict[int, Counter] = {}
@@ -70,7 +70,7 @@ def select_features(ig: Mapping[tuple[str, int], Path], patching: Mapping[tuple[
     minimal = minimal_circuits(curves, sizes)
     for layer, features in zip(minimal["layer"], minimal["features"], strict=True):
         circuits.setdefault(int(layer), Counter()).update(int(j) for j in str(features).split(";") if j)
-    universal = universal_features(results)
+    universal = universal_features(results, min_proteins=min_proteins)
     table = shown_features(top, patches, universal, circuits, max_cards)
     log.info("%d features shown in tables or figures over %d layers; %d get a card", len(table),
              table["layer"].nunique(), int(table["card"].sum()))
