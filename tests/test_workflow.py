@@ -95,7 +95,7 @@ def per_protein_layer_jobs() -> dict[str, int]:
             "measure_output_effects": len(DEMO_LAYERS),
             "measure_sae_quality": len(DEMO_LAYERS), "compute_atp": len(WT) * len(AGREEMENT_LAYERS),
             "patch_positions": len(WT) * len(PATCH_LAYERS), "link_layers": len(WT) * (len(GRAPH_LAYERS) - 1),
-            "ablate_feature_sets": len(WT) * len(IG_LAYERS),
+            "ablate_feature_sets": len(WT),  # one job per protein for every ablation layer
             "assemble_graphs": len(WT)}
 
 
