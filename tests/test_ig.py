@@ -26,6 +26,7 @@ from esmsae.model.esm import EsmLM
 from esmsae.model.splice import Splice
 from esmsae.pipeline.columns import TABLES, read_table
 from esmsae.pipeline.errors import InputError
+from esmsae.pipeline.resume import WorkFolder
 from esmsae.tables.ig import tabulate_top_features
 
 from .analysis_stubs import rule_block, runs_analysis, two_site_view
@@ -293,3 +294,11 @@ def test_summary_line():
     r = hand_result("K2A", [0.5, -1.0, 0.25], err=0.5, total=0.5)
     assert summary(r) == "T=0.5, ΣA=-0.25, A_err=0.5, completeness error 2.50e-01"
     assert IG.summary is summary and IG.run is attribute and IG.write is write_attributions
+
+
+def test_attribute_protein_resumes_from_its_work_folder(splices, tmp_path):
+    """A mutant's piece already in the job's work folder is used as it is, not recomputed."""
+    work = WorkFolder(tmp_path / "P_L1.npz", "key")
+    work.save(0, MUTANTS[0].name, hand_result(MUTANTS[0].name, [0.5] * 96, total=3.0))
+    (result,) = attribute_protein(splices[1], MUTANTS[:1], ig_settings(steps=2), work=work)
+    assert result.attribution.tolist() == [0.5] * 96 and result.total_effect == 3.0

@@ -25,6 +25,7 @@ from esmsae.analyses.scoring import wt_log_probs, wt_marginal
 from esmsae.inputs.mutations import parse_mutant
 from esmsae.pipeline.columns import CONTROLS, PATCH_COLUMNS, read_table
 from esmsae.pipeline.errors import InputError
+from esmsae.pipeline.resume import WorkFolder
 
 from .analysis_stubs import (
     BASE,
@@ -354,8 +355,8 @@ def test_table_rows_and_cells_of_hand_made_patches(tmp_path):
     """One single-site and one two-site mutant: numbers for one site, 'a:b' (repr, round-tripping) for two;
     the settings in every row; a fresh 0.. index; the file reads back equal."""
     one = Patches(mutant="K2A", position="2", features=np.array([4, 1]), controls=np.array(["real", "noop"]),
-                  per_site={k: np.array([[0.5], [0.25]]) + i for i, k in enumerate(
-                      ("wt_pre", "mut_pre", "wt_latent", "mut_latent", "patched_value"))},
+                  per_site={k: np.array([[0.5], [0.25]]) + i for i, k in reversed(list(enumerate(
+                      ("wt_pre", "mut_pre", "wt_latent", "mut_latent", "patched_value"))))},  # any key order
                   baseline=np.array([-2.0, -2.0]), patched=np.array([-1.5, -2.0]), effect=np.array([0.5, 0.0]))
     two = Patches(mutant="K2A:G6W", position="2:6", features=np.array([3]), controls=np.array(["stable"]),
                   per_site={k: np.array([[0.1, -3.0]]) for k in ("wt_pre", "mut_pre", "wt_latent", "mut_latent",
@@ -396,3 +397,17 @@ def test_summary_line():
                    baseline=np.zeros(1), patched=np.zeros(1), effect=np.array([0.5]))
     assert summary(none) == "0 real patches (noop 0, stable 1, random 0), max |effect| 0"
     assert PATCHING.summary is summary and PATCHING.run is patch_mutant and PATCHING.write is write_patches
+
+
+def test_patch_protein_resumes_from_its_work_folder(splices, tmp_path):
+    """A mutant's piece already in the job's work folder is used as it is, not recomputed; the table records
+    the splice's layer, the SAE's k and d_sae and the space."""
+    work = WorkFolder(tmp_path / "P_L1.csv", "key")
+    planted = Patches(mutant=MUTANTS[0].name, position="2", features=np.array([5]), controls=np.array(["real"]),
+                      per_site={k: np.array([[0.25]]) for k in ("wt_pre", "mut_pre", "wt_latent", "mut_latent",
+                                                                "patched_value")},
+                      baseline=np.array([-1.0]), patched=np.array([-0.5]), effect=np.array([0.5]))
+    work.save(0, MUTANTS[0].name, planted)
+    table = patch_protein(splices[1], MUTANTS[:1], patch_settings(space="pre"), work=work)
+    assert table["feature"].tolist() == [5] and table["effect"].tolist() == [0.5]
+    assert table[["layer", "k", "d_sae", "space"]].values.tolist() == [[1, 8, 96, "pre"]]
