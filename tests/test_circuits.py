@@ -210,7 +210,7 @@ def test_curves_of_a_hand_made_two_site_mutant():
     max_k 10 is capped at d_sae = 6."""
     curve = circuit_curve(two_site_view(), circuit_settings(max_k=10), HAND_A)
     assert curve.mutant == "K2A:G6W" and curve.n_features.tolist() == list(range(7))
-    assert curve.feature.tolist() == [-1, 4, 3, 1, 0, 2, 5]
+    assert curve.feature.tolist() == [-1, 4, 3, 1, 0, 2, 5] and curve.feature.dtype == np.int64  # indices
     assert curve.baseline_score == -2.0 and curve.full_effect == 2.0
     assert curve.patched_score.tolist() == [-2.0, 8.0, 2.0, 0.0, 0.0, 0.0, 0.0]
     assert curve.recovered_fraction.tolist() == [0.0, 5.0, 2.0, 1.0, 1.0, 1.0, 1.0]
@@ -280,6 +280,8 @@ def test_curves_table_and_file_of_a_hand_made_curve(tmp_path):
     write_curves([curve, other], {"curves": tmp_path / "c.csv"}, circuit_settings(space="pre"), meta)
     pd.testing.assert_frame_equal(read_table(tmp_path / "c.csv", "circuit_curves"), table, check_dtype=False)
     assert summary(curve) == "full effect 2, top-4 recover r = 1"
+    assert summary(circuit_curve(two_site_view(), circuit_settings(max_k=2), HAND_A)) == (
+        "full effect 2, top-2 recover r = 2")  # r at the largest n, 2 (not r_1 = 5)
     assert CIRCUITS.summary is summary and CIRCUITS.run is ranked_by_ig and CIRCUITS.context is read_ig
 
 
@@ -296,7 +298,8 @@ def test_ig_attributions_read_for_the_selected_mutants(tmp_path):
     assert list(ig) == ["K2A", "G6W"] and all(v.dtype == torch.float32 for v in ig.values())
     assert ig["K2A"].tolist() == [0.5, -1.0] and ig["G6W"].tolist() == [2.0, 0.25]
     for wrong in (mutants[::-1], mutants[:1]):
-        with pytest.raises(InputError, match="ig.npz: its mutants do not match the selection in .*scores.csv"):
+        with pytest.raises(InputError, match="ig.npz: its mutants do not match the selection in .*scores.csv; "
+                                             "rerun integrate_gradients"):
             read_ig(inputs, wrong, circuit_settings())
     view = two_site_view()
     by_name = {"K2A:G6W": HAND_A, "K2A": torch.zeros(6)}

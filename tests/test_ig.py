@@ -249,6 +249,21 @@ def test_attribution_of_a_hand_made_two_site_mutant(rule, steps):
     assert seed.completeness_error == pytest.approx(0.0, abs=1e-5) and abs(seed.quadrature_delta) <= 1e-5
 
 
+def test_pre_space_attribution_of_a_hand_made_two_site_mutant():
+    """Pre space, midpoint rule, 4 steps (α = 1/8, 3/8, 5/8, 7/8), TopK (k 2) inside the path. At s2,
+    pre(α) = [0.75, 3 − 1.5α, 0.25, 2 − α, −1 + 3.5α, 0]: f3 is in the top 2 while 2 − α > −1 + 3.5α
+    (α < 2/3: 3 of the 4 points), f4 after (1 point); f1 always is, at both sites; f5 (s1 −2 + α) never.
+    ∂S/∂pre_j = c_j where j is kept, so A_f1 = 1·4 + (−1.5)·4 = −2, A_f3 = −1·3·3/4 = −2.25,
+    A_f4 = 3.5·4·1/4 = 3.5; A_err = −1 and T = 1 as in latent space; completeness |−2 − 2.25 + 3.5 − 1 − 1| / 1
+    = 2.75 (pre space degrades it, METHOD.md). Another rule or step count puts the points elsewhere
+    (Gauss–Legendre's 4 points: 2 of them before 2/3)."""
+    r = attribute(two_site_view(space="pre"), ig_settings(space="pre", steps=4, rule="riemann_middle"))
+    assert r.attribution.tolist() == pytest.approx([0.0, -2.0, 0.0, -2.25, 3.5, 0.0], abs=1e-5)
+    assert r.abs_delta.tolist() == [0.0, 2.5, 0.0, 1.0, 3.5, 1.0]  # Σ_sites |Δpre|
+    assert r.error_attribution == pytest.approx(-1.0, abs=1e-5) and r.total_effect == 1.0
+    assert r.completeness_error == pytest.approx(2.75, abs=1e-5)
+
+
 def test_completeness_error_at_its_floor():
     """The denominator is max(|T|, 1e-6): at |T| = 1e-6 exactly (the gap equal to it, ratio exactly 1) the two
     agree; above it |T| counts, below it (T = 0, T = −1e-9) the floor does; a negative T is divided by |T|."""

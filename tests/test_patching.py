@@ -292,6 +292,32 @@ def test_ties_in_stability_go_to_the_lower_feature():
     view = stub_view("K2A", code(pre, positions=[2]), code(moved, positions=[2]), LinearEngine([[1.0] * 24], k=24))
     plan = plan_patches(view, changed_features(view), patch_settings(), np.random.default_rng(0))
     assert plan["stable"].tolist() == [1, 3, 5, 7, 9]
+    # top_delta, the same ties the other way: the 5 largest |Δpre| are the 5 lowest even features.
+    top = plan_patches(view, changed_features(view), patch_settings(features="top_delta", n=5),
+                       np.random.default_rng(0))
+    assert top["real"].tolist() == [0, 2, 4, 6, 8]
+
+
+def test_active_means_a_positive_latent_in_the_wt_or_the_mutant():
+    """One site, k 2: f0 active in the WT only (z 0.5), f1 in the mutant only (z 0.5), f2 in both (3), f3 in
+    neither (z exactly 0, the bar). Σ|Δpre| = [1.5, 1.5, 0, 0.5]; stable_n 3 takes every active feature
+    {0, 1, 2}. Active above 1 in the WT would drop f0, in the mutant f1; z ≥ 0 would let f3 (Δpre 0.5) in."""
+    wt = code([[0.5, -1.0, 3.0, -2.0]], [[0.5, 0.0, 3.0, 0.0]], positions=[2])
+    mut = code([[-1.0, 0.5, 3.0, -2.5]], [[0.0, 0.5, 3.0, 0.0]], positions=[2])
+    view = stub_view("K2A", wt, mut, LinearEngine([[1.0] * 4], k=2))
+    plan = plan_patches(view, changed_features(view), patch_settings(stable_n=3), np.random.default_rng(0))
+    assert plan["stable"].tolist() == [0, 1, 2] and plan["real"].tolist() == [0, 1]
+
+
+def test_a_mutant_that_moves_nothing_has_no_real_rows():
+    """WT and mutant codes equal (pre space: no pre-activation moved, so nothing to try): no real, noop or
+    random rows; the stable control still patches the active features, each to its own value, effect 0."""
+    same = code([[0.5, 2.0, 3.0]], positions=[2])
+    view = stub_view("K2A", same, same, LinearEngine([[1.0] * 3], k=3), space="pre")
+    assert changed_features(view).tolist() == []
+    p = patch_mutant(view, patch_settings(space="pre"))
+    assert by_control(p) == {"real": [], "noop": [], "stable": [0, 1, 2], "random": []}
+    assert p.effect.tolist() == [0.0, 0.0, 0.0]
 
 
 def test_nothing_outside_the_changed_set_gives_no_random_rows():
