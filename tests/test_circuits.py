@@ -304,3 +304,11 @@ def test_ig_attributions_read_for_the_selected_mutants(tmp_path):
     view = two_site_view()
     by_name = {"K2A:G6W": HAND_A, "K2A": torch.zeros(6)}
     assert ranked_by_ig(view, circuit_settings(max_k=1), by_name).feature.tolist() == [-1, 4]
+
+
+def test_top_k_patches_stays_on_the_device_of_its_inputs():
+    """The rows are built where the inputs live (a GPU in a real run): on PyTorch's data-less `meta` device, a
+    mask made on the CPU instead could not be combined with them. Shape (min(max_k, d_sae) + 1, S, d_sae)."""
+    start, end = torch.zeros(2, 4, device="meta"), torch.ones(2, 4, device="meta")
+    rows = top_k_patches(start, end, torch.tensor([1.0, 0.0, 2.0, 0.0], device="meta"), max_k=2)
+    assert rows.device.type == "meta" and rows.shape == (3, 2, 4)
