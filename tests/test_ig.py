@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import logging
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -275,9 +277,10 @@ def test_completeness_error_at_its_floor():
     assert completeness_error(-0.25, -0.5, -0.5) == 0.5  # |−0.75 + 0.5| / 0.5: signs kept inside the sum
 
 
-def hand_result(name, a, err=0.5, total=2.0):
+def hand_result(name, a, err=0.5, total=2.0, completeness=0.25):
     return Attribution(mutant=name, attribution=torch.tensor(a), abs_delta=torch.tensor([abs(v) for v in a]),
-                       error_attribution=err, total_effect=total, completeness_error=0.25, quadrature_delta=-0.125)
+                       error_attribution=err, total_effect=total, completeness_error=completeness,
+                       quadrature_delta=-0.125)
 
 
 def test_results_file_of_hand_made_results(tmp_path):
@@ -317,3 +320,19 @@ def test_attribute_protein_resumes_from_its_work_folder(splices, tmp_path):
     work.save(0, MUTANTS[0].name, hand_result(MUTANTS[0].name, [0.5] * 96, total=3.0))
     (result,) = attribute_protein(splices[1], MUTANTS[:1], ig_settings(steps=2), work=work)
     assert result.attribution.tolist() == [0.5] * 96 and result.total_effect == 3.0
+
+
+def test_job_log_line(tmp_path, caplog):
+    """The job's log names the quadrature and the *median* completeness error: of 0.25, 0.5 and 4 that is 0.5
+    (the mean would be 1.58); with no mutants it is nan, and writing warns nothing."""
+    meta = LayerMeta(protein="P", layer=3, k=8, d_sae=1)
+    results = [hand_result(n, [0.5], completeness=c) for n, c in (("K2A", 0.25), ("G6W", 4.0), ("V3A", 0.5))]
+    with caplog.at_level(logging.INFO, logger="esmsae.analyses.ig"):
+        write_attributions(results, {"npz": tmp_path / "a.npz"}, ig_settings(steps=5, rule="riemann_middle"), meta)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            write_attributions([], {"npz": tmp_path / "b.npz"}, ig_settings(steps=4, space="pre", error_node=False),
+                               meta)
+    assert [r.getMessage() for r in caplog.records if r.name == "esmsae.analyses.ig"] == [
+        "P L3: 3 mutants, steps=5 rule=riemann_middle space=latent error_node=True, median completeness error 0.5",
+        "P L3: 0 mutants, steps=4 rule=gausslegendre space=pre error_node=False, median completeness error nan"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -377,7 +379,7 @@ def test_random_stream_is_fixed_by_seed_protein_layer_and_mutant():
         assert draw(*other) != first, other
 
 
-def test_table_rows_and_cells_of_hand_made_patches(tmp_path):
+def test_table_rows_and_cells_of_hand_made_patches(tmp_path, caplog):
     """One single-site and one two-site mutant: numbers for one site, 'a:b' (repr, round-tripping) for two;
     the settings in every row; a fresh 0.. index; the file reads back equal."""
     one = Patches(mutant="K2A", position="2", features=np.array([4, 1]), controls=np.array(["real", "noop"]),
@@ -403,8 +405,11 @@ def test_table_rows_and_cells_of_hand_made_patches(tmp_path):
     # Rule patch_features writes it to its output `table`; what is read back is what was written.
     assert PATCHING.rule == "patch_features" and runs_analysis("patch_features", "PATCHING")
     assert "table=" in rule_block("patch_features")
-    write_patches([one, two], {"table": tmp_path / "t.csv"}, patch_settings(space="pre"),
-                  LayerMeta(protein="P", layer=3, k=8, d_sae=96))
+    with caplog.at_level(logging.INFO, logger="esmsae.analyses.patching"):
+        write_patches([one, two], {"table": tmp_path / "t.csv"}, patch_settings(space="pre", features="top_delta"),
+                      LayerMeta(protein="P", layer=3, k=8, d_sae=96))
+    assert [r.getMessage() for r in caplog.records if r.name == "esmsae.analyses.patching"] == [
+        "P L3: 2 mutants, 3 rows (space pre, features top_delta)"]  # the job's log: 2 results, 2 + 1 rows
     back = read_table(tmp_path / "t.csv", "patching")
     sites = ["wt_pre", "mut_pre", "wt_latent", "mut_latent", "patched_value"]
     pd.testing.assert_frame_equal(back.drop(columns=sites), table.drop(columns=sites), check_dtype=False)
