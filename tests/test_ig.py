@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 import copy
+import logging
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from esmsae.analyses.api import LayerMeta
 from esmsae.analyses.arrays import Attributions
-from esmsae.analyses.ig import attribute, attribute_protein, attributions_file, completeness_error
+from esmsae.analyses.ig import (
+    IG,
+    Attribution,
+    attribute,
+    attribute_protein,
+    attributions_file,
+    completeness_error,
+    summary,
+    write_attributions,
+)
 from esmsae.inputs.mutations import parse_mutant
 from esmsae.model.esm import EsmLM
 from esmsae.model.splice import Splice
 from esmsae.pipeline.columns import TABLES, read_table
 from esmsae.pipeline.errors import InputError
+from esmsae.pipeline.resume import WorkFolder
 from esmsae.tables.ig import tabulate_top_features
 
+from .analysis_stubs import rule_block, runs_analysis, two_site_view
 from .conftest import (
     LAYERS,
     WT,
@@ -213,3 +227,112 @@ def test_npz_and_top_table_round_trip(splices, tmp_path):
     assert first["rank"].tolist() == list(range(1, min(20, n_nonzero) + 1))
     assert first["attribution"].abs().is_monotonic_decreasing
     assert first["attribution"].abs().iloc[0] == pytest.approx(float(results[0].attribution.abs().max()))
+
+
+# ---- hand-made views (tests/analysis_stubs.py): no model, a linear score, every number by hand ----------------
+
+@pytest.mark.parametrize("rule,steps", [("gausslegendre", 2), ("riemann_middle", 3)])
+def test_attribution_of_a_hand_made_two_site_mutant(rule, steps):
+    """Linear score, so any rule is exact: A_j = Σ_sites c_sj Δz_sj = f1 4·1 + 4·(−1.5) = −2 (+4 at s1, −6 at s2),
+    f3 −6, f4 10, else 0; A_err = ⟨ẽ − e, w⟩ = 1·2 + (−1)·3 = −1; T = 2 − 1 = 1; completeness error 0.
+    abs_delta = Σ_sites |Δz| = [0, 2.5, 0, 2, 2.5, 0]: f1 moves +1 at s1 and −1.5 at s2 (|Σ_sites Δz| would be 0.5).
+    captum's own delta Σ A + A_err − (S(end) − S(start)) is 0."""
+    r = attribute(two_site_view(), ig_settings(steps=steps, rule=rule))
+    assert r.mutant == "K2A:G6W"
+    assert r.attribution.tolist() == pytest.approx([0.0, -2.0, 0.0, -6.0, 10.0, 0.0], abs=1e-5)
+    assert r.abs_delta.tolist() == [0.0, 2.5, 0.0, 2.0, 2.5, 0.0]
+    assert r.error_attribution == pytest.approx(-1.0, abs=1e-5)
+    assert r.total_effect == 1.0
+    assert r.completeness_error == pytest.approx(0.0, abs=1e-5) and abs(r.quadrature_delta) <= 1e-5
+    # Without the error node (the seed): the error stays at WT, A_err = 0 and T = S(z_mut, e_wt) − S(m) = 2.
+    seed = attribute(two_site_view(), ig_settings(steps=steps, rule=rule, error_node=False))
+    assert seed.attribution.tolist() == pytest.approx([0.0, -2.0, 0.0, -6.0, 10.0, 0.0], abs=1e-5)
+    assert seed.error_attribution == 0.0 and seed.total_effect == 2.0
+    assert seed.completeness_error == pytest.approx(0.0, abs=1e-5) and abs(seed.quadrature_delta) <= 1e-5
+
+
+def test_pre_space_attribution_of_a_hand_made_two_site_mutant():
+    """Pre space, midpoint rule, 4 steps (α = 1/8, 3/8, 5/8, 7/8), TopK (k 2) inside the path. At s2,
+    pre(α) = [0.75, 3 − 1.5α, 0.25, 2 − α, −1 + 3.5α, 0]: f3 is in the top 2 while 2 − α > −1 + 3.5α
+    (α < 2/3: 3 of the 4 points), f4 after (1 point); f1 always is, at both sites; f5 (s1 −2 + α) never.
+    ∂S/∂pre_j = c_j where j is kept, so A_f1 = 1·4 + (−1.5)·4 = −2, A_f3 = −1·3·3/4 = −2.25,
+    A_f4 = 3.5·4·1/4 = 3.5; A_err = −1 and T = 1 as in latent space; completeness |−2 − 2.25 + 3.5 − 1 − 1| / 1
+    = 2.75 (pre space degrades it, METHOD.md). Another rule or step count puts the points elsewhere
+    (Gauss–Legendre's 4 points: 2 of them before 2/3)."""
+    r = attribute(two_site_view(space="pre"), ig_settings(space="pre", steps=4, rule="riemann_middle"))
+    assert r.attribution.tolist() == pytest.approx([0.0, -2.0, 0.0, -2.25, 3.5, 0.0], abs=1e-5)
+    assert r.abs_delta.tolist() == [0.0, 2.5, 0.0, 1.0, 3.5, 1.0]  # Σ_sites |Δpre|
+    assert r.error_attribution == pytest.approx(-1.0, abs=1e-5) and r.total_effect == 1.0
+    assert r.completeness_error == pytest.approx(2.75, abs=1e-5)
+
+
+def test_completeness_error_at_its_floor():
+    """The denominator is max(|T|, 1e-6): at |T| = 1e-6 exactly (the gap equal to it, ratio exactly 1) the two
+    agree; above it |T| counts, below it (T = 0, T = −1e-9) the floor does; a negative T is divided by |T|."""
+    assert completeness_error(0.0, 0.0, 1e-6) == 1.0 and completeness_error(0.0, 0.0, -1e-6) == 1.0
+    assert completeness_error(0.5, 0.0, 0.0) == 0.5 / 1e-6
+    assert completeness_error(0.5, 0.0, -1e-9) == pytest.approx(0.5 / 1e-6, rel=1e-6)
+    assert completeness_error(0.0, 0.0, 2e-6) == 1.0  # |T| above the floor: 2e-6 / 2e-6
+    assert completeness_error(0.25, 0.25, -0.5) == 2.0  # |0.5 + 0.5| / 0.5
+    assert completeness_error(-0.25, -0.5, -0.5) == 0.5  # |−0.75 + 0.5| / 0.5: signs kept inside the sum
+
+
+def hand_result(name, a, err=0.5, total=2.0, completeness=0.25):
+    return Attribution(mutant=name, attribution=torch.tensor(a), abs_delta=torch.tensor([abs(v) for v in a]),
+                       error_attribution=err, total_effect=total, completeness_error=completeness,
+                       quadrature_delta=-0.125)
+
+
+def test_results_file_of_hand_made_results(tmp_path):
+    """Two results → (2, d_sae) arrays in mutant order, the settings recorded; none → (0, d_sae), still readable.
+    Rule integrate_gradients writes it to its output `npz`."""
+    results = [hand_result("K2A", [0.5, -1.0, 0.0]), hand_result("G6W", [2.0, 0.0, 0.25], err=-0.5, total=1.0)]
+    assert IG.rule == "integrate_gradients" and runs_analysis("integrate_gradients", "IG")
+    assert "npz=" in rule_block("integrate_gradients")
+    meta = LayerMeta(protein="P", layer=3, k=8, d_sae=3)
+    write_attributions(results, {"npz": tmp_path / "a.npz"}, ig_settings(steps=5, rule="riemann_middle"), meta)
+    data = Attributions.read(tmp_path / "a.npz")
+    assert data.mutant.tolist() == ["K2A", "G6W"]
+    np.testing.assert_array_equal(data.attribution, [[0.5, -1.0, 0.0], [2.0, 0.0, 0.25]])
+    np.testing.assert_array_equal(data.abs_delta, [[0.5, 1.0, 0.0], [2.0, 0.0, 0.25]])
+    assert data.attribution.dtype == data.abs_delta.dtype == np.float64
+    assert data.error_attribution.tolist() == [0.5, -0.5] and data.total_effect.tolist() == [2.0, 1.0]
+    assert data.completeness_error.tolist() == [0.25, 0.25] and data.quadrature_delta.tolist() == [-0.125, -0.125]
+    assert (data.steps, data.rule, data.space, data.error_node, data.k, data.d_sae, data.layer) == (
+        5, "riemann_middle", "latent", True, 8, 3, 3)
+    write_attributions([], {"npz": tmp_path / "none.npz"}, ig_settings(error_node=False, space="pre"), meta)
+    empty = Attributions.read(tmp_path / "none.npz")
+    assert empty.attribution.shape == empty.abs_delta.shape == (0, 3) and empty.mutant.tolist() == []
+    assert (empty.error_node, empty.space) == (False, "pre")
+    assert attributions_file([], steps=1, rule="gausslegendre", space="latent", error_node=True, k=8, d_sae=3,
+                             layer=1).mutant.dtype.kind == "U"
+
+
+def test_summary_line():
+    r = hand_result("K2A", [0.5, -1.0, 0.25], err=0.5, total=0.5)
+    assert summary(r) == "T=0.5, ΣA=-0.25, A_err=0.5, completeness error 2.50e-01"
+    assert IG.summary is summary and IG.run is attribute and IG.write is write_attributions
+
+
+def test_attribute_protein_resumes_from_its_work_folder(splices, tmp_path):
+    """A mutant's piece already in the job's work folder is used as it is, not recomputed."""
+    work = WorkFolder(tmp_path / "P_L1.npz", "key")
+    work.save(0, MUTANTS[0].name, hand_result(MUTANTS[0].name, [0.5] * 96, total=3.0))
+    (result,) = attribute_protein(splices[1], MUTANTS[:1], ig_settings(steps=2), work=work)
+    assert result.attribution.tolist() == [0.5] * 96 and result.total_effect == 3.0
+
+
+def test_job_log_line(tmp_path, caplog):
+    """The job's log names the quadrature and the *median* completeness error: of 0.25, 0.5 and 4 that is 0.5
+    (the mean would be 1.58); with no mutants it is nan, and writing warns nothing."""
+    meta = LayerMeta(protein="P", layer=3, k=8, d_sae=1)
+    results = [hand_result(n, [0.5], completeness=c) for n, c in (("K2A", 0.25), ("G6W", 4.0), ("V3A", 0.5))]
+    with caplog.at_level(logging.INFO, logger="esmsae.analyses.ig"):
+        write_attributions(results, {"npz": tmp_path / "a.npz"}, ig_settings(steps=5, rule="riemann_middle"), meta)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            write_attributions([], {"npz": tmp_path / "b.npz"}, ig_settings(steps=4, space="pre", error_node=False),
+                               meta)
+    assert [r.getMessage() for r in caplog.records if r.name == "esmsae.analyses.ig"] == [
+        "P L3: 3 mutants, steps=5 rule=riemann_middle space=latent error_node=True, median completeness error 0.5",
+        "P L3: 0 mutants, steps=4 rule=gausslegendre space=pre error_node=False, median completeness error nan"]
