@@ -18,15 +18,17 @@ import torch
 
 from esmsae.analyses import feature_activity as feature_activity_module
 from esmsae.analyses.arrays import Activity, sum_activity
-from esmsae.analyses.feature_activity import RESIDUE_INDEX, feature_activity
+from esmsae.analyses.feature_activity import RESIDUE_INDEX, characterize_features, feature_activity
 from esmsae.analyses.output_effects import measure_output_effects
 from esmsae.config.settings import Runtime
 from esmsae.inputs.mutations import AMINO_ACIDS
+from esmsae.model.demo import write_tiny_esm2
+from esmsae.model.sae import random_sae, save_sae
 from esmsae.model.splice import Splice
 from esmsae.pipeline.columns import TABLES, read_table
 from esmsae.pipeline.errors import InputError
 
-from .conftest import DEFAULTS, WT, K
+from .conftest import D_SAE, DEFAULTS, TINY, WT, K
 from .reference import hooked_logits
 
 A = {aa: i for i, aa in enumerate(AMINO_ACIDS)}
@@ -265,3 +267,87 @@ def test_no_shown_feature_at_the_layer_writes_an_empty_table(tiny_dir, tmp_path)
                            tiny_dir / "sae_l2.safetensors", tmp_path / "shown.csv", tmp_path / "effects.csv")
     table = read_table(tmp_path / "effects.csv", "output_effects")
     assert list(table.columns) == TABLES["output_effects"] and len(table) == 0
+
+
+# -- the activity rule: reference FASTA bounds, its warning, and resume pieces ------------------------------
+
+
+def test_reference_records_at_the_context_bar_and_the_skip_warning(tiny_dir, tmp_path, caplog):
+    """Tokens with BOS and EOS may fill the model's 1,024 positions: 1,022 residues are kept, 1,023 skipped.
+    With max_sequences 3: ok1, edge (1,022) and ok2 are used; long (1,023) and odd (X) are skipped, ok3 is
+    past the bar. The warning says so, names them and says where reading stopped."""
+    fasta = tmp_path / "ref.fa"
+    fasta.write_text(">ok1\nMKV\n>long\n" + "A" * 1023 + "\n>edge\n" + "L" * 1022
+                     + "\n>odd\nMKXV\n>ok2\nWW\n>ok3\nAA\n")
+    settings = dataclasses.replace(DEFAULTS.features, reference=str(fasta), max_sequences=3)
+    out = tmp_path / "a.npz"
+    with caplog.at_level("WARNING", logger="esmsae"):
+        characterize_features(settings, dict(WT), 2, K, "fp32", RUNTIME, tiny_dir / "esm2_tiny.pt",
+                              tiny_dir / "sae_l2.safetensors", str(fasta), out)
+    stats = Activity.read(out)
+    assert stats.n_sequences == len(WT) + 3
+    assert stats.n_positions == sum(map(len, WT.values())) + 3 + 1022 + 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"reference {fasta}: skipped 1 longer than the model's context and 1 with residues outside "
+                        "the 20 (first: long, odd); stopped after 3 sequences"]
+    # Only a skipped record, the whole file read: the warning without the stop.
+    fasta.write_text(">ok1\nMKV\n>long\n" + "A" * 1023 + "\n")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="esmsae"):
+        characterize_features(dataclasses.replace(settings, max_sequences=100), dict(WT), 2, K, "fp32", RUNTIME,
+                              tiny_dir / "esm2_tiny.pt", tiny_dir / "sae_l2.safetensors", str(fasta), out)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"reference {fasta}: skipped 1 longer than the model's context and 0 with residues outside "
+                        "the 20 (first: long)"]
+
+
+def test_activity_pieces_are_reused_only_for_the_same_settings_and_inputs(tiny_dir, tmp_path, monkeypatch):
+    """One sequence per piece (3 WT + 1 reference record = 4 pieces). A run killed after its first piece
+    leaves that piece beside the output; a rerun with the same settings and inputs computes the other 3,
+    and any change of settings, WT sequences, layer, k, precision, checkpoint, SAE or reference file makes
+    the rerun compute all 4. A finished run leaves no work folder."""
+    monkeypatch.setattr(feature_activity_module, "ACTIVITY_CHUNK", 1)
+    real, calls = feature_activity, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if kill and len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(feature_activity_module, "feature_activity", counted)
+    other_checkpoint = tmp_path / "other.pt"
+    write_tiny_esm2(other_checkpoint, seed=2, **TINY)
+    other_sae = tmp_path / "other_sae.safetensors"
+    save_sae(random_sae(TINY["embed_dim"], D_SAE, K, seed=99), other_sae)
+    changed_wt = dict(WT) | {next(iter(WT)): "M" + next(iter(WT.values()))[1:]}  # same name, another sequence
+    variants = {"same": {}, "settings": None, "wt": {"wt": changed_wt}, "layer": {"layer": 3}, "k": {"k": 4},
+                "precision": {"precision": "tf32"}, "checkpoint": {"checkpoint": other_checkpoint},
+                "sae": {"sae": other_sae}, "reference": None}
+
+    def run(values, out):
+        characterize_features(values["settings"], values["wt"], values["layer"], values["k"], values["precision"],
+                              RUNTIME, values["checkpoint"], values["sae"], values["reference"], out)
+
+    for name, change in variants.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        fasta = folder / "ref.fa"
+        fasta.write_text(">r1\nMKVLA\n")
+        args = {"settings": dataclasses.replace(DEFAULTS.features, reference=str(fasta)), "wt": dict(WT),
+                "layer": 2, "k": K, "precision": "fp32", "checkpoint": tiny_dir / "esm2_tiny.pt",
+                "sae": tiny_dir / "sae_l2.safetensors", "reference": str(fasta)}
+        out = folder / "activity.npz"
+        kill, calls[:] = True, []
+        with pytest.raises(RuntimeError, match="killed"):
+            run(args, out)
+        assert (folder / "activity.npz.work").is_dir() and not out.exists()
+        if name == "settings":
+            change = {"settings": dataclasses.replace(args["settings"], max_sequences=10)}
+        if name == "reference":
+            fasta.write_text(">r1\nMKVLW\n")  # same path and record name, another sequence
+            change = {}
+        kill, calls[:] = False, []
+        run(args | change, out)
+        assert len(calls) == (3 if name == "same" else 4), name
+        assert out.exists() and not (folder / "activity.npz.work").exists()
