@@ -341,8 +341,26 @@ def test_feature_table_columns_by_hand():
     assert table["label"].tolist()[2] == "inactive on reference"
     assert table["layer"].tolist() == [5] * 3 and table["feature"].tolist() == [0, 1, 2]
     assert table["k"].tolist() == [3] * 3 and table["d_sae"].tolist() == [3] * 3
-    assert table["n_effect_positions"].isna().all() and table["promotes"].isna().all()
+    assert table["n_effect_positions"].isna().all() and table["n_effect_positions"].dtype == "Int64"
+    assert table["promotes"].isna().all()
     assert table["promotes_effect"].isna().all() and table["suppresses_effect"].isna().all()
+
+
+def test_scores_where_undefined_are_zero_without_warnings():
+    """An inactive feature (n_active 0) and residues absent from the reference: P, R and F1 are 0 there,
+    computed without a division warning; a broad feature's label carries its top F1."""
+    hits = np.stack([counts(), counts(A=1, C=1, D=1, E=1, F=1, G=1)])
+    reference = counts(A=10, C=10, D=10, E=10, F=10, G=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        precision, recall, f1 = residue_scores(hits, hits.sum(1), reference)
+        table = feature_table(activity(hits, reference), 0.8)
+    assert not precision[0].any() and not recall[:, A["W"]].any() and not f1[0].any()
+    # Feature 1: six residues at 1/6 each, the first three (alphabetically) hold half: enriched A/C/D.
+    assert table["label"].tolist() == ["inactive on reference", "A/C/D-enriched (F1 0.17)"]  # 2·3/(6 + 30)
+    seven = counts(A=1, C=1, D=1, E=1, F=1, G=1, H=1)
+    broad = feature_table(activity(np.stack([seven]), counts(A=10, C=10, D=10, E=10, F=10, G=10, H=10)), 0.8)
+    assert broad.loc[0, "label"] == "broad (top A, F1 0.12)"  # 3 of 7 < half; all F1 2·1/(7 + 10) = 0.118: A
 
 
 def test_frequency_without_reference_positions_is_nan():

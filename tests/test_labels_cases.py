@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from esmsae.analyses import feature_activity as feature_activity_module
-from esmsae.analyses.arrays import Activity, sum_activity
+from esmsae.analyses.arrays import Activity, Attributions, sum_activity
 from esmsae.analyses.feature_activity import RESIDUE_INDEX, characterize_features, feature_activity
-from esmsae.analyses.output_effects import measure_output_effects
+from esmsae.analyses.output_effects import measure_output_effects, output_effects
 from esmsae.config.settings import Runtime
 from esmsae.inputs.mutations import AMINO_ACIDS
 from esmsae.model.demo import write_tiny_esm2
@@ -37,38 +37,47 @@ RUNTIME = Runtime(device="cpu", batch_size=None, trust_pickle=False)
 
 class StandInLM:
     """The two things feature_activity asks of a model. ``h`` at token t of a sequence is
-    ``[residue index + 1, t]`` (0 at BOS, EOS and padding); every batch it tokenizes is recorded."""
+    ``[residue index + 1, t]`` (0 at BOS, EOS and padding) in float32, as a model's states are;
+    every batch it tokenizes is recorded."""
 
-    device = torch.device("cpu")
-
-    def __init__(self):
+    def __init__(self, device: str = "cpu"):
+        self.device = torch.device(device)
         self.batches: list[list[str]] = []
 
     def tokenize_padded(self, seqs: list[str]) -> torch.Tensor:
+        if not seqs:
+            raise ValueError("tokenize_padded needs a non-empty list of sequences")  # as EsmLM's
         self.batches.append(list(seqs))
         tokens = torch.zeros(len(seqs), max(map(len, seqs)) + 2, dtype=torch.long)
         for row, seq in enumerate(seqs):
             tokens[row, 1:len(seq) + 1] = torch.tensor([RESIDUE_INDEX[c] + 1 for c in seq])
-        return tokens
+        return tokens.to(self.device)
 
     def hiddens(self, tokens: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
-        position = torch.arange(tokens.shape[1]).expand_as(tokens)
-        return {layers[0]: torch.stack([tokens.double(), position.double()], -1)}
+        position = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        return {layers[0]: torch.stack([tokens.float(), position.float()], -1)}
 
 
 class StandInSAE:
-    """Three features: z_0 = 1/t at an A at token t, z_1 = 0.25 at every K, z_2 never positive."""
+    """Three features: z_0 = 1/t at an A at token t, z_1 = 0.25 at every K, z_2 never positive. Its weights
+    are float64: the states must arrive in the SAE's own dtype (a bf16 model beside an fp32 SAE)."""
 
     k = 2
     info = SimpleNamespace(d_sae=3)
-    w_enc = torch.zeros(1, dtype=torch.float64)
+
+    def __init__(self, device: str = "cpu"):
+        self.w_enc = torch.zeros(1, dtype=torch.float64, device=device)
 
     def encode(self, x: torch.Tensor):
+        assert x.dtype == self.w_enc.dtype and x.device == self.w_enc.device
         residue, t = x[:, 0].long() - 1, x[:, 1]
-        z = torch.zeros(len(x), 3, dtype=torch.float64)
+        z = torch.zeros(len(x), 3, dtype=torch.float64, device=x.device)
         z[:, 0] = torch.where(residue == A["A"], 1 / t, 0.0)
         z[:, 1] = torch.where(residue == A["K"], 0.25, 0.0)
         return None, z, None, None
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
 
 SEQUENCES = [("P", "AKA"), ("Q", "KK"), ("r1", "AAAA"), ("r2", "KAK")]
@@ -81,6 +90,7 @@ def check_counts(activity: Activity) -> None:
     assert (activity.n_sequences, activity.n_positions) == (4, 12)
     assert activity.residue_counts.tolist() == [7 if aa == "A" else 5 if aa == "K" else 0 for aa in AMINO_ACIDS]
     assert activity.n_active.tolist() == [7, 5, 0]
+    assert activity.residue_counts.dtype == activity.n_active.dtype == activity.active_by_residue.dtype == np.int64
     expected = np.zeros((3, 20), dtype=np.int64)
     expected[0, A["A"]], expected[1, A["K"]] = 7, 5
     assert activity.active_by_residue.tolist() == expected.tolist()
@@ -95,12 +105,13 @@ def check_counts(activity: Activity) -> None:
     assert np.array_equal(activity.wt_latents["Q"], np.array([[0, 0.25, 0], [0, 0.25, 0]], np.float32))
 
 
-def test_activity_counts_by_hand_in_one_batch_of_many_encode_chunks(monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_activity_counts_by_hand_in_one_batch_of_many_encode_chunks(monkeypatch, device):
     """All four sequences in one padded batch (WT and reference together), encoded 2 positions at a time, so
     the largest z_0 (1, at token 1) is in an earlier chunk than the last one (1/3 and 1/4, r1's end)."""
     monkeypatch.setattr(feature_activity_module, "ENCODE_ROWS", 2)
-    lm = StandInLM()
-    check_counts(feature_activity(lm, StandInSAE(), 3, iter(SEQUENCES), ["P", "Q"]))
+    lm = StandInLM(device)
+    check_counts(feature_activity(lm, StandInSAE(device), 3, iter(SEQUENCES), ["P", "Q"]))
     assert lm.batches == [["KK", "AKA", "KAK", "AAAA"]]  # sorted by length (ties: input order)
 
 
@@ -114,6 +125,10 @@ def test_activity_batches_at_the_token_bar():
     one_under = StandInLM()
     check_counts(feature_activity(one_under, StandInSAE(), 3, iter(SEQUENCES), ["P", "Q"], buffer=3, max_tokens=9))
     assert one_under.batches == [["KK"], ["AKA"], ["AAAA"], ["KAK"]]
+    # A sequence longer than max_tokens on its own still runs, alone.
+    alone = StandInLM()
+    check_counts(feature_activity(alone, StandInSAE(), 3, iter(SEQUENCES), ["P", "Q"], max_tokens=3))
+    assert alone.batches == [["KK"], ["AKA"], ["KAK"], ["AAAA"]]
 
 
 def test_activity_default_buffer_and_token_bar():
@@ -135,6 +150,7 @@ def test_activity_of_no_sequences_is_empty():
     empty = feature_activity(StandInLM(), StandInSAE(), 3, iter([]), ["P"])
     assert (empty.n_sequences, empty.n_positions) == (0, 0) and not empty.n_active.any()
     assert empty.max_activation.tolist() == [0.0, 0.0, 0.0] and empty.wt_latents == {}
+    assert empty.max_activation.dtype == empty.activation_by_residue.dtype == np.float64
 
 
 # -- the Activity file ---------------------------------------------------------------------------------
@@ -351,3 +367,54 @@ def test_activity_pieces_are_reused_only_for_the_same_settings_and_inputs(tiny_d
         run(args | change, out)
         assert len(calls) == (3 if name == "same" else 4), name
         assert out.exists() and not (folder / "activity.npz.work").exists()
+
+
+# -- the Attributions file (its reading and writing; the IG tests cover what is in it) ------------------------
+
+
+def test_attributions_of_hand_made_integer_arrays_are_float_and_optional_arrays_are_nan():
+    """A result built by hand may hold integers and leave out quadrature_delta and every setting: the arrays
+    come back float64, quadrature_delta NaN per mutant, the settings None."""
+    result = Attributions.of({"mutant": ["A1C", "K2R"], "attribution": [[1, 0], [0, 2]],
+                              "abs_delta": [[1, 0], [0, 1]], "error_attribution": [0, 1], "total_effect": [1, 3],
+                              "completeness_error": [0, 0]}, "by hand")
+    for name in ("attribution", "abs_delta", "error_attribution", "total_effect", "completeness_error",
+                 "quadrature_delta"):
+        assert getattr(result, name).dtype == np.float64, name
+    assert result.attribution.tolist() == [[1.0, 0.0], [0.0, 2.0]] and result.total_effect.tolist() == [1.0, 3.0]
+    assert np.isnan(result.quadrature_delta).all() and result.quadrature_delta.shape == (2,)
+    assert all(getattr(result, key) is None for key in ("steps", "rule", "space", "k", "d_sae", "error_node", "layer"))
+    assert result.mutant.tolist() == ["A1C", "K2R"] and result.n == 2
+
+
+def test_attributions_file_holds_exactly_its_fields_and_names_a_missing_setting(tmp_path):
+    """Mutant names held as Python objects are written as text (an object array would need pickling, which
+    reading refuses); the file holds the fields and nothing else; writing without a setting says which."""
+    result = Attributions(mutant=np.array(["V5H:D39R"], dtype=object), attribution=np.array([[0.5, -1.0]]),
+                          abs_delta=np.array([[1.0, 2.0]]), error_attribution=np.array([0.25]),
+                          total_effect=np.array([1.0]), completeness_error=np.array([0.0]),
+                          quadrature_delta=np.array([0.125]), steps=8, rule="gauss", space="latent", k=4, d_sae=2,
+                          error_node=True, layer=3)
+    result.write(tmp_path / "r.npz")
+    with np.load(tmp_path / "r.npz", allow_pickle=False) as data:
+        assert set(data.files) == {f.name for f in dataclasses.fields(Attributions)}
+    back = Attributions.read(tmp_path / "r.npz")
+    assert back.mutant.tolist() == ["V5H:D39R"] and back.attribution.tolist() == [[0.5, -1.0]]
+    assert (back.steps, back.rule, back.space, back.k, back.d_sae, back.error_node, back.layer) == (
+        8, "gauss", "latent", 4, 2, True, 3)
+    with pytest.raises(ValueError, match=r"^Attributions.write: setting steps is not set$"):
+        dataclasses.replace(result, steps=None).write(tmp_path / "s.npz")
+
+
+def test_output_effects_count_every_residue_and_no_special_token(lm, saes):
+    """With max_positions above L, a feature's positions are all the residues (tokens 1..L) where it is active:
+    the last residue included, BOS and EOS never, whatever the feature does there. Counts are integers."""
+    seq = WT["PR40A_HUMAN"]
+    splice = Splice(lm, saes[2], seq, 2)
+    z = splice.wt_code(torch.arange(0, len(seq) + 2)).z  # BOS, the residues, EOS
+    at_eos = int(torch.nonzero(z[len(seq) + 1] > 0).flatten()[0])
+    at_last = int(torch.nonzero(z[len(seq)] > 0).flatten()[-1])
+    total, count = output_effects(splice, [at_eos, at_last], max_positions=len(seq) + 2)
+    assert count.dtype == np.int64
+    assert count.tolist() == [int((z[1:len(seq) + 1, f] > 0).sum()) for f in (at_eos, at_last)]
+    assert total.shape == (2, 20)
