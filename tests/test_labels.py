@@ -364,7 +364,9 @@ def test_scores_where_undefined_are_zero_without_warnings():
 
 
 def test_frequency_without_reference_positions_is_nan():
-    table = feature_table(activity(np.zeros((2, 20)), np.zeros(20), n_active=np.zeros(2, dtype=np.int64)), 0.8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NaN by definition, not by dividing 0 by 0
+        table = feature_table(activity(np.zeros((2, 20)), np.zeros(20), n_active=np.zeros(2, dtype=np.int64)), 0.8)
     assert table["frequency"].isna().all() and table["label"].tolist() == ["inactive on reference"] * 2
 
 
@@ -441,6 +443,7 @@ def test_label_lookups_and_insertion():
     out = insert_labels(frame, lookup)
     assert list(out.columns) == ["mutant", "layer", "feature", "label", "x"]
     assert out["label"].tolist() == ["broad", "L-identity", ""] and out.index.tolist() == [10, 11, 12]
+    assert out["label"].dtype == object  # built as object; pandas 3 alone would infer its str dtype
     assert insert_labels(frame, lookup, layer=2)["label"].tolist() == ["L-identity", "L-identity", ""]
     assert insert_labels(frame, None)["label"].tolist() == ["", "", ""]
     assert list(frame.columns) == ["mutant", "layer", "feature", "x"]  # the input is left alone
@@ -499,6 +502,7 @@ def test_identity_masks_take_identity_features_only():
                            "identity": [True, False, True, True]})
     masks = identity_masks(labels, 5)
     assert set(masks) == set(AMINO_ACIDS)
+    assert all(mask.dtype == bool for mask in masks.values())
     assert masks["V"].tolist() == [True, False, False, False, False]
     assert masks["K"].tolist() == [False, False, True, False, False]
     assert masks["A"].tolist() == [False, False, False, True, False]
@@ -578,7 +582,7 @@ def cards(table: pd.DataFrame) -> list[tuple[int, int]]:
 def test_card_priority_at_its_boundaries():
     universal = pd.DataFrame({"feature": [7, 3, 5, 8], "layer": [4, 4, 4, 2],
                               "proteins": ["P;Q;R", "P;Q", "P;Q", "Q;R"]})
-    circuits = {4: {9: 3, 12: 1, 13: 0}, 2: {1: 3, 6: 4}}
+    circuits = {4: {9: 3, 12: 1, 13: 0}, 2: {10: 3, 6: 4}}
     shown = {4: {7: 5, 14: 9}}
 
     def carded(n):
@@ -589,19 +593,19 @@ def test_card_priority_at_its_boundaries():
     assert set(carded(2)) == {(4, 7), (2, 8)}
     assert set(carded(3)) == {(4, 7), (2, 8), (4, 3)}
     assert set(carded(4)) == {(4, 7), (2, 8), (4, 3), (4, 5)}
-    # Then circuit features, more mutants first (L2 F6: 4), a tie at 3 by layer (L2 F1 before L4 F9), then 1.
+    # Then circuit features, more mutants first (L2 F6: 4), a tie at 3 by layer (L2 F10 before L4 F9), then 1.
     assert set(carded(5)) - set(carded(4)) == {(2, 6)}
-    assert set(carded(6)) - set(carded(5)) == {(2, 1)}
+    assert set(carded(6)) - set(carded(5)) == {(2, 10)}
     assert set(carded(7)) - set(carded(6)) == {(4, 9)}
     assert set(carded(8)) - set(carded(7)) == {(4, 12)}  # one mutant's circuit is enough
     # Never a card: 0 mutants' circuits, or only in an IG top-20 (L4 F14, 9 mutants), however many cards.
     assert len(carded(100)) == 8 and carded(0) == []
     table = shown_features(shown, {}, universal, circuits, max_cards=100)
-    assert table[["layer", "feature"]].values.tolist() == [[2, 1], [2, 6], [2, 8], [4, 3], [4, 5], [4, 7], [4, 9],
+    assert table[["layer", "feature"]].values.tolist() == [[2, 6], [2, 8], [2, 10], [4, 3], [4, 5], [4, 7], [4, 9],
                                                            [4, 12], [4, 13], [4, 14]]
-    assert table["circuits"].tolist() == [3, 4, 0, 0, 0, 0, 3, 1, 0, 0]
+    assert table["circuits"].tolist() == [4, 0, 3, 0, 0, 0, 3, 1, 0, 0]
     assert table["ig_top20"].tolist() == [0, 0, 0, 0, 0, 5, 0, 0, 0, 9]
-    assert table["universal"].tolist() == [False, False, True, True, True, True, False, False, False, False]
+    assert table["universal"].tolist() == [False, True, False, True, True, True, False, False, False, False]
     assert table["layer"].dtype == np.int64 and table["feature"].dtype == np.int64
 
 
@@ -654,3 +658,11 @@ def test_select_features_from_hand_made_results(tmp_path):
     assert table["universal"].tolist() == [False, False, True, False, False, False, False]
     assert table["circuits"].tolist() == [0, 1, 0, 0, 2, 0, 0]
     assert table["card"].tolist() == [False, False, True, False, True, False, False]
+
+
+def test_tabulate_identity_share_without_results_writes_empty_tables(tmp_path):
+    identity_labels([(2, 0, "V", True)]).to_csv(tmp_path / "labels.csv", index=False)
+    out = {"mutants": tmp_path / "mutants.csv", "table": tmp_path / "table.csv"}
+    tabulate_identity_share(tmp_path / "labels.csv", {}, out)
+    assert len(read_table(out["mutants"], "identity_share_mutants")) == 0
+    assert len(read_table(out["table"], "identity_share")) == 0
