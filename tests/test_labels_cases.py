@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from esmsae.analyses import feature_activity as feature_activity_module
+from esmsae.analyses import output_effects as output_effects_module
 from esmsae.analyses.arrays import Activity, Attributions, sum_activity
 from esmsae.analyses.feature_activity import RESIDUE_INDEX, characterize_features, feature_activity
 from esmsae.analyses.output_effects import measure_output_effects, output_effects
@@ -418,3 +419,48 @@ def test_output_effects_count_every_residue_and_no_special_token(lm, saes):
     assert count.dtype == np.int64
     assert count.tolist() == [int((z[1:len(seq) + 1, f] > 0).sum()) for f in (at_eos, at_last)]
     assert total.shape == (2, 20)
+
+
+def test_output_effect_pieces_are_reused_only_for_the_same_settings_and_inputs(tiny_dir, tmp_path, monkeypatch):
+    """One piece per protein (3). A run killed after its first protein leaves that piece; a rerun with the same
+    settings and inputs measures the other 2, and any change of settings, WT sequences, layer, k, precision,
+    shown features, checkpoint or SAE measures all 3. A finished run leaves no work folder."""
+    real, calls = output_effects, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if kill and len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(output_effects_module, "output_effects", counted)
+    other_checkpoint = tmp_path / "other.pt"
+    write_tiny_esm2(other_checkpoint, seed=2, **TINY)
+    other_sae = tmp_path / "other_sae.safetensors"
+    save_sae(random_sae(TINY["embed_dim"], D_SAE, K, seed=99), other_sae)
+    settings = dataclasses.replace(DEFAULTS.features, max_positions=1)
+    args = {"settings": settings, "wt": dict(WT), "layer": 2, "k": K, "precision": "fp32",
+            "checkpoint": tiny_dir / "esm2_tiny.pt", "sae": tiny_dir / "sae_l2.safetensors", "features": [0, 5]}
+    variants = {"same": {}, "settings": {"settings": dataclasses.replace(settings, max_positions=2)},
+                "wt": {"wt": dict(WT) | {next(iter(WT)): "M" + next(iter(WT.values()))[1:]}}, "layer": {"layer": 3},
+                "k": {"k": 4}, "precision": {"precision": "tf32"}, "features": {"features": [0, 6]},
+                "checkpoint": {"checkpoint": other_checkpoint}, "sae": {"sae": other_sae}}
+
+    def run(values, folder):
+        pd.DataFrame({"layer": values["layer"], "feature": values["features"], "ig_top20": 0, "top_patch": 0,
+                      "universal": False, "circuits": 0, "card": False}).to_csv(folder / "shown.csv", index=False)
+        measure_output_effects(values["settings"], values["wt"], values["layer"], values["k"], values["precision"],
+                               RUNTIME, values["checkpoint"], values["sae"], folder / "shown.csv",
+                               folder / "effects.csv")
+
+    for name, change in variants.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        kill, calls[:] = True, []
+        with pytest.raises(RuntimeError, match="killed"):
+            run(args, folder)
+        assert (folder / "effects.csv.work").is_dir() and not (folder / "effects.csv").exists()
+        kill, calls[:] = False, []
+        run(args | change, folder)
+        assert len(calls) == (2 if name == "same" else 3), name
+        assert (folder / "effects.csv").exists() and not (folder / "effects.csv.work").exists()
