@@ -318,6 +318,15 @@ def test_reference_records_at_the_context_bar_and_the_skip_warning(tiny_dir, tmp
                         "the 20 (first: long)"]
 
 
+@pytest.fixture
+def tf32_restored():
+    """The tf32 variants below set torch's global tf32 flags (esmsae.model.esm.set_precision): put them back."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.usefixtures("tf32_restored")
 def test_activity_pieces_are_reused_only_for_the_same_settings_and_inputs(tiny_dir, tmp_path, monkeypatch):
     """One sequence per piece (3 WT + 1 reference record = 4 pieces). A run killed after its first piece
     leaves that piece beside the output; a rerun with the same settings and inputs computes the other 3,
@@ -421,6 +430,7 @@ def test_output_effects_count_every_residue_and_no_special_token(lm, saes):
     assert total.shape == (2, 20)
 
 
+@pytest.mark.usefixtures("tf32_restored")
 def test_output_effect_pieces_are_reused_only_for_the_same_settings_and_inputs(tiny_dir, tmp_path, monkeypatch):
     """One piece per protein (3). A run killed after its first protein leaves that piece; a rerun with the same
     settings and inputs measures the other 2, and any change of settings, WT sequences, layer, k, precision,
