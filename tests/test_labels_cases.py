@@ -320,6 +320,15 @@ def test_reference_records_at_the_context_bar_and_the_skip_warning(tiny_dir, tmp
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == [f"reference {fasta}: skipped 1 longer than the model's context and 0 with residues outside "
                         "the 20 (first: long)"]
+    # Nothing skipped, but reading stopped at max_sequences: the warning says so, with no names.
+    fasta.write_text(">ok1\nMKV\n>ok2\nWW\n")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="esmsae"):
+        characterize_features(dataclasses.replace(settings, max_sequences=1), dict(WT), 2, K, "fp32", RUNTIME,
+                              tiny_dir / "esm2_tiny.pt", tiny_dir / "sae_l2.safetensors", str(fasta), out)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"reference {fasta}: skipped 0 longer than the model's context and 0 with residues outside "
+                        "the 20 (first: -); stopped after 1 sequences"]
 
 
 @pytest.fixture
@@ -332,16 +341,16 @@ def tf32_restored():
 
 @pytest.mark.usefixtures("tf32_restored")
 def test_activity_pieces_are_reused_only_for_the_same_settings_and_inputs(tiny_dir, tmp_path, monkeypatch):
-    """One sequence per piece (3 WT + 1 reference record = 4 pieces). A run killed after its first piece
-    leaves that piece beside the output; a rerun with the same settings and inputs computes the other 3,
-    and any change of settings, WT sequences, layer, k, precision, checkpoint, SAE or reference file makes
-    the rerun compute all 4. A finished run leaves no work folder."""
+    """One sequence per piece (3 WT + 1 reference record = 4 pieces). A run killed after its third piece
+    leaves three pieces (each in its own slot) beside the output; a rerun with the same settings and inputs
+    computes only the fourth, and any change of settings, WT sequences, layer, k, precision, checkpoint, SAE
+    or reference file makes the rerun compute all 4. A finished run leaves no work folder."""
     monkeypatch.setattr(feature_activity_module, "ACTIVITY_CHUNK", 1)
     real, calls = feature_activity, []
 
     def counted(*args, **kwargs):
         calls.append(1)
-        if kill and len(calls) == 2:
+        if kill and len(calls) == 4:
             raise RuntimeError("killed")
         return real(*args, **kwargs)
 
@@ -379,7 +388,7 @@ def test_activity_pieces_are_reused_only_for_the_same_settings_and_inputs(tiny_d
             change = {}
         kill, calls[:] = False, []
         run(args | change, out)
-        assert len(calls) == (3 if name == "same" else 4), name
+        assert len(calls) == (1 if name == "same" else 4), name
         assert out.exists() and not (folder / "activity.npz.work").exists()
 
 
