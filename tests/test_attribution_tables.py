@@ -483,11 +483,12 @@ def test_tables_carry_the_features_labels():
 def test_statistics_take_absolute_values_of_any_integer_type():
     """|x| is taken after converting to float: int8 −128 is 128 (in int8 itself np.abs(−128) wraps to −128).
 
-    k90 of |[−128, 1, 1]| = [128, 1, 1]: 0.9 · 130 = 117 ≤ 128 → 1. top_share n=1: 128/130.
-    Plain integer arrays give the float answers: k90([4, 3, 2, 1]) = 3, Gini of [0, 0, 1, 3] = 0.625.
+    k90 of |[−128, 100, 100]| = [128, 100, 100]: 0.9 · 328 = 295.2 > 228 → 3 (with −128 wrapped: Σ 72, 100 ≥ 64.8
+    → 1). top_share n=1 of |[−128, 1, 1]|: 128/130. Plain integer arrays give the float answers:
+    k90([4, 3, 2, 1]) = 3, Gini of [0, 0, 1, 3] = 0.625.
     """
+    assert k90(np.array([-128, 100, 100], dtype=np.int8)) == 3
     wrapped = np.array([-128, 1, 1], dtype=np.int8)
-    assert k90(wrapped) == 1
     assert top_share(wrapped, n=1) == pytest.approx(128 / 130)
     assert k90(np.array([4, 3, 2, 1])) == 3
     assert gini(np.array([3, 0, 1, 0])) == pytest.approx(0.625)
@@ -652,6 +653,8 @@ def test_minimal_size_exactly_on_the_bar():
     assert abs(r - 1) == bar
     assert minimal_size(np.array([0.0, r]), 0.25) == 1
     assert minimal_size(np.array([0, 1]), 0.9) == 1  # integer fractions
+    # int8 −127: |−127 − 1| = 128, far outside (in int8, −127 − 1 = −128 and its abs wraps to −128).
+    assert math.isnan(minimal_size(np.array([0, -127], dtype=np.int8), 0.9))
 
 
 def test_negligible_exactly_at_min_effect():
