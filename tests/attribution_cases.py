@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from esmsae.pipeline.columns import SIZE_COLUMNS
+from esmsae.pipeline.columns import SIZE_COLUMNS, TABLES
 
 D_SAE = 30
 NAN = float("nan")
@@ -103,3 +103,11 @@ def sizes_frame(protein, layer, sizes, negligible=None, k=8, d_sae=D_SAE, space=
     }, columns=SIZE_COLUMNS)
     frame["n_features"] = frame["n_features"].astype("Int64")
     return frame
+
+
+def write_labels(path, labels):
+    """A ``feature_labels.csv`` holding only `labels` (``{(layer, feature): label}``); other columns empty."""
+    frame = pd.DataFrame({"layer": [layer for layer, _ in labels], "feature": [f for _, f in labels],
+                          "label": list(labels.values())}).reindex(columns=TABLES["feature_labels"])
+    frame.to_csv(path, index=False)
+    return path

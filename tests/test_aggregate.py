@@ -16,10 +16,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from esmsae.pipeline.columns import PATCH_COLUMNS, PROGRESSION_COLUMNS, TABLES, VALIDATION_COLUMNS
+from esmsae.pipeline.columns import PATCH_COLUMNS, PROGRESSION_COLUMNS, TABLES, VALIDATION_COLUMNS, read_table
 from esmsae.pipeline.columns import TOP_MUTATIONS_COLUMNS as TOP_COLUMNS
-from esmsae.tables.patching import control_validation, layer_progression, top_mutations
+from esmsae.pipeline.errors import InputError
+from esmsae.tables.patching import control_validation, layer_progression, tabulate_patching, top_mutations
+from esmsae.tables.scoring import correlate_dms, dms_correlation
 from esmsae.tables.statistics import spearman
+from tests.attribution_cases import write_labels
 
 K, D_SAE, SPACE = 8, 64, "latent"
 
@@ -401,3 +404,200 @@ def test_outputs_are_deterministic():
         second = build(tables()).to_csv(index=False)
         assert first == second
         assert first.count("\n") > 1
+
+
+# --- what a careful reviewer would get wrong (mutation testing, mutation/tables.md) -------------------------------
+
+def test_empty_tables_keep_their_integer_columns():
+    """With no tables at all, the count and index columns are still integers (not pandas' default object)."""
+    validation, progression, top = control_validation({}), layer_progression({}), top_mutations({}, {}, 3)
+    assert (validation["n_mutants"].dtype, validation["n_patches"].dtype) == (np.int64, np.int64)
+    assert [progression[c].dtype for c in ("n_mutants", "n_patches", "n_rho_mutants")] == [np.int64] * 3
+    assert (top["layer"].dtype, top["feature"].dtype) == (np.int64, np.int64)
+    # And with rows: n_patches is an integer count too.
+    assert layer_progression({("P", 1): progression_table()})["n_patches"].dtype == np.int64
+
+
+def test_control_validation_empty_control_without_warnings():
+    """A control with no patches at a layer gives NaN shares quietly (no 'mean of empty slice')."""
+    only_noop = table([patch("A1C", 0, "noop", 0.0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        by = control_validation({("P", 1): only_noop}).set_index("control")
+    assert np.isnan(by.loc["real", "frac_nonzero"]) and np.isnan(by.loc["random", "frac_nonzero"])
+    assert by.loc["noop", "frac_nonzero"] == 0.0
+
+
+def test_object_columns_are_read_as_numbers():
+    """pd.concat with an empty table leaves numeric columns as object; the tables are the same numbers and types.
+
+    Hand values as in the tests above: real mean |effect| 0.5 over mutants, A1C's top patch |−0.9| at layer 2.
+    """
+    def loose(t):
+        return t.astype({"effect": object, "feature": object})
+
+    tables = {("P", 1): validation_table()}
+    pd.testing.assert_frame_equal(control_validation({k: loose(t) for k, t in tables.items()}),
+                                  control_validation(tables))
+    assert control_validation({("P", 1): loose(validation_table())})["mean_abs_effect"].iloc[0] == pytest.approx(0.5)
+    progression = {("P", 1): progression_table()}
+    pd.testing.assert_frame_equal(layer_progression({k: loose(t) for k, t in progression.items()}),
+                                  layer_progression(progression))
+    scores = {"P": scores_for(["A1C", "D2E", "F4G"], [1.0, 2.0, 3.0]), "Z": scores_for(["M1N"], [0.0])}
+    loose_top = top_mutations({k: loose(t) for k, t in top_tables().items()}, scores, 10)
+    pd.testing.assert_frame_equal(loose_top, top_mutations(top_tables(), scores, 10))
+    assert loose_top["feature"].dtype == np.int64 and loose_top["effect"].dtype == np.float64
+    assert (loose_top["layer"].iloc[0], loose_top["feature"].iloc[0], loose_top["effect"].iloc[0]) == (2, 3, -0.9)
+    # A NaN effect in an object column is refused as such (not a TypeError from numpy).
+    bad = loose(validation_table())
+    bad.loc[0, "effect"] = None
+    with pytest.raises(ValueError, match="'effect' has NaN"):
+        control_validation({("P", 1): bad})
+
+
+def test_layer_progression_delta_is_the_difference_not_the_sum():
+    """|Δ| = |mut − wt|, with a nonzero WT latent: (3 → 4) 1, (0 → 2) 2, (1 → 4) 3 rank as |effect| 0.1, 0.2, 0.3
+    (ρ = 1). |mut + wt| = 7, 2, 5 would rank them 3, 1, 2 (ρ = −0.5); the signed mut − wt of (4 → 1) below is −3."""
+    rows = [patch("A1C", 0, "real", 0.1, 3.0, 4.0), patch("A1C", 1, "real", -0.2, 0.0, 2.0),
+            patch("A1C", 2, "real", 0.3, 1.0, 4.0)]
+    assert layer_progression({("P", 1): table(rows)})["spearman_rho"].iloc[0] == pytest.approx(1.0)
+    # (4 → 1): |Δ| 3 is the largest, with the largest |effect|; signed −3 would be the smallest (ρ 0.5).
+    rows = [patch("A1C", 0, "real", 0.1, 0.0, 1.0), patch("A1C", 1, "real", 0.2, 0.0, 2.0),
+            patch("A1C", 2, "real", 0.3, 4.0, 1.0)]
+    assert layer_progression({("P", 1): table(rows)})["spearman_rho"].iloc[0] == pytest.approx(1.0)
+
+
+def test_layer_progression_selected_counts_only_the_proteins_it_names():
+    """`selected` without Q: Q's n_mutants falls back to its table's distinct mutants (5 in progression_table)."""
+    out = layer_progression({("P", 1): progression_table(), ("Q", 1): progression_table()}, selected={"P": 9})
+    assert out["n_mutants"].tolist() == [9, 5]
+
+
+def test_top_mutations_ties_between_mutants():
+    """Equal |effect| in different mutants: the lower layer first, then the lower feature, then the mutant name.
+
+    |effect| 0.5 everywhere: Y2Z at layer 1 comes before the layer-2 rows; among those, feature 1 (C3D) before
+    feature 4; at layer 2 feature 4 the mutants tie again and go by name, A1B before W5X.
+    """
+    rows = table([patch("W5X", 4, "real", 0.5, layer=2), patch("C3D", 1, "real", -0.5, layer=2),
+                  patch("A1B", 4, "real", 0.5, layer=2)])
+    y = table([patch("Y2Z", 6, "real", 0.5, layer=1)])
+    scores = {"P": scores_for(["A1B", "C3D", "W5X", "Y2Z"], [1.0, 2.0, 3.0, 4.0])}
+    out = top_mutations({("P", 2): rows, ("P", 1): y}, scores, top_n=10)
+    assert out["mutant"].tolist() == ["Y2Z", "C3D", "A1B", "W5X"]
+    assert out["layer"].tolist() == [1, 2, 2, 2] and out["feature"].tolist() == [6, 1, 4, 4]
+
+
+def test_top_mutations_labels_and_a_protein_without_patches():
+    """Labels come from (layer, feature), "" where there is none (also with no labels at all); a protein whose
+    tables are empty gives no rows and does not stop the proteins after it."""
+    scores = {"P": scores_for(["A1C", "D2E", "F4G"], [1.0, 2.0, 3.0]), "Z": scores_for(["M1N"], [0.0])}
+    tables = top_tables()
+    labels = {(2, 3): "L-identity", (1, 5): "K/R-enriched", (2, 5): "not this layer"}
+    out = top_mutations(tables, scores, top_n=10, labels=labels)
+    # Rows: A1C (2, 3), D2E (1, 5), F4G (1, 2), H6I (2, 1), M1N (1, 4).
+    assert out["label"].tolist() == ["L-identity", "K/R-enriched", "", "", ""]
+    assert top_mutations(tables, scores, top_n=10)["label"].tolist() == [""] * 5
+    empty_first = {("E", 1): table([]), ("Z", 1): tables[("Z", 1)]}
+    out = top_mutations(empty_first, {"Z": scores["Z"]}, top_n=10)
+    assert out["protein"].tolist() == ["Z"] and out["mutant"].tolist() == ["M1N"]
+
+
+def test_top_mutations_rejects_non_integers_and_bad_scores():
+    scores = {"P": scores_for(["A1C", "D2E", "F4G"], [1.0, 2.0, 3.0]), "Z": scores_for(["M1N"], [0.0])}
+    for bad in (True, 2.0):
+        with pytest.raises(ValueError, match="top_n must be a non-negative integer"):
+            top_mutations(top_tables(), scores, top_n=bad)
+    assert len(top_mutations(top_tables(), scores, top_n=np.int64(1))) == 2  # one per protein
+    with pytest.raises(ValueError, match=r"scores table of 'P' lacks columns \['dms_score'\]"):
+        top_mutations(top_tables(), {**scores, "P": scores["P"].drop(columns="dms_score")}, top_n=2)
+    doubled = pd.concat([scores["P"], scores["P"].iloc[:1]], ignore_index=True)
+    with pytest.raises(ValueError, match="scores table of 'P' lists a mutant more than once"):
+        top_mutations(top_tables(), {**scores, "P": doubled}, top_n=2)
+
+
+def test_top_mutations_scores_are_floats():
+    """A scores table without DMS (all None, object dtype in pandas) and an object wt_marginal give float columns."""
+    scores = {"P": scores_for(["A1C", "D2E", "F4G"], [None, None, None]).astype({"wt_marginal": object}),
+              "Z": scores_for(["M1N"], [0.0])}
+    out = top_mutations(top_tables(), scores, top_n=10)
+    assert out["dms_score"].dtype == np.float64 and out["wt_marginal"].dtype == np.float64
+    assert out["dms_score"].iloc[:4].isna().all()
+    assert out["wt_marginal"].iloc[:3].tolist() == [0.0, -1.0, -2.0]  # scores_for: −(row index)
+
+
+def test_tabulate_patching_rule(tmp_path):
+    """The rule reads the tables, counts selected mutants from the scores' `selected` column, labels the top rows.
+
+    Scores of P: 6 mutants, 4 selected (A1C, D2E, F3G, H5I) → n_mutants 4 at both layers. Top 2 of P over
+    layers 1 (validation_table) and 2 (progression_table at layer 2): D2E 4.0 (layer 2, feature 2) and F3G 0.7
+    (layer 2, feature 1); only (2, 2) has a label.
+    """
+
+    layer2 = progression_table().assign(layer=2)
+    paths = {("P", 1): tmp_path / "P_L1.csv", ("P", 2): tmp_path / "P_L2.csv"}
+    validation_table().to_csv(paths[("P", 1)], index=False)
+    layer2.to_csv(paths[("P", 2)], index=False)
+    mutants = ["A1C", "D2E", "F3G", "G4H", "H5I", "K6L"]
+    scores = scores_for(mutants, [0.5, -1.5, 2.5, 3.5, 4.5, 5.5]).assign(selected=[True, True, True, False, True,
+                                                                                   False])
+    scores.to_csv(tmp_path / "P_scores.csv", index=False)
+    write_labels(tmp_path / "labels.csv", {(2, 2): "L-identity", (1, 3): "other"})
+    out = {name: tmp_path / f"{name}.csv" for name in ("validation", "progression", "top")}
+    tabulate_patching(paths, {"P": tmp_path / "P_scores.csv"}, 2, tmp_path / "labels.csv", out)
+
+    validation = read_table(out["validation"], "control_validation")
+    assert validation["layer"].tolist() == [1] * 4 + [2] * 4
+    assert validation["mean_abs_effect"].iloc[0] == pytest.approx(0.5)  # validation_table's real row
+    progression = read_table(out["progression"], "layer_progression")
+    assert progression["n_mutants"].tolist() == [4, 4] and progression["layer"].tolist() == [1, 2]
+    assert progression["mean_abs_effect"].iloc[1] == pytest.approx(0.9)  # progression_table's per-mutant mean
+    top = read_table(out["top"], "top_mutations")
+    assert top["mutant"].tolist() == ["D2E", "F3G"] and top["feature"].tolist() == [2, 1]
+    assert top["layer"].tolist() == [2, 2] and top["effect"].tolist() == [4.0, 0.7]
+    assert top["label"].fillna("").tolist() == ["L-identity", ""]
+    assert top["dms_score"].tolist() == [-1.5, 2.5] and top["wt_marginal"].tolist() == [-1.0, -2.0]
+
+
+# --- dms_correlation ------------------------------------------------------------------------------------------------
+
+def scores_table_of(mutants, wt_marginal, dms):
+    return pd.DataFrame({"mutant": mutants, "position": "1", "wt": "A", "mut": "C", "wt_marginal": wt_marginal,
+                         "dms_score": dms, "selected": True})
+
+
+def test_dms_correlation_at_three_rows():
+    """Exactly 3 rows with DMS are enough. wt [1, 2, 3] against dms [1, 3, 2]: d = 0, −1, 1, Σd² = 2,
+    ρ = 1 − 6·2/(3·8) = 0.5. A row without DMS (NaN) does not count. Q: 2 singles (NaN) but 3 rows in all."""
+
+    p = scores_table_of(["A1C", "D2E", "F3G", "H4I"], [1.0, 2.0, 3.0, 9.0], [1.0, 3.0, 2.0, np.nan])
+    q = scores_table_of(["A1C", "D2E", "A1C:D2E"], [1.0, 2.0, 3.0], [3.0, 2.0, 1.0])
+    out = dms_correlation({"P": p, "Q": q})
+    assert list(out.columns) == TABLES["dms_correlation"]
+    assert out["protein"].tolist() == ["P", "P", "Q", "Q"] and out["rows"].tolist() == ["singles", "all"] * 2
+    assert out["n"].tolist() == [3, 3, 2, 3]
+    assert out["spearman"].iloc[0] == pytest.approx(0.5) and out["spearman"].iloc[1] == pytest.approx(0.5)
+    assert out["p_value"].iloc[0] == pytest.approx(stats.spearmanr([1, 2, 3], [1, 3, 2]).pvalue)
+    assert np.isnan(out["spearman"].iloc[2]) and np.isnan(out["p_value"].iloc[2])
+    assert out["spearman"].iloc[3] == pytest.approx(-1.0)
+
+
+def test_dms_correlation_refuses_fewer_than_three():
+
+    two = scores_table_of(["A1C", "D2E", "F3G"], [1.0, 2.0, 3.0], [1.0, np.nan, 2.0])
+    with pytest.raises(InputError, match="^P: fewer than 3 mutants with DMS scores; cannot correlate$"):
+        dms_correlation({"P": two})
+    empty = dms_correlation({})
+    assert empty.empty and list(empty.columns) == TABLES["dms_correlation"]
+
+
+def test_correlate_dms_rule(tmp_path):
+    """The rule reads each protein's scores table and writes one table (hand values as in the test above)."""
+
+    scores_table_of(["A1C", "D2E", "F3G"], [1.0, 2.0, 3.0], [1.0, 3.0, 2.0]).to_csv(tmp_path / "P.csv", index=False)
+    scores_table_of(["A1C", "D2E", "F3G"], [1.0, 2.0, 3.0], [3.0, 2.0, 1.0]).to_csv(tmp_path / "Q.csv", index=False)
+    correlate_dms({"Q": tmp_path / "Q.csv", "P": tmp_path / "P.csv"}, tmp_path / "out.csv")
+    out = read_table(tmp_path / "out.csv", "dms_correlation")
+    assert out["protein"].tolist() == ["Q", "Q", "P", "P"]
+    assert out["spearman"].tolist() == pytest.approx([-1.0, -1.0, 0.5, 0.5])
+    assert out["n"].tolist() == [3, 3, 3, 3]

@@ -9,24 +9,38 @@ independently with numpy/scipy in the test.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
+from esmsae.analyses.arrays import Attributions
+from esmsae.config.settings import CircuitSizeSettings
 from esmsae.pipeline.columns import CONCENTRATION_COLUMNS, CONSISTENCY_COLUMNS, SIZE_COLUMNS, TABLES, read_table
 from esmsae.pipeline.errors import InputError
-from esmsae.tables.circuits import circuit_sizes
+from esmsae.tables.circuits import (
+    circuit_sizes,
+    circuit_sizes_from_curves,
+    minimal_circuits,
+    minimal_size,
+    negligible,
+    tabulate_circuit_sizes,
+)
 from esmsae.tables.ig import (
+    checked,
     concentration_by_mutant,
     feature_consistency,
     ig_concentration,
     mutant_concentration,
+    tabulate_attributions,
+    tabulate_top_features,
     top_n_features,
     universal_features,
 )
 from esmsae.tables.statistics import gini, k90, mean_sem, top_share, wilcoxon_p
-from tests.attribution_cases import CASES, D_SAE, NAN, case_result, planted, result, sizes_frame
+from tests.attribution_cases import CASES, D_SAE, NAN, case_result, planted, result, sizes_frame, write_labels
 
 STATS = ["n_changed", "top20_share", "top20_share_null", "error_share", "k90", "k90_null", "gini", "gini_null"]
 
@@ -487,3 +501,325 @@ def test_required_proteins_by_hand():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(InputError, match="universal.min_proteins"):
             required_proteins(bad, 3)
+
+
+# --- what a careful reviewer would get wrong (mutation testing, mutation/tables.md) -------------------------------
+
+def test_statistics_take_absolute_values_of_any_integer_type():
+    """|x| is taken after converting to float: int8 −128 is 128 (in int8 itself np.abs(−128) wraps to −128).
+
+    k90 of |[−128, 100, 100]| = [128, 100, 100]: 0.9 · 328 = 295.2 > 228 → 3 (with −128 wrapped: Σ 72, 100 ≥ 64.8
+    → 1). top_share n=1 of |[−128, 1, 1]|: 128/130. Plain integer arrays give the float answers:
+    k90([4, 3, 2, 1]) = 3, Gini of [0, 0, 1, 3] = 0.625.
+    """
+    assert k90(np.array([-128, 100, 100], dtype=np.int8)) == 3
+    wrapped = np.array([-128, 1, 1], dtype=np.int8)
+    assert top_share(wrapped, n=1) == pytest.approx(128 / 130)
+    assert k90(np.array([4, 3, 2, 1])) == 3
+    assert gini(np.array([3, 0, 1, 0])) == pytest.approx(0.625)
+    assert mean_sem(np.array([1, 2, 3, 4]))[0] == 2.5
+
+
+def test_k90_exactly_on_its_bar():
+    """k90 counts a cumulative sum that reaches the bar, including exactly: with the round-off allowance
+    the bar is ``share · Σ · (1 − 1e-12)``. Values [c, 1 − c] with c that bar for Σ = 1 (c + (1 − c) is exactly 1.0
+    in floating point): the first value alone reaches it → 1, not 2."""
+    c = 0.9 * 1.0 * (1 - 1e-12)
+    values = np.array([c, 1 - c])
+    assert values.sum() == 1.0  # the sum is exact, so the bar is exactly c
+    assert k90(values) == 1
+
+
+def test_top_share_of_values_summing_to_one():
+    # |A| = 0.5, 0.25, 0.25 (Σ = 1 exactly): the top one is half of it; NaN only when Σ = 0.
+    assert top_share(np.array([0.25, 0.5, 0.25]), n=1) == 0.5
+
+
+@pytest.mark.parametrize("bad", [True, 2.5, 0])
+def test_n_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        top_share(np.ones(3), n=bad)
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        top_n_features(np.ones((1, 3)), n=bad)
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        feature_consistency(planted(), n=bad)
+
+
+def test_n_may_be_a_numpy_integer():
+    assert top_share(np.array([4.0, 1.0, 3.0, 2.0]), n=np.int64(2)) == pytest.approx(0.7)
+    assert top_n_features(np.array([[1.0, 3.0, 2.0]]), n=np.int64(2))[0].tolist() == [1, 2]
+
+
+def test_gini_error_messages():
+    with pytest.raises(ValueError, match="^gini: values must be non-negative$"):
+        gini(np.array([1.0, -1.0]))
+    with pytest.raises(ValueError, match="^gini: values must be finite$"):
+        gini(np.array([1.0, np.inf]))
+
+
+def test_top_n_features_ties_in_a_long_row():
+    """60 features alternating 1, 2: the 30 twos tie, and the top-20 is the 20 lowest of them (1, 3, …, 39).
+    An unstable sort (numpy's default quicksort) picks other tied indices at this length."""
+    a = np.array([[1.0, 2.0] * 30])
+    assert top_n_features(a)[0].tolist() == list(range(1, 40, 2))
+    # int8 −128: |A| = 128 is the largest (not dropped as "≤ 0" after a wrapped abs).
+    assert top_n_features(np.array([[-128, 1]], dtype=np.int8))[0].tolist() == [0, 1]
+
+
+def test_mutant_concentration_top_n_takes_the_largest():
+    """|A| = 1..25 (Σ 325), no error: the top-20 are 6..25, Σ = 325 − 15 = 310 (the smallest 20 would give 210)."""
+    out = mutant_concentration(np.arange(1.0, 26.0), 0.0, np.ones(25))
+    assert out["top20_share"] == pytest.approx(310 / 325)
+    assert mutant_concentration(np.arange(1.0, 26.0), 0.0, np.ones(25), n=5)["top20_share"] == pytest.approx(
+        115 / 325)  # 21 + … + 25
+
+
+def test_mutant_concentration_denominator_below_one():
+    """D = |A| + |A_err| = 0.25 + 0.25 = 0.5 (0 < D < 1) and D = 1 exactly: shares are defined whenever D > 0."""
+    half = mutant_concentration(np.array([0.25, 0.0]), -0.25, np.array([1.0, 0.0]))
+    assert (half["top20_share"], half["error_share"]) == (0.5, 0.5)
+    one = mutant_concentration(np.array([0.5, 0.0]), 0.5, np.array([1.0, 0.0]))
+    assert (one["top20_share"], one["error_share"]) == (0.5, 0.5)
+    # int8 −128 attribution and |Δ|: |A| = 128, D = 128 + 0: share 1; the feature is changed (|Δ| 128 > 0).
+    wrapped = mutant_concentration(np.array([-128, 0], dtype=np.int8), 0.0, np.array([-128, 0], dtype=np.int8))
+    assert (wrapped["n_changed"], wrapped["top20_share"], wrapped["k90"]) == (1, 1.0, 1)
+
+
+def test_empty_statistics_without_warnings():
+    """D = 0, no mutants, no completeness errors: NaN, quietly (no 0/0 or 'mean of empty slice' warnings)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = mutant_concentration(np.zeros(4), 0.0, np.zeros(4))
+        table = ig_concentration(concentration_results())
+    assert np.isnan(out["top20_share"]) and np.isnan(out["error_share"])
+    q4 = table.iloc[0]
+    assert np.isnan(q4["gini_above_null"]) and np.isnan(q4["median_completeness_error"])
+
+
+def test_concentration_tables_pass_n_on():
+    """n = 1: "four" (|A| 4, 3, 2, 1, A_err 10): top-1 share 4/20, null (|Δ| 1, 1, 1, 1) 1/4;
+    "two": 6/10, null (|Δ| 1, 3) 3/4; "one": 3/3, null (|Δ| 2, 2, 2) 1/3."""
+    by_mutant = concentration_by_mutant(concentration_results(), n=1)
+    assert by_mutant["top20_share"].tolist()[2:] == pytest.approx([0.2, 0.6, 1.0])
+    assert by_mutant["top20_share_null"].tolist()[2:] == pytest.approx([0.25, 0.75, 1 / 3])
+    table = ig_concentration(concentration_results(), n=1)
+    assert table["top20_share_mean"].iloc[2] == pytest.approx(1.8 / 3)
+
+
+def test_ig_concentration_of_nothing_has_the_columns():
+    table = ig_concentration({})
+    assert table.empty and list(table.columns) == CONCENTRATION_COLUMNS
+
+
+def test_checked_results_layer():
+    """The layer a result carries must match its key, for an Attributions as for a dict; a dict may carry none.
+
+    Errors name the protein and the layer: the key's, or the result's own when there is no key, or '?'.
+    """
+
+    typed = Attributions.of(result(np.ones((1, 4)), 3), "here")
+    with pytest.raises(ValueError, match=r"\('P', layer 4\): file says layer 3"):
+        ig_concentration({("P", 4): typed})
+    assert ig_concentration({("P", 3): typed})["n_mutants"].tolist() == [1]
+    bare = {k: v for k, v in result(np.ones((1, 4)), 3).items() if k != "layer"}
+    assert checked("P", 5, bare).n == 1 and checked("P", None, bare).layer is None
+    bad = {**result(np.ones((2, 4)), 6), "total_effect": np.zeros(3)}
+    with pytest.raises(ValueError, match=r"^IG results \('Q', layer 6\): total_effect"):
+        feature_consistency({"Q": bad})
+    with pytest.raises(ValueError, match=r"^IG results \('Q', layer \?\): total_effect"):
+        feature_consistency({"Q": {k: v for k, v in bad.items() if k != "layer"}})
+
+
+def test_feature_consistency_after_a_protein_without_mutants():
+    """An empty protein first does not stop the next; the table has a fresh 0..n−1 index."""
+    table = feature_consistency({"E": result(np.zeros((0, D_SAE)), 6), **planted()})
+    assert table["protein"].tolist()[0] == "P" and set(table["protein"]) == {"P", "Q", "R"}
+    assert table.index.tolist() == list(range(len(table)))
+    empty = feature_consistency({"E": result(np.zeros((0, D_SAE)), 6)})
+    assert [empty[c].dtype for c in ("feature", "n_top", "n_mutants")] == [np.int64] * 3
+
+
+def test_universal_features_more_cases():
+    """n passes on; a feature met by one protein does not stop the others; an empty protein first; labels.
+
+    A, B, C over 6 features, 2 mutants each (C none). Feature 0: A's two mutants only (A alone meets it);
+    feature 5 in every mutant of A and B. n = 1: A's mutants' top-1 is feature 0 (|A| 3 > 2), B's is feature 5.
+    """
+    a = np.zeros((2, 6))
+    a[:, 0], a[:, 5] = 3.0, 2.0
+    b = np.zeros((2, 6))
+    b[:, 5] = 1.0
+    results = {("C", 2): result(np.zeros((0, 6)), 2), ("A", 2): result(a, 2), ("B", 2): result(b, 2)}
+    table = universal_features(results, labels={(2, 0): "unused"})
+    assert table[["feature", "proteins"]].values.tolist() == [[5, "A;B"]]
+    assert table["label"].tolist() == [""]  # no label for (2, 5)
+    assert np.isnan(table["freq_C"].iloc[0]) and table["freq_A"].iloc[0] == 1.0 and table["freq_B"].iloc[0] == 1.0
+    assert (table["k"].iloc[0], table["d_sae"].iloc[0], table["space"].iloc[0]) == (8, 6, "latent")
+    assert universal_features(results, n=1).empty  # top-1: A → 0, B → 5; no feature shared
+    empty = universal_features({})
+    assert empty["feature"].dtype == np.int64 and empty["layer"].dtype == np.int64
+    no_rows = universal_features({("P", 1): result(np.zeros((0, 4)), 1)})
+    assert no_rows["freq_P"].dtype == np.float64
+
+
+# --- circuits: the bars exactly --------------------------------------------------------------------------------------
+
+def test_minimal_size_exactly_on_the_bar():
+    """|r_n − 1| ≤ 1 − recover counts on the bar. recover 0.75: r = 1.25 and 0.75 are exactly 0.25 away (exact
+    in floating point) → within; 1.25 + 2⁻⁸ is not. The bar carries a 1e-12 round-off allowance, inclusive too:
+    with recover 0.25 the bar is 0.75 + 1e-12 and r = 1 − that bar is exactly that far from 1."""
+
+    assert abs(1.25 - 1) == 1 - 0.75 == 0.25
+    assert minimal_size(np.array([0.0, 1.25]), 0.75) == 1
+    assert minimal_size(np.array([0.0, 0.75]), 0.75) == 1
+    assert math.isnan(minimal_size(np.array([0.0, 1.25 + 2 ** -8]), 0.75))
+    bar = (1 - 0.25) + 1e-12
+    r = 1 - bar
+    assert abs(r - 1) == bar
+    assert minimal_size(np.array([0.0, r]), 0.25) == 1
+    assert minimal_size(np.array([0, 1]), 0.9) == 1  # integer fractions
+    # int8 −127: |−127 − 1| = 128, far outside (in int8, −127 − 1 = −128 and its abs wraps to −128).
+    assert math.isnan(minimal_size(np.array([0, -127], dtype=np.int8), 0.9))
+
+
+def test_negligible_exactly_at_min_effect():
+    """Negligible means |F| < min_effect: |F| = 0.25 = min_effect is not negligible, either sign; 0.125 is."""
+
+    assert negligible(np.array([0.25, -0.25, 0.125, -0.125, 0.0]), 0.25).tolist() == [False, False, True, True, True]
+    assert not negligible(np.array([-128], dtype=np.int8), 1.0)[0]  # |−128| = 128 (int8 abs would wrap)
+
+
+def sizes_curves(mutant, recovered, features, full_effect, layer=4):
+    """A hand-made circuit-curves table (rows n = 0..), as esmsae.analyses.circuits.curves_table writes it."""
+    n = len(recovered)
+    return pd.DataFrame({"mutant": mutant, "n_features": range(n), "feature": [pd.NA, *features],
+                         "patched_score": 0.0, "recovered_fraction": recovered, "complement_score": 0.0,
+                         "complement_fraction": 0.0, "full_effect": full_effect, "layer": layer, "k": 8,
+                         "d_sae": 96, "space": "latent"}, columns=TABLES["circuit_curves"])
+
+
+def test_circuit_sizes_from_curves_at_the_bars_and_in_table_order():
+    """recover 0.75, min_effect 0.25 (both bars exact in floating point).
+
+    Z1A (first in the table, after it alphabetically): |F| = 0.25 = min_effect → not negligible; r 0, 0.5, 1.25
+    → n 2 (|1.25 − 1| = 0.25 on the bar), features 3;8 ascending. B1C: F = −0.125 → negligible, no size.
+    A1C: F = −0.25 → not negligible; r 0, 0.74 (0.26 away), 0.75 → n 2.
+    """
+
+    curves = pd.concat([sizes_curves("Z1A", [0.0, 0.5, 1.25], [8, 3], 0.25),
+                        sizes_curves("B1C", [0.0, 1.0, 1.0], [1, 2], -0.125),
+                        sizes_curves("A1C", [0.0, 0.74, 0.75], [5, 6], -0.25)], ignore_index=True)
+    sizes = circuit_sizes_from_curves(curves, "P", CircuitSizeSettings(recover=0.75, min_effect=0.25))
+    assert sizes["mutant"].tolist() == ["Z1A", "B1C", "A1C"]
+    assert sizes["negligible"].tolist() == [False, True, False]
+    assert sizes["n_features"].tolist() == [2, pd.NA, 2]
+    assert sizes["features"].tolist() == ["3;8", "", "5;6"]
+    np.testing.assert_array_equal(sizes["recovered_fraction"], [1.25, np.nan, 0.75])
+    empty = circuit_sizes_from_curves(curves.iloc[:0], "P", CircuitSizeSettings(recover=0.75, min_effect=0.25))
+    assert empty.empty and list(empty.columns) == SIZE_COLUMNS
+
+
+def test_circuit_sizes_reading_details(tmp_path):
+    """n_features 0 is not negative; an empty `features` cell read back from a CSV is ""; the index is fresh;
+    a bad table without protein/layer is named by its position; the empty table keeps its dtypes."""
+    zero = sizes_frame("P", 2, [0, None])
+    assert circuit_sizes([zero])["n_features"].tolist() == [0, pd.NA]
+    sizes_frame("P", 2, [1, None]).assign(features=["4", ""]).to_csv(tmp_path / "s.csv", index=False)
+    back = read_table(tmp_path / "s.csv", "circuit_sizes")
+    assert back["features"].isna().tolist() == [False, True]  # how an empty cell comes back
+    table = circuit_sizes([sizes_frame("P", 2, [1]).assign(features="3"), back])
+    assert table["features"].tolist() == ["3", "4", ""]
+    assert table.index.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"circuit sizes #1: missing columns \['protein'\]"):
+        circuit_sizes([sizes_frame("P", 2, [1]), sizes_frame("Q", 3, [1]).drop(columns="protein")])
+    empty = circuit_sizes([])
+    assert empty["layer"].dtype == np.int64 and empty["full_effect"].dtype == np.float64
+
+
+# --- the rules, on files ---------------------------------------------------------------------------------------------
+
+def test_tabulate_circuit_sizes_rule(tmp_path):
+    """Curves of two (protein, layer)s read from CSV, sizes read off with the settings, each feature labelled in
+    the table's feature order (" | "-joined, "" where a feature has no label)."""
+
+    sizes_curves("A1C", [0.0, 0.5, 0.95], [7, 2], -0.4).to_csv(tmp_path / "P_L4.csv", index=False)
+    pd.concat([sizes_curves("D2E", [0.0, 1.0], [9], 0.5, layer=2),
+               sizes_curves("F3G", [0.0, 1.0], [1], 0.01, layer=2)]).to_csv(tmp_path / "Q_L2.csv", index=False)
+    curves = {("P", 4): tmp_path / "P_L4.csv", ("Q", 2): tmp_path / "Q_L2.csv"}
+    settings = CircuitSizeSettings(recover=0.9, min_effect=0.05)
+    sizes = minimal_circuits(curves, settings)
+    assert sizes["protein"].tolist() == ["P", "Q", "Q"] and sizes["n_features"].tolist() == [2, 1, pd.NA]
+    write_labels(tmp_path / "labels.csv", {(4, 7): "L-identity", (2, 9): "K/R-enriched", (4, 9): "other layer"})
+    tabulate_circuit_sizes(curves, settings, tmp_path / "labels.csv", tmp_path / "out.csv")
+    out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
+    assert list(out.columns) == TABLES["circuit_sizes_labelled"]
+    assert out["features"].astype(str).tolist() == ["2;7", "9", ""]
+    assert out["labels"].tolist() == [" | L-identity", "K/R-enriched", ""]
+    assert out["negligible"].tolist() == [False, False, True]
+
+
+def write_result(path, res):
+    np.savez(path, **res)
+    return path
+
+
+def test_tabulate_attributions_rule(tmp_path):
+    """The rule writes concentration (per layer and per mutant), universal features and per-layer consistency
+    from npz files, labelled; each consistency table holds only its own layer's proteins."""
+
+    paths = {(p, 6): write_result(tmp_path / f"{p}_L6.npz", r) for p, r in planted(6).items()}
+    paths[("P", 2)] = write_result(tmp_path / "P_L2.npz", case_result(["four", "two", "one"], 2))
+    write_labels(tmp_path / "labels.csv", {(6, 7): "L-identity", (6, 3): "K/R", (2, 4): "two's"})
+    out = {name: tmp_path / f"{name}.csv" for name in ("concentration", "concentration_mutants", "universal")}
+    consistency = {6: tmp_path / "c6.csv", 2: tmp_path / "c2.csv"}
+    tabulate_attributions(paths, tmp_path / "labels.csv", out, consistency)
+
+    concentration = read_table(out["concentration"], "ig_concentration")
+    assert list(zip(concentration["protein"], concentration["layer"], strict=True)) == [
+        ("P", 2), ("P", 6), ("Q", 6), ("R", 6)]
+    assert concentration["gini_mean"].iloc[0] == pytest.approx(7 / 18)  # as in test_ig_concentration_by_hand
+    mutants = read_table(out["concentration_mutants"], "ig_concentration_mutants")
+    assert mutants["mutant"].tolist()[:3] == ["four_mut", "two_mut", "one_mut"]
+    assert mutants["top20_share"].tolist()[:3] == pytest.approx([0.5, 0.8, 1.0])
+    universal = read_table(out["universal"], "universal_features")
+    assert universal[["feature", "layer", "proteins", "label"]].values.tolist() == [
+        [3, 6, "Q;R", "K/R"], [7, 6, "P;Q", "L-identity"]]
+    c6 = read_table(consistency[6], "feature_consistency")
+    assert c6["protein"].drop_duplicates().tolist() == ["P", "Q", "R"] and (c6["layer"] == 6).all()
+    assert c6.loc[c6["feature"] == 7, "label"].tolist() == ["L-identity"] * 2
+    c2 = read_table(consistency[2], "feature_consistency")
+    # Layer 2: "four" (features 0..3), "two" (4, 5), "one" (5): feature 5 in 2 of 3; 4 labelled.
+    assert c2["protein"].unique().tolist() == ["P"] and c2["feature"].tolist() == [5, 0, 1, 2, 3, 4]
+    assert c2["n_top"].tolist() == [2, 1, 1, 1, 1, 1]
+    assert c2["label"].fillna("").tolist() == ["", "", "", "", "", "two's"]
+
+
+def test_tabulate_top_features_rule(tmp_path):
+    """Each mutant's features by |A| (at most 20, A = 0 never), with the signed A, its |Δ| and label.
+
+    Mutant 0: A = 25 features of −1, 2, −3, … (|A| = j + 1 at feature j): ranks 1..20 are features 24..5.
+    Mutant 1: A = 0.5 at feature 3 only. Only feature 24 has a label; the others get "" (an empty cell).
+    """
+
+    a = np.zeros((2, D_SAE))
+    a[0, :25] = [(j + 1) * (-1) ** (j + 1) for j in range(25)]
+    a[1, 3] = 0.5
+    delta = np.abs(a) * 2
+    write_result(tmp_path / "r.npz", result(a, 3, abs_delta=delta, mutants=["A1C", "D2E"], k=16, space="pre"))
+    write_labels(tmp_path / "labels.csv", {(3, 24): "L-identity", (2, 3): "other layer"})
+    tabulate_top_features(tmp_path / "r.npz", tmp_path / "labels.csv", tmp_path / "top.csv")
+    top = pd.read_csv(tmp_path / "top.csv", keep_default_na=False)
+    assert list(top.columns) == TABLES["ig_top"]
+    first = top[top["mutant"] == "A1C"]
+    assert first["rank"].tolist() == list(range(1, 21)) and first["feature"].tolist() == list(range(24, 4, -1))
+    assert first["attribution"].tolist()[:2] == [-25.0, 24.0]
+    assert first["abs_delta"].tolist()[:2] == [50.0, 48.0]
+    assert first["label"].tolist() == ["L-identity"] + [""] * 19
+    second = top[top["mutant"] == "D2E"]
+    assert second[["rank", "feature", "attribution", "abs_delta"]].values.tolist() == [[1, 3, 0.5, 1.0]]
+    assert second["label"].tolist() == [""]
+    assert top[["layer", "k", "d_sae", "space"]].drop_duplicates().values.tolist() == [[3, 16, D_SAE, "pre"]]
+    write_result(tmp_path / "none.npz", result(np.zeros((0, D_SAE)), 3))
+    tabulate_top_features(tmp_path / "none.npz", tmp_path / "labels.csv", tmp_path / "none.csv")
+    none = read_table(tmp_path / "none.csv", "ig_top")
+    assert none.empty and list(none.columns) == TABLES["ig_top"]
