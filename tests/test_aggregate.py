@@ -327,9 +327,15 @@ def test_layer_progression_order_and_settings():
 # --- top_mutations ------------------------------------------------------------------------
 
 def scores_for(mutants, dms):
+    """A scores table on the interprot forward (wt_marginal is its column; fair-esm's is the same here) of a WT as
+    long as the highest mutated position, scored whole: tokens 0 .. L + 2 (BOS, the residues, EOS)."""
+    wt_marginal = [-float(i) for i in range(len(mutants))]
+    length = max(int(m[1:-1]) for m in mutants)
     return pd.DataFrame({"mutant": mutants, "position": [m[1:-1] for m in mutants], "wt": [m[0] for m in mutants],
-                         "mut": [m[-1] for m in mutants], "wt_marginal": [-float(i) for i in range(len(mutants))],
-                         "dms_score": dms, "selected": True})
+                         "mut": [m[-1] for m in mutants], "wt_marginal": wt_marginal, "dms_score": dms,
+                         "selected": True, "activations": "interprot", "wt_marginal_interprot": wt_marginal,
+                         "wt_marginal_fair_esm": wt_marginal, "window_start": 0, "window_end": length + 2},
+                        columns=TABLES["scores"])
 
 
 def top_tables():
@@ -562,8 +568,11 @@ def test_tabulate_patching_rule(tmp_path):
 # --- dms_correlation ------------------------------------------------------------------------------------------------
 
 def scores_table_of(mutants, wt_marginal, dms):
+    """On the interprot forward, with the same WT-marginal under fair-esm: the hand values hold for both forwards."""
     return pd.DataFrame({"mutant": mutants, "position": "1", "wt": "A", "mut": "C", "wt_marginal": wt_marginal,
-                         "dms_score": dms, "selected": True})
+                         "dms_score": dms, "selected": True, "activations": "interprot",
+                         "wt_marginal_interprot": wt_marginal, "wt_marginal_fair_esm": wt_marginal,
+                         "window_start": 0, "window_end": 3}, columns=TABLES["scores"])
 
 
 def test_dms_correlation_at_three_rows():
@@ -572,14 +581,18 @@ def test_dms_correlation_at_three_rows():
 
     p = scores_table_of(["A1C", "D2E", "F3G", "H4I"], [1.0, 2.0, 3.0, 9.0], [1.0, 3.0, 2.0, np.nan])
     q = scores_table_of(["A1C", "D2E", "A1C:D2E"], [1.0, 2.0, 3.0], [3.0, 2.0, 1.0])
-    out = dms_correlation({"P": p, "Q": q})
-    assert list(out.columns) == TABLES["dms_correlation"]
-    assert out["protein"].tolist() == ["P", "P", "Q", "Q"] and out["rows"].tolist() == ["singles", "all"] * 2
-    assert out["n"].tolist() == [3, 3, 2, 3]
-    assert out["spearman"].iloc[0] == pytest.approx(0.5) and out["spearman"].iloc[1] == pytest.approx(0.5)
-    assert out["p_value"].iloc[0] == pytest.approx(stats.spearmanr([1, 2, 3], [1, 3, 2]).pvalue)
-    assert np.isnan(out["spearman"].iloc[2]) and np.isnan(out["p_value"].iloc[2])
-    assert out["spearman"].iloc[3] == pytest.approx(-1.0)
+    both = dms_correlation({"P": p, "Q": q})
+    assert list(both.columns) == TABLES["dms_correlation"]
+    assert both["activations"].tolist() == ["interprot", "fair-esm"] * 4
+    assert both["study_forward"].tolist() == [True, False] * 4
+    for forward in ("interprot", "fair-esm"):  # the same WT-marginal under both: the same hand values
+        out = both[both["activations"] == forward].reset_index(drop=True)
+        assert out["protein"].tolist() == ["P", "P", "Q", "Q"] and out["rows"].tolist() == ["singles", "all"] * 2
+        assert out["n"].tolist() == [3, 3, 2, 3]
+        assert out["spearman"].iloc[0] == pytest.approx(0.5) and out["spearman"].iloc[1] == pytest.approx(0.5)
+        assert out["p_value"].iloc[0] == pytest.approx(stats.spearmanr([1, 2, 3], [1, 3, 2]).pvalue)
+        assert np.isnan(out["spearman"].iloc[2]) and np.isnan(out["p_value"].iloc[2])
+        assert out["spearman"].iloc[3] == pytest.approx(-1.0)
 
 
 def test_dms_correlation_refuses_fewer_than_three():
@@ -597,7 +610,10 @@ def test_correlate_dms_rule(tmp_path):
     scores_table_of(["A1C", "D2E", "F3G"], [1.0, 2.0, 3.0], [1.0, 3.0, 2.0]).to_csv(tmp_path / "P.csv", index=False)
     scores_table_of(["A1C", "D2E", "F3G"], [1.0, 2.0, 3.0], [3.0, 2.0, 1.0]).to_csv(tmp_path / "Q.csv", index=False)
     correlate_dms({"Q": tmp_path / "Q.csv", "P": tmp_path / "P.csv"}, tmp_path / "out.csv")
-    out = read_table(tmp_path / "out.csv", "dms_correlation")
-    assert out["protein"].tolist() == ["Q", "Q", "P", "P"]
-    assert out["spearman"].tolist() == pytest.approx([-1.0, -1.0, 0.5, 0.5])
-    assert out["n"].tolist() == [3, 3, 3, 3]
+    both = read_table(tmp_path / "out.csv", "dms_correlation")
+    assert both["activations"].tolist() == ["interprot", "fair-esm"] * 4
+    for forward in ("interprot", "fair-esm"):  # the same WT-marginal under both: the same hand values
+        out = both[both["activations"] == forward]
+        assert out["protein"].tolist() == ["Q", "Q", "P", "P"]
+        assert out["spearman"].tolist() == pytest.approx([-1.0, -1.0, 0.5, 0.5])
+        assert out["n"].tolist() == [3, 3, 3, 3]

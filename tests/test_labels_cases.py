@@ -30,7 +30,7 @@ from esmsae.model.splice import Splice
 from esmsae.pipeline.columns import TABLES, read_table
 from esmsae.pipeline.errors import InputError
 
-from .conftest import D_SAE, DEFAULTS, TINY, WT, K
+from .conftest import D_SAE, DEFAULTS, FAIR_ESM, TINY, WT, K
 from .reference import hooked_logits
 
 A = {aa: i for i, aa in enumerate(AMINO_ACIDS)}
@@ -113,7 +113,7 @@ def test_activity_counts_by_hand_in_one_batch_of_many_encode_chunks(monkeypatch,
     the largest z_0 (1, at token 1) is in an earlier chunk than the last one (1/3 and 1/4, r1's end)."""
     monkeypatch.setattr(feature_activity_module, "ENCODE_ROWS", 2)
     lm = StandInLM(device)
-    check_counts(feature_activity(lm, StandInSAE(device), 3, iter(SEQUENCES), ["P", "Q"]))
+    check_counts(feature_activity(lm, StandInSAE(device), 3, iter(SEQUENCES), ["P", "Q"])[0])
     assert lm.batches == [["KK", "AKA", "KAK", "AAAA"]]  # sorted by length (ties: input order)
 
 
@@ -122,14 +122,15 @@ def test_activity_batches_at_the_token_bar():
     max_tokens = 10 padded tokens: Q + P is 2 · (3 + 2) = 10, exactly the bar, so they share a batch;
     adding r1 would make 3 · (4 + 2) = 18. Then r2 alone, from the next buffer."""
     lm = StandInLM()
-    check_counts(feature_activity(lm, StandInSAE(), 3, iter(SEQUENCES), ["P", "Q"], buffer=3, max_tokens=10))
+    check_counts(feature_activity(lm, StandInSAE(), 3, iter(SEQUENCES), ["P", "Q"], buffer=3, max_tokens=10)[0])
     assert lm.batches == [["KK", "AKA"], ["AAAA"], ["KAK"]]
     one_under = StandInLM()
-    check_counts(feature_activity(one_under, StandInSAE(), 3, iter(SEQUENCES), ["P", "Q"], buffer=3, max_tokens=9))
+    check_counts(feature_activity(one_under, StandInSAE(), 3, iter(SEQUENCES), ["P", "Q"], buffer=3,
+                                  max_tokens=9)[0])
     assert one_under.batches == [["KK"], ["AKA"], ["AAAA"], ["KAK"]]
     # A sequence longer than max_tokens on its own still runs, alone.
     alone = StandInLM()
-    check_counts(feature_activity(alone, StandInSAE(), 3, iter(SEQUENCES), ["P", "Q"], max_tokens=3))
+    check_counts(feature_activity(alone, StandInSAE(), 3, iter(SEQUENCES), ["P", "Q"], max_tokens=3)[0])
     assert alone.batches == [["KK"], ["AKA"], ["KAK"], ["AAAA"]]
 
 
@@ -149,7 +150,7 @@ def test_activity_default_buffer_and_token_bar():
 
 
 def test_activity_of_no_sequences_is_empty():
-    empty = feature_activity(StandInLM(), StandInSAE(), 3, iter([]), ["P"])
+    empty, _ = feature_activity(StandInLM(), StandInSAE(), 3, iter([]), ["P"])
     assert (empty.n_sequences, empty.n_positions) == (0, 0) and not empty.n_active.any()
     assert empty.max_activation.tolist() == [0.0, 0.0, 0.0] and empty.wt_latents == {}
     assert empty.max_activation.dtype == empty.activation_by_residue.dtype == np.float64
@@ -255,10 +256,9 @@ def test_measured_output_effect_is_the_mean_over_the_positions_used(lm, saes, ti
     shown = pd.DataFrame({"layer": [layer] * 4 + [3], "feature": features + [single + 1], "ig_top20": 0,
                           "top_patch": 0, "universal": False, "circuits": 0, "card": False})
     shown.to_csv(tmp_path / "shown.csv", index=False)
-    settings = dataclasses.replace(DEFAULTS.features, max_positions=max_positions)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # the never-active feature's 0/0 is dropped, not warned about
-        measure_output_effects(settings, dict(WT), layer, K, "fp32", RUNTIME, tiny_dir / "esm2_tiny.pt",
+        measure_output_effects(max_positions, dict(WT), layer, K, FAIR_ESM, RUNTIME, tiny_dir / "esm2_tiny.pt",
                                tiny_dir / f"sae_l{layer}.safetensors", tmp_path / "shown.csv",
                                tmp_path / "effects.csv")
     table = read_table(tmp_path / "effects.csv", "output_effects")
@@ -284,8 +284,9 @@ def test_measured_output_effect_is_the_mean_over_the_positions_used(lm, saes, ti
 def test_no_shown_feature_at_the_layer_writes_an_empty_table(tiny_dir, tmp_path):
     pd.DataFrame({"layer": [3], "feature": [0], "ig_top20": 0, "top_patch": 0, "universal": False, "circuits": 0,
                   "card": False}).to_csv(tmp_path / "shown.csv", index=False)
-    measure_output_effects(DEFAULTS.features, dict(WT), 2, K, "fp32", RUNTIME, tiny_dir / "esm2_tiny.pt",
-                           tiny_dir / "sae_l2.safetensors", tmp_path / "shown.csv", tmp_path / "effects.csv")
+    measure_output_effects(DEFAULTS.features.max_positions, dict(WT), 2, K, FAIR_ESM, RUNTIME,
+                           tiny_dir / "esm2_tiny.pt", tiny_dir / "sae_l2.safetensors", tmp_path / "shown.csv",
+                           tmp_path / "effects.csv")
     table = read_table(tmp_path / "effects.csv", "output_effects")
     assert list(table.columns) == TABLES["output_effects"] and len(table) == 0
 
@@ -300,11 +301,11 @@ def test_reference_records_at_the_context_bar_and_the_skip_warning(tiny_dir, tmp
     fasta = tmp_path / "ref.fa"
     fasta.write_text(">ok1\nMKV\n>long\n" + "A" * 1023 + "\n>edge\n" + "L" * 1022
                      + "\n>odd\nMKXV\n>ok2\nWW\n>ok3\nAA\n")
-    settings = dataclasses.replace(DEFAULTS.features, reference=str(fasta), max_sequences=3)
-    out = tmp_path / "a.npz"
+    settings = dataclasses.replace(DEFAULTS.features.activity, reference=str(fasta), max_sequences=3)
+    out, examples = tmp_path / "a.npz", tmp_path / "examples.csv"
     with caplog.at_level("WARNING", logger="esmsae"):
-        characterize_features(settings, dict(WT), 2, K, "fp32", RUNTIME, tiny_dir / "esm2_tiny.pt",
-                              tiny_dir / "sae_l2.safetensors", str(fasta), out)
+        characterize_features(settings, dict(WT), 2, K, FAIR_ESM, RUNTIME, tiny_dir / "esm2_tiny.pt",
+                              tiny_dir / "sae_l2.safetensors", str(fasta), out, examples)
     stats = Activity.read(out)
     assert stats.n_sequences == len(WT) + 3
     assert stats.n_positions == sum(map(len, WT.values())) + 3 + 1022 + 2
@@ -315,8 +316,8 @@ def test_reference_records_at_the_context_bar_and_the_skip_warning(tiny_dir, tmp
     fasta.write_text(">ok1\nMKV\n>long\n" + "A" * 1023 + "\n")
     caplog.clear()
     with caplog.at_level("WARNING", logger="esmsae"):
-        characterize_features(dataclasses.replace(settings, max_sequences=100), dict(WT), 2, K, "fp32", RUNTIME,
-                              tiny_dir / "esm2_tiny.pt", tiny_dir / "sae_l2.safetensors", str(fasta), out)
+        characterize_features(dataclasses.replace(settings, max_sequences=100), dict(WT), 2, K, FAIR_ESM, RUNTIME,
+                              tiny_dir / "esm2_tiny.pt", tiny_dir / "sae_l2.safetensors", str(fasta), out, examples)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == [f"reference {fasta}: skipped 1 longer than the model's context and 0 with residues outside "
                         "the 20 (first: long)"]
@@ -324,8 +325,8 @@ def test_reference_records_at_the_context_bar_and_the_skip_warning(tiny_dir, tmp
     fasta.write_text(">ok1\nMKV\n>ok2\nWW\n")
     caplog.clear()
     with caplog.at_level("WARNING", logger="esmsae"):
-        characterize_features(dataclasses.replace(settings, max_sequences=1), dict(WT), 2, K, "fp32", RUNTIME,
-                              tiny_dir / "esm2_tiny.pt", tiny_dir / "sae_l2.safetensors", str(fasta), out)
+        characterize_features(dataclasses.replace(settings, max_sequences=1), dict(WT), 2, K, FAIR_ESM, RUNTIME,
+                              tiny_dir / "esm2_tiny.pt", tiny_dir / "sae_l2.safetensors", str(fasta), out, examples)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == [f"reference {fasta}: skipped 0 longer than the model's context and 0 with residues outside "
                         "the 20 (first: -); stopped after 1 sequences"]
@@ -361,20 +362,21 @@ def test_activity_pieces_are_reused_only_for_the_same_settings_and_inputs(tiny_d
     save_sae(random_sae(TINY["embed_dim"], D_SAE, K, seed=99), other_sae)
     changed_wt = dict(WT) | {next(iter(WT)): "M" + next(iter(WT.values()))[1:]}  # same name, another sequence
     variants = {"same": {}, "settings": None, "wt": {"wt": changed_wt}, "layer": {"layer": 3}, "k": {"k": 4},
-                "precision": {"precision": "tf32"}, "checkpoint": {"checkpoint": other_checkpoint},
-                "sae": {"sae": other_sae}, "reference": None}
+                "precision": {"precision": dataclasses.replace(FAIR_ESM, precision="tf32")},
+                "checkpoint": {"checkpoint": other_checkpoint}, "sae": {"sae": other_sae}, "reference": None}
 
     def run(values, out):
         characterize_features(values["settings"], values["wt"], values["layer"], values["k"], values["precision"],
-                              RUNTIME, values["checkpoint"], values["sae"], values["reference"], out)
+                              RUNTIME, values["checkpoint"], values["sae"], values["reference"], out,
+                              out.parent / "examples.csv")
 
     for name, change in variants.items():
         folder = tmp_path / name
         folder.mkdir()
         fasta = folder / "ref.fa"
         fasta.write_text(">r1\nMKVLA\n")
-        args = {"settings": dataclasses.replace(DEFAULTS.features, reference=str(fasta)), "wt": dict(WT),
-                "layer": 2, "k": K, "precision": "fp32", "checkpoint": tiny_dir / "esm2_tiny.pt",
+        args = {"settings": dataclasses.replace(DEFAULTS.features.activity, reference=str(fasta)), "wt": dict(WT),
+                "layer": 2, "k": K, "precision": FAIR_ESM, "checkpoint": tiny_dir / "esm2_tiny.pt",
                 "sae": tiny_dir / "sae_l2.safetensors", "reference": str(fasta)}
         out = folder / "activity.npz"
         kill, calls[:] = True, []
@@ -462,19 +464,20 @@ def test_output_effect_pieces_are_reused_only_for_the_same_settings_and_inputs(t
     other_sae = tmp_path / "other_sae.safetensors"
     save_sae(random_sae(TINY["embed_dim"], D_SAE, K, seed=99), other_sae)
     settings = dataclasses.replace(DEFAULTS.features, max_positions=1)
-    args = {"settings": settings, "wt": dict(WT), "layer": 2, "k": K, "precision": "fp32",
+    args = {"settings": settings, "wt": dict(WT), "layer": 2, "k": K, "precision": FAIR_ESM,
             "checkpoint": tiny_dir / "esm2_tiny.pt", "sae": tiny_dir / "sae_l2.safetensors", "features": [0, 5]}
     variants = {"same": {}, "settings": {"settings": dataclasses.replace(settings, max_positions=2)},
                 "wt": {"wt": dict(WT) | {next(iter(WT)): "M" + next(iter(WT.values()))[1:]}}, "layer": {"layer": 3},
-                "k": {"k": 4}, "precision": {"precision": "tf32"}, "features": {"features": [0, 6]},
+                "k": {"k": 4}, "precision": {"precision": dataclasses.replace(FAIR_ESM, precision="tf32")},
+                "features": {"features": [0, 6]},
                 "checkpoint": {"checkpoint": other_checkpoint}, "sae": {"sae": other_sae}}
 
     def run(values, folder):
         pd.DataFrame({"layer": values["layer"], "feature": values["features"], "ig_top20": 0, "top_patch": 0,
                       "universal": False, "circuits": 0, "card": False}).to_csv(folder / "shown.csv", index=False)
-        measure_output_effects(values["settings"], values["wt"], values["layer"], values["k"], values["precision"],
-                               RUNTIME, values["checkpoint"], values["sae"], folder / "shown.csv",
-                               folder / "effects.csv")
+        measure_output_effects(values["settings"].max_positions, values["wt"], values["layer"], values["k"],
+                               values["precision"], RUNTIME, values["checkpoint"], values["sae"],
+                               folder / "shown.csv", folder / "effects.csv")
 
     for name, change in variants.items():
         folder = tmp_path / name
