@@ -6,6 +6,7 @@ Snakemake runs in a temporary copy of the workflow (tests/snakemake_run.py). The
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from .snakemake_run import (
 pytestmark = pytest.mark.slow
 
 SCORE_COLUMNS = ["mutant", "position", "wt", "mut", "wt_marginal", "dms_score", "selected", "activations",
-                 "wt_marginal_interprot", "wt_marginal_fair_esm"]
+                 "wt_marginal_interprot", "wt_marginal_fair_esm", "window_start", "window_end"]
 DMS_SINGLES = {"EPHB2_HUMAN": 1239, "DNJA1_HUMAN": 1216, "PR40A_HUMAN": 1163}
 
 
@@ -319,6 +320,8 @@ def test_demo_scores_table(demo, protein):
     table = pd.read_csv(demo.outdir / "scores" / f"{protein}.csv")
     assert list(table.columns) == SCORE_COLUMNS
     assert len(table) == 19 * len(wt)
+    # short proteins are scored whole: the window is every token, BOS to EOS
+    assert set(zip(table["window_start"], table["window_end"], strict=True)) == {(0, len(wt) + 2)}
     # Every in-silico single substitution once, named after the WT residue it replaces.
     assert table["mutant"].is_unique
     sites = list(zip(table["wt"], table["position"], table["mut"], strict=True))
@@ -595,6 +598,20 @@ def test_fourth_protein_from_config_only(dms_run):
         assert (dms_run / "circuits" / f"{FOURTH}_L{layer}.csv").exists()
     sizes = pd.read_csv(dms_run / "tables" / "circuit_sizes.csv")
     assert FOURTH in set(sizes["protein"])
+
+
+@needs_dms
+def test_per_protein_figures_draw_three_of_four_proteins(dms_run):
+    """Four proteins, figures.n_proteins 3: the per-protein figures draw the three with the most selected
+    mutants (every protein has n = 5; ties in config order, so the fourth is left out), pooled figures and
+    the tables keep all four."""
+    graphs = sorted(p.name for p in (dms_run / "figures").glob("feature_graph_*.png"))
+    assert graphs == sorted(f"feature_graph_{protein}.png" for protein in WT)
+    spread_log = (dms_run / "logs" / "figures" / "position_spread.log").read_text()
+    drawn = re.search(r"position_spread: drawn for 3 proteins \(figures\.proteins\): (.*)", spread_log)
+    assert drawn and set(drawn.group(1).split(", ")) == set(WT), spread_log
+    assert "figures.proteins" not in (dms_run / "logs" / "figures" / "ig_concentration.log").read_text()
+    assert FOURTH in set(pd.read_csv(dms_run / "tables" / "site_share.csv")["protein"])
 
 
 def test_bad_assay_row_fails_the_job_with_one_clear_line(demo, tmp_path):
