@@ -39,7 +39,7 @@ from esmsae.tables.ig import (
     top_n_features,
     universal_features,
 )
-from esmsae.tables.statistics import gini, k90, mean_sem, top_share, wilcoxon_p
+from esmsae.tables.statistics import gini, k90, mean_sem, spearman, top_share, wilcoxon_p
 from tests.attribution_cases import CASES, D_SAE, NAN, case_result, planted, result, sizes_frame, write_labels
 
 STATS = ["n_changed", "top20_share", "top20_share_null", "error_share", "k90", "k90_null", "gini", "gini_null"]
@@ -520,6 +520,22 @@ def test_statistics_take_absolute_values_of_any_integer_type():
     assert mean_sem(np.array([1, 2, 3, 4]))[0] == 2.5
 
 
+def test_statistics_read_a_missing_value_given_as_none_as_nan():
+    """A per-mutant value missing as None (an object sequence, as a pandas object column gives) is NaN: skipped
+    by mean_sem and wilcoxon_p like any non-finite value, and refused by gini as non-finite (ValueError).
+
+    mean_sem([1, None, 3]): mean 2, std √2, sem √2/√2 = 1. wilcoxon_p([0.4, None, 1.0, 0.1]): the three
+    positive differences left, exact two-sided p = 2/8.
+    """
+    assert mean_sem([1.0, None, 3.0]) == (2.0, 1.0)
+    assert wilcoxon_p([0.4, None, 1.0, 0.1]) == 0.25
+    with pytest.raises(ValueError, match="^gini: values must be finite$"):
+        gini([0.0, None, 1.0])
+    # spearman: NaN propagates (scipy's default), on either side: (nan, nan), not a TypeError from sorting None.
+    assert all(np.isnan(spearman([1.0, None, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0])))
+    assert all(np.isnan(spearman([1.0, 2.0, 3.0, 4.0], [1.0, None, 2.0, 3.0])))
+
+
 def test_k90_exactly_on_its_bar():
     """k90 counts a cumulative sum that reaches the bar, including exactly: with the round-off allowance
     the bar is ``share · Σ · (1 − 1e-12)``. Values [c, 1 − c] with c that bar for Σ = 1 (c + (1 − c) is exactly 1.0
@@ -719,6 +735,20 @@ def test_circuit_sizes_from_curves_at_the_bars_and_in_table_order():
     assert empty.empty and list(empty.columns) == SIZE_COLUMNS
 
 
+def test_circuit_sizes_from_curves_of_a_curve_with_only_n_0():
+    """A mutant whose curve is the single row n = 0 (0, …, n with n = 0 is accepted): its full effect and
+    settings are read from that row. F = 0.5 ≥ min_effect 0.25 → not negligible; r_0 = 0 is 1 away from 1
+    (bar 0.25) → no minimal circuit: n_features <NA>, recovered_fraction NaN, features ""."""
+    curves = pd.concat([sizes_curves("A1C", [0.0], [], 0.5, layer=3),
+                        sizes_curves("D2E", [0.0, 1.0], [6], -1.0, layer=3)], ignore_index=True)
+    sizes = circuit_sizes_from_curves(curves, "P", CircuitSizeSettings(recover=0.75, min_effect=0.25))
+    assert sizes["mutant"].tolist() == ["A1C", "D2E"]
+    assert sizes["full_effect"].tolist() == [0.5, -1.0] and sizes["negligible"].tolist() == [False, False]
+    assert sizes["n_features"].tolist() == [pd.NA, 1] and sizes["features"].tolist() == ["", "6"]
+    np.testing.assert_array_equal(sizes["recovered_fraction"], [np.nan, 1.0])
+    assert sizes[["layer", "k", "d_sae", "space"]].values.tolist() == [[3, 8, 96, "latent"]] * 2
+
+
 def test_circuit_sizes_reading_details(tmp_path):
     """n_features 0 is not negative; an empty `features` cell read back from a CSV is ""; the index is fresh;
     a bad table without protein/layer is named by its position; the empty table keeps its dtypes."""
@@ -792,6 +822,20 @@ def test_tabulate_attributions_rule(tmp_path):
     assert c2["protein"].unique().tolist() == ["P"] and c2["feature"].tolist() == [5, 0, 1, 2, 3, 4]
     assert c2["n_top"].tolist() == [2, 1, 1, 1, 1, 1]
     assert c2["label"].fillna("").tolist() == ["", "", "", "", "", "two's"]
+
+
+def test_tabulate_attributions_passes_min_proteins_on(tmp_path):
+    """universal.min_proteins reaches the universal table: the planted features 3 (Q;R) and 7 (P;Q) meet the
+    half-the-mutants bar in 2 of the 3 proteins, so with min_proteins 3 (all three) no feature is universal,
+    and with the fraction 0.5 (⌈1.5⌉ = 2 proteins) both are, as with the default 2."""
+    paths = {(p, 6): write_result(tmp_path / f"{p}_L6.npz", r) for p, r in planted(6).items()}
+    write_labels(tmp_path / "labels.csv", {(6, 7): "L-identity"})
+    out = {name: tmp_path / f"{name}.csv" for name in ("concentration", "concentration_mutants", "universal")}
+    tabulate_attributions(paths, tmp_path / "labels.csv", out, {}, min_proteins=3)
+    assert read_table(out["universal"], "universal_features").empty
+    tabulate_attributions(paths, tmp_path / "labels.csv", out, {}, min_proteins=0.5)
+    universal = read_table(out["universal"], "universal_features")
+    assert universal[["feature", "proteins"]].values.tolist() == [[3, "Q;R"], [7, "P;Q"]]
 
 
 def test_tabulate_top_features_rule(tmp_path):
