@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from esmsae.pipeline.submissions import job_stats
+
 REPO = Path(__file__).resolve().parents[1]
 # tests/slow_pieces/sitecustomize.py: put on PYTHONPATH, it slows every finished piece of a
 # resumable job by SLOW_PIECES_SECONDS, so that a test can interrupt the job mid-way.
@@ -83,19 +85,8 @@ def with_override(path: str) -> tuple[str, ...]:
     return (*PROFILE, "--configfile", DEMO_CONFIG, path)
 
 
-def planned_jobs(output: str) -> dict[str, int]:
-    """The 'Job stats' table Snakemake prints before running (or dry-running): rule -> job count."""
-    lines = output.splitlines()
-    if "Job stats:" not in lines:
-        return {}
-    counts = {}
-    for line in lines[lines.index("Job stats:") + 3:]:
-        fields = line.split()
-        if len(fields) != 2 or not fields[1].isdigit():
-            break
-        if fields[0] != "total":
-            counts[fields[0]] = int(fields[1])
-    return counts
+# The 'Job stats' table Snakemake prints before running (or dry-running): rule -> job count.
+planned_jobs = job_stats
 
 
 def finished_rules(output: str) -> list[str]:
