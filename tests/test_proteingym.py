@@ -185,3 +185,29 @@ def test_a_figure_keeps_only_its_proteins():
     labels = {(2, 7): "identity: K"}  # keyed by layer and feature: not a protein's
     assert only_proteins(labels, ["Q"]) == labels
     assert only_proteins(pd.DataFrame({"layer": [2]}), ["Q"]).shape == (1, 1)
+
+
+def test_a_figure_drawn_for_a_few_proteins_gets_only_theirs_and_says_so(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure as MplFigure
+
+    from esmsae.figures import registry
+
+    got = {}
+
+    def draw(table, png, pdf):
+        got["proteins"] = table["protein"].tolist()
+        fig = MplFigure()
+        fig.add_subplot().plot([0, 1])
+        registry.save(fig, png, pdf)
+        got["figure"] = fig
+        return fig
+
+    table = pd.DataFrame({"protein": ["P", "Q", "R"], "value": [1, 2, 3]})
+    monkeypatch.setitem(registry.FIGURES, "stand_in", registry.Figure(lambda inputs: {"table": table}, draw))
+    png, pdf = tmp_path / "f.png", tmp_path / "f.pdf"
+    registry.plot_figure("stand_in", {}, {"proteins": ["R", "P"]}, png, pdf)
+    assert got["proteins"] == ["P", "R"] and png.stat().st_size and pdf.stat().st_size
+    notes = [t.get_text() for t in got["figure"].texts]
+    assert notes == ["drawn for 2 of the study's proteins (figures.proteins): R, P; the tables hold every protein"]
+    registry.plot_figure("stand_in", {}, {}, png, pdf)  # no proteins option: everything, no note
+    assert got["proteins"] == ["P", "Q", "R"] and not got["figure"].texts

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from matplotlib.figure import Figure as MplFigure
 
 from esmsae.figures.ablation import read_set_ablation, set_ablation
 from esmsae.figures.agreement import attribution_agreement, read_agreement
@@ -45,6 +46,7 @@ from esmsae.figures.patching import (
 )
 from esmsae.figures.positions import position_spread, read_positions
 from esmsae.figures.sae_quality import read_quality, sae_fidelity
+from esmsae.figures.style import save
 
 log = logging.getLogger("esmsae")
 
@@ -98,4 +100,9 @@ def plot_figure(name: str, inputs: Mapping[str, Path], options: Mapping[str, Any
     if proteins is not None:
         read = {k: only_proteins(v, proteins) for k, v in read.items()}
         log.info("%s: drawn for %d proteins (figures.proteins): %s", name, len(proteins), ", ".join(proteins))
-    figure.draw(**read, png=png, pdf=pdf, **options)
+    fig = figure.draw(**read, png=png, pdf=pdf, **options)
+    if proteins is not None and isinstance(fig, MplFigure):  # say so on the figure itself
+        fig.text(0.003, 0.003, f"drawn for {len(proteins)} of the study's proteins (figures.proteins): "
+                 f"{', '.join(proteins)}; the tables hold every protein", fontsize="x-small", color="0.4",
+                 ha="left", va="bottom")
+        save(fig, png, pdf)
