@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure as MplFigure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 
 from esmsae.figures.ablation import read_set_ablation, set_ablation
 from esmsae.figures.agreement import attribution_agreement, read_agreement
@@ -101,7 +102,11 @@ def plot_figure(name: str, inputs: Mapping[str, Path], options: Mapping[str, Any
         read = {k: only_proteins(v, proteins) for k, v in read.items()}
         log.info("%s: drawn for %d proteins (figures.proteins): %s", name, len(proteins), ", ".join(proteins))
     fig = figure.draw(**read, png=png, pdf=pdf, **options)
-    if proteins is not None and isinstance(fig, MplFigure):  # say so on the figure itself
+    if proteins is not None and isinstance(fig, MplFigure):  # say so on the figure itself, below its axes
+        strip = 0.2 / fig.get_figheight()  # a 0.2-inch strip kept free by the layout
+        engine = fig.get_layout_engine()
+        if isinstance(engine, ConstrainedLayoutEngine):
+            engine.set(rect=(0, strip, 1, 1 - strip))
         fig.text(0.003, 0.003, f"drawn for {len(proteins)} of the study's proteins (figures.proteins): "
                  f"{', '.join(proteins)}; the tables hold every protein", fontsize="x-small", color="0.4",
                  ha="left", va="bottom")
