@@ -222,8 +222,8 @@ def test_demo_agreement_and_spread_over_positions(demo):
     for row in per_mutant.itertuples():  # the changed set is the patching table's real rows
         table = pd.read_csv(demo.outdir / "patching" / f"{row.protein}_L{row.layer}.csv")
         assert row.n_changed == ((table["mutant"] == row.mutant) & (table["control"] == "real")).sum()
-    assert per_mutant[["spearman_atp", "spearman_ig", "top10_atp", "top10_ig"]].apply(
-        lambda c: c.between(-1, 1)).all().all()
+    assert per_mutant[["spearman_atp", "spearman_ig"]].apply(lambda c: c.between(-1, 1)).all().all()
+    assert per_mutant[["top10_atp", "top10_ig"]].apply(lambda c: c.between(0, 1)).all().all()  # shares
     for protein in WT:
         for layer in PATCH_LAYERS:
             rows = pd.read_csv(demo.outdir / "positions" / f"{protein}_L{layer}.csv")
