@@ -37,6 +37,7 @@ from esmsae.tables.labels import (
 from esmsae.tables.shown_features import select_features, shown_features
 
 from .conftest import DEFAULTS, FAIR_ESM, LAYERS, WT, splice_every_layer
+from .planted import planted_detector
 from .reference import hooked_logits
 
 A = {aa: i for i, aa in enumerate(AMINO_ACIDS)}
@@ -181,26 +182,8 @@ def test_effect_positions_are_the_most_active():
 
 def planted_sae(lm, layer: int, residue: str, feature: int = 3, d_sae: int = 16, k: int = 4) -> TopKSAE:
     """An SAE whose feature `feature` is a linear detector of `residue` on the WT sequences at `layer`
-    (least squares on the normalized vectors, threshold half-way between the classes); every other
-    feature's pre-activation is -1, so only the detector can be positive."""
-    xs, residues = [], []
-    for seq in WT.values():
-        xs.append(lm.hidden(lm.tokenize([seq]), layer)[0, 1:-1])
-        residues += list(seq)
-    x = torch.cat(xs)
-    x_hat = (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-5)
-    y = torch.tensor([1.0 if r == residue else -1.0 for r in residues])
-    design = torch.cat([x_hat, torch.ones(len(x_hat), 1)], 1)
-    w = torch.linalg.lstsq(design, y.unsqueeze(1)).solution.squeeze(1)
-    score = design @ w
-    lowest, highest = float(score[y > 0].min()), float(score[y < 0].max())
-    assert lowest > highest + 0.2  # separable with a margin, so padding's rounding cannot flip a position
-    w_enc = torch.zeros(lm.embed_dim, d_sae)
-    w_enc[:, feature] = w[:-1]
-    b_enc = torch.full((d_sae,), -1.0)
-    b_enc[feature] = float(w[-1]) - (lowest + highest) / 2
-    w_dec = torch.randn(d_sae, lm.embed_dim, generator=torch.Generator().manual_seed(0))
-    return TopKSAE(w_enc, w_dec / w_dec.norm(dim=1, keepdim=True), b_enc, torch.zeros(lm.embed_dim), k=k)
+    (tests/planted.py)."""
+    return planted_detector(lm, layer, residue, list(WT.values()), feature, d_sae, k)
 
 
 @pytest.mark.parametrize("layer,residue", [(1, "L"), (3, "K")])

@@ -332,6 +332,14 @@ def test_reference_records_at_the_context_bar_and_the_skip_warning(tiny_dir, tmp
                         "the 20 (first: -); stopped after 1 sequences"]
 
 
+def other_model_files(folder):
+    """Another tiny checkpoint and another SAE of the same shapes: an input change the resume key must see."""
+    checkpoint, sae = folder / "other.pt", folder / "other_sae.safetensors"
+    write_tiny_esm2(checkpoint, seed=2, **TINY)
+    save_sae(random_sae(TINY["embed_dim"], D_SAE, K, seed=99), sae)
+    return checkpoint, sae
+
+
 @pytest.fixture
 def tf32_restored():
     """The tf32 variants below set torch's global tf32 flags (esmsae.model.esm.set_precision): put them back."""
@@ -356,10 +364,7 @@ def test_activity_pieces_are_reused_only_for_the_same_settings_and_inputs(tiny_d
         return real(*args, **kwargs)
 
     monkeypatch.setattr(feature_activity_module, "feature_activity", counted)
-    other_checkpoint = tmp_path / "other.pt"
-    write_tiny_esm2(other_checkpoint, seed=2, **TINY)
-    other_sae = tmp_path / "other_sae.safetensors"
-    save_sae(random_sae(TINY["embed_dim"], D_SAE, K, seed=99), other_sae)
+    other_checkpoint, other_sae = other_model_files(tmp_path)
     changed_wt = dict(WT) | {next(iter(WT)): "M" + next(iter(WT.values()))[1:]}  # same name, another sequence
     variants = {"same": {}, "settings": None, "wt": {"wt": changed_wt}, "layer": {"layer": 3}, "k": {"k": 4},
                 "precision": {"precision": dataclasses.replace(FAIR_ESM, precision="tf32")},
@@ -459,10 +464,7 @@ def test_output_effect_pieces_are_reused_only_for_the_same_settings_and_inputs(t
         return real(*args, **kwargs)
 
     monkeypatch.setattr(output_effects_module, "output_effects", counted)
-    other_checkpoint = tmp_path / "other.pt"
-    write_tiny_esm2(other_checkpoint, seed=2, **TINY)
-    other_sae = tmp_path / "other_sae.safetensors"
-    save_sae(random_sae(TINY["embed_dim"], D_SAE, K, seed=99), other_sae)
+    other_checkpoint, other_sae = other_model_files(tmp_path)
     settings = dataclasses.replace(DEFAULTS.features, max_positions=1)
     args = {"settings": settings, "wt": dict(WT), "layer": 2, "k": K, "precision": FAIR_ESM,
             "checkpoint": tiny_dir / "esm2_tiny.pt", "sae": tiny_dir / "sae_l2.safetensors", "features": [0, 5]}
