@@ -335,7 +335,8 @@ if AGREEMENT_PAIRS:
         "input": {"mutants": table_file("attribution_agreement_mutants")},
     }
 # Figures that pool every protein (one summary over all of them); the others draw a panel, line or colour
-# per protein, and only FIGURE_PROTEINS' where the study has more.
+# per protein, and only FIGURE_PROTEINS' where the study has more (a figure of one protein, with a
+# `protein` option, is drawn for FIGURE_PROTEINS only in the first place).
 POOLED_FIGURES = {
     "sae_fidelity",
     "ig_concentration",
@@ -344,7 +345,7 @@ POOLED_FIGURES = {
 }
 if len(FIGURE_PROTEINS) < len(PROTEINS):
     for name, spec in FIGURES.items():
-        if name not in POOLED_FIGURES and spec.get("draw") != "feature_graph":
+        if name not in POOLED_FIGURES and "protein" not in spec.get("options", {}):
             spec["options"] = spec.get("options", {}) | {"proteins": FIGURE_PROTEINS}
 
 

@@ -24,8 +24,22 @@ T = TypeVar("T")
 ScoreFn = Callable[..., Tensor]
 
 
+class OnSplice:
+    """What a view says of the splice it is taken on (its ``engine``): the protein and the layer."""
+
+    engine: Splice
+
+    @property
+    def protein(self) -> str:
+        return self.engine.protein
+
+    @property
+    def layer(self) -> int:
+        return self.engine.layer
+
+
 @dataclass(frozen=True)
-class MutantView:
+class MutantView(OnSplice):
     """One mutant at the splice's layer, as every analysis sees it (built by :meth:`Splice.view`).
 
     ``start`` and ``end`` are the WT and mutant values in the intervention ``space``
@@ -40,14 +54,6 @@ class MutantView:
     mut: SiteCode
     spec: ScoreSpec
     hidden: Tensor | None = field(default=None, repr=False)  # the mutant's h_ℓ at every token (T, d)
-
-    @property
-    def protein(self) -> str:
-        return self.engine.protein
-
-    @property
-    def layer(self) -> int:
-        return self.engine.layer
 
     @property
     def start(self) -> Tensor:
@@ -80,7 +86,7 @@ class MutantView:
 
 
 @dataclass(frozen=True)
-class WTView:
+class WTView(OnSplice):
     """The WT sequence at the splice's layer, as an analysis of the whole protein sees one unit of its work.
 
     ``code`` is the SAE's reading at every residue (token positions 1..L); interventions are latent
@@ -89,14 +95,6 @@ class WTView:
 
     engine: Splice = field(repr=False)
     unit: str
-
-    @property
-    def protein(self) -> str:
-        return self.engine.protein
-
-    @property
-    def layer(self) -> int:
-        return self.engine.layer
 
     @property
     def code(self) -> SiteCode:
