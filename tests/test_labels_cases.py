@@ -332,6 +332,23 @@ def test_reference_records_at_the_context_bar_and_the_skip_warning(tiny_dir, tmp
                         "the 20 (first: -); stopped after 1 sequences"]
 
 
+class Killable:
+    """A stand-in for one piece's function: counts its calls and, when armed to kill, raises at call
+    `kill_at` (the job killed there)."""
+
+    def __init__(self, real, kill_at: int):
+        self.real, self.kill_at, self.calls, self.kill = real, kill_at, 0, False
+
+    def arm(self, kill: bool) -> None:
+        self.calls, self.kill = 0, kill
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.kill and self.calls == self.kill_at:
+            raise RuntimeError("killed")
+        return self.real(*args, **kwargs)
+
+
 def other_model_files(folder):
     """Another tiny checkpoint and another SAE of the same shapes: an input change the resume key must see."""
     checkpoint, sae = folder / "other.pt", folder / "other_sae.safetensors"
@@ -355,14 +372,7 @@ def test_activity_pieces_are_reused_only_for_the_same_settings_and_inputs(tiny_d
     computes only the fourth, and any change of settings, WT sequences, layer, k, precision, checkpoint, SAE
     or reference file makes the rerun compute all 4. A finished run leaves no work folder."""
     monkeypatch.setattr(feature_activity_module, "ACTIVITY_CHUNK", 1)
-    real, calls = feature_activity, []
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        if kill and len(calls) == 4:
-            raise RuntimeError("killed")
-        return real(*args, **kwargs)
-
+    counted = Killable(feature_activity, kill_at=4)
     monkeypatch.setattr(feature_activity_module, "feature_activity", counted)
     other_checkpoint, other_sae = other_model_files(tmp_path)
     changed_wt = dict(WT) | {next(iter(WT)): "M" + next(iter(WT.values()))[1:]}  # same name, another sequence
@@ -384,7 +394,7 @@ def test_activity_pieces_are_reused_only_for_the_same_settings_and_inputs(tiny_d
                 "layer": 2, "k": K, "precision": FAIR_ESM, "checkpoint": tiny_dir / "esm2_tiny.pt",
                 "sae": tiny_dir / "sae_l2.safetensors", "reference": str(fasta)}
         out = folder / "activity.npz"
-        kill, calls[:] = True, []
+        counted.arm(kill=True)
         with pytest.raises(RuntimeError, match="killed"):
             run(args, out)
         assert (folder / "activity.npz.work").is_dir() and not out.exists()
@@ -393,9 +403,9 @@ def test_activity_pieces_are_reused_only_for_the_same_settings_and_inputs(tiny_d
         if name == "reference":
             fasta.write_text(">r1\nMKVLW\n")  # same path and record name, another sequence
             change = {}
-        kill, calls[:] = False, []
+        counted.arm(kill=False)
         run(args | change, out)
-        assert len(calls) == (1 if name == "same" else 4), name
+        assert counted.calls == (1 if name == "same" else 4), name
         assert out.exists() and not (folder / "activity.npz.work").exists()
 
 
@@ -455,14 +465,7 @@ def test_output_effect_pieces_are_reused_only_for_the_same_settings_and_inputs(t
     """One piece per protein (3). A run killed after its first protein leaves that piece; a rerun with the same
     settings and inputs measures the other 2, and any change of settings, WT sequences, layer, k, precision,
     shown features, checkpoint or SAE measures all 3. A finished run leaves no work folder."""
-    real, calls = output_effects, []
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        if kill and len(calls) == 2:
-            raise RuntimeError("killed")
-        return real(*args, **kwargs)
-
+    counted = Killable(output_effects, kill_at=2)
     monkeypatch.setattr(output_effects_module, "output_effects", counted)
     other_checkpoint, other_sae = other_model_files(tmp_path)
     settings = dataclasses.replace(DEFAULTS.features, max_positions=1)
@@ -484,11 +487,11 @@ def test_output_effect_pieces_are_reused_only_for_the_same_settings_and_inputs(t
     for name, change in variants.items():
         folder = tmp_path / name
         folder.mkdir()
-        kill, calls[:] = True, []
+        counted.arm(kill=True)
         with pytest.raises(RuntimeError, match="killed"):
             run(args, folder)
         assert (folder / "effects.csv.work").is_dir() and not (folder / "effects.csv").exists()
-        kill, calls[:] = False, []
+        counted.arm(kill=False)
         run(args | change, folder)
-        assert len(calls) == (2 if name == "same" else 3), name
+        assert counted.calls == (2 if name == "same" else 3), name
         assert (folder / "effects.csv").exists() and not (folder / "effects.csv.work").exists()
