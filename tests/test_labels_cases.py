@@ -301,35 +301,31 @@ def test_reference_records_at_the_context_bar_and_the_skip_warning(tiny_dir, tmp
     fasta = tmp_path / "ref.fa"
     fasta.write_text(">ok1\nMKV\n>long\n" + "A" * 1023 + "\n>edge\n" + "L" * 1022
                      + "\n>odd\nMKXV\n>ok2\nWW\n>ok3\nAA\n")
-    settings = dataclasses.replace(DEFAULTS.features.activity, reference=str(fasta), max_sequences=3)
+    settings = dataclasses.replace(DEFAULTS.features.activity, reference=str(fasta))
     out, examples = tmp_path / "a.npz", tmp_path / "examples.csv"
-    with caplog.at_level("WARNING", logger="esmsae"):
-        characterize_features(settings, dict(WT), 2, K, FAIR_ESM, RUNTIME, tiny_dir / "esm2_tiny.pt",
-                              tiny_dir / "sae_l2.safetensors", str(fasta), out, examples)
+
+    def warnings_of_a_run(max_sequences: int) -> list[str]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="esmsae"):
+            characterize_features(dataclasses.replace(settings, max_sequences=max_sequences), dict(WT), 2, K,
+                                  FAIR_ESM, RUNTIME, tiny_dir / "esm2_tiny.pt", tiny_dir / "sae_l2.safetensors",
+                                  str(fasta), out, examples)
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    warnings = warnings_of_a_run(3)
     stats = Activity.read(out)
     assert stats.n_sequences == len(WT) + 3
     assert stats.n_positions == sum(map(len, WT.values())) + 3 + 1022 + 2
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == [f"reference {fasta}: skipped 1 longer than the model's context and 1 with residues outside "
                         "the 20 (first: long, odd); stopped after 3 sequences"]
     # Only a skipped record, the whole file read: the warning without the stop.
     fasta.write_text(">ok1\nMKV\n>long\n" + "A" * 1023 + "\n")
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="esmsae"):
-        characterize_features(dataclasses.replace(settings, max_sequences=100), dict(WT), 2, K, FAIR_ESM, RUNTIME,
-                              tiny_dir / "esm2_tiny.pt", tiny_dir / "sae_l2.safetensors", str(fasta), out, examples)
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == [f"reference {fasta}: skipped 1 longer than the model's context and 0 with residues outside "
-                        "the 20 (first: long)"]
+    assert warnings_of_a_run(100) == [f"reference {fasta}: skipped 1 longer than the model's context and 0 with "
+                                      "residues outside the 20 (first: long)"]
     # Nothing skipped, but reading stopped at max_sequences: the warning says so, with no names.
     fasta.write_text(">ok1\nMKV\n>ok2\nWW\n")
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="esmsae"):
-        characterize_features(dataclasses.replace(settings, max_sequences=1), dict(WT), 2, K, FAIR_ESM, RUNTIME,
-                              tiny_dir / "esm2_tiny.pt", tiny_dir / "sae_l2.safetensors", str(fasta), out, examples)
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == [f"reference {fasta}: skipped 0 longer than the model's context and 0 with residues outside "
-                        "the 20 (first: -); stopped after 1 sequences"]
+    assert warnings_of_a_run(1) == [f"reference {fasta}: skipped 0 longer than the model's context and 0 with "
+                                    "residues outside the 20 (first: -); stopped after 1 sequences"]
 
 
 class Killable:
