@@ -16,7 +16,7 @@ NAN = float("nan")
 
 
 def result(attribution, layer, error=None, total=None, completeness=None, mutants=None, abs_delta=None, k=8,
-           d_sae=None, space="latent"):
+           d_sae=None, space="latent", activations="interprot"):
     """An IG result dict shaped like an ``ig/{protein}_L{layer}.npz`` (esmsae.analyses.arrays.Attributions).
 
     By default every feature with ``A_j ≠ 0`` is in the changed set, with ``|Δ| = 1`` (a flat null).
@@ -34,7 +34,7 @@ def result(attribution, layer, error=None, total=None, completeness=None, mutant
         "completeness_error": np.zeros(n) if completeness is None else np.asarray(completeness, dtype=np.float64),
         "steps": np.array(16), "rule": np.array("gausslegendre"), "space": np.array(space), "k": np.array(k),
         "d_sae": np.array(attribution.shape[1] if d_sae is None else d_sae),
-        "error_node": np.array(True), "layer": np.array(layer),
+        "error_node": np.array(True), "layer": np.array(layer), "activations": np.array(activations),
     }
 
 
@@ -92,7 +92,7 @@ def case_result(names, layer, completeness=None, total=None, **settings):
                   completeness=completeness, total=total, **settings)
 
 
-def sizes_frame(protein, layer, sizes, negligible=None, k=8, d_sae=D_SAE, space="latent"):
+def sizes_frame(protein, layer, sizes, negligible=None, k=8, d_sae=D_SAE, space="latent", activations="interprot"):
     """A per-(protein, layer) circuit-size table as esmsae.tables.circuits.circuit_sizes_from_curves writes it."""
     n = len(sizes)
     negligible = [False] * n if negligible is None else list(negligible)
@@ -100,6 +100,7 @@ def sizes_frame(protein, layer, sizes, negligible=None, k=8, d_sae=D_SAE, space=
         "protein": protein, "layer": layer, "mutant": [f"A{i}C" for i in range(n)],
         "full_effect": np.linspace(-1, 1, n), "negligible": negligible, "n_features": sizes,
         "recovered_fraction": [np.nan if s is None else 0.95 for s in sizes], "k": k, "d_sae": d_sae, "space": space,
+        "activations": activations,
     }, columns=SIZE_COLUMNS)
     frame["n_features"] = frame["n_features"].astype("Int64")
     return frame

@@ -16,7 +16,14 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from esmsae.pipeline.columns import PATCH_COLUMNS, PROGRESSION_COLUMNS, TABLES, VALIDATION_COLUMNS, read_table
+from esmsae.pipeline.columns import (
+    PATCH_COLUMNS,
+    PROGRESSION_COLUMNS,
+    TABLES,
+    VALIDATION_COLUMNS,
+    one_forward,
+    read_table,
+)
 from esmsae.pipeline.columns import TOP_MUTATIONS_COLUMNS as TOP_COLUMNS
 from esmsae.pipeline.errors import InputError
 from esmsae.tables.patching import control_validation, layer_progression, tabulate_patching, top_mutations
@@ -24,15 +31,16 @@ from esmsae.tables.scoring import correlate_dms, dms_correlation
 from esmsae.tables.statistics import spearman
 from tests.attribution_cases import write_labels
 
-K, D_SAE, SPACE = 8, 64, "latent"
+K, D_SAE, SPACE, FORWARD = 8, 64, "latent", "interprot"
 
 
-def patch(mutant, feature, control, effect, wt_latent=0.0, mut_latent=0.0, layer=1, k=K, d_sae=D_SAE, space=SPACE):
+def patch(mutant, feature, control, effect, wt_latent=0.0, mut_latent=0.0, layer=1, k=K, d_sae=D_SAE, space=SPACE,
+          activations=FORWARD):
     """One patching row; only the columns aggregation reads carry meaning."""
     return {"mutant": mutant, "position": mutant[1:-1], "layer": layer, "feature": feature, "control": control,
             "wt_pre": wt_latent, "mut_pre": mut_latent, "wt_latent": wt_latent, "mut_latent": mut_latent,
             "patched_value": mut_latent, "baseline_score": -1.0, "patched_score": -1.0 + effect,
-            "effect": effect, "k": k, "d_sae": d_sae, "space": space}
+            "effect": effect, "k": k, "d_sae": d_sae, "space": space, "activations": activations}
 
 
 def table(rows):
@@ -45,7 +53,22 @@ def test_column_lists_are_the_registry():
     assert TOP_COLUMNS == TABLES["top_mutations"]
     assert PATCH_COLUMNS.index("d_sae") == PATCH_COLUMNS.index("k") + 1
     for columns in (VALIDATION_COLUMNS, PROGRESSION_COLUMNS, TOP_COLUMNS):
-        assert columns[-3:] == ["k", "d_sae", "space"]
+        assert columns[-4:] == ["k", "d_sae", "space", "activations"]
+
+
+def test_every_table_records_the_forward():
+    """Every registered table has an ``activations`` column (the forward the SAEs read), read back as text."""
+    assert [kind for kind, columns in TABLES.items() if "activations" not in columns] == []
+
+
+def test_one_forward_of_a_combined_tables_inputs():
+    assert one_forward(["fair-esm", "fair-esm", np.nan, None], "t") == "fair-esm"  # missing values are no forward
+    assert one_forward([], "t") is None and one_forward([np.nan], "t") is None
+    assert one_forward(pd.Series(["interprot"] * 3), "t") == "interprot"
+    with pytest.raises(InputError, match=r"^site share: inputs measured on different forwards \(activations "
+                                         r"fair-esm, interprot\); a study reads every SAE on one \(config key "
+                                         r"sae.activations\)$"):
+        one_forward(["interprot", np.nan, "fair-esm"], "site share")
 
 
 # --- control_validation -------------------------------------------------------------------
@@ -125,8 +148,8 @@ def test_control_validation_mutant_is_the_unit():
     assert random["frac_nonzero"] == pytest.approx(4 / 6)
     assert random["frac_mutants_nonzero"] == pytest.approx(2 / 3)
 
-    for column in ("k", "d_sae", "space"):
-        assert out[column].tolist() == [{"k": K, "d_sae": D_SAE, "space": SPACE}[column]] * 4
+    for column in ("k", "d_sae", "space", "activations"):
+        assert out[column].tolist() == [{"k": K, "d_sae": D_SAE, "space": SPACE, "activations": FORWARD}[column]] * 4
     assert out["n_mutants"].dtype == np.int64 and out["n_patches"].dtype == np.int64
 
 
@@ -161,8 +184,9 @@ def test_control_validation_wilcoxon_nan_cases():
 
 
 def test_control_validation_empty_sides_and_order():
-    only_noop = table([patch("A1C", 0, "noop", 0.0, k=16, d_sae=128, space="pre")])
-    tables = {("Q", 3): validation_table(k=16, d_sae=128, space="pre"), ("P", 2): table([]), ("Q", 1): only_noop,
+    only_noop = table([patch("A1C", 0, "noop", 0.0, k=16, d_sae=128, space="pre", activations="fair-esm")])
+    tables = {("Q", 3): validation_table(k=16, d_sae=128, space="pre", activations="fair-esm"), ("P", 2): table([]),
+              ("Q", 1): only_noop,
               ("P", 1): validation_table()}
     out = control_validation(tables)
     assert list(zip(out["protein"], out["layer"], strict=True))[::4] == [("Q", 1), ("Q", 3), ("P", 1), ("P", 2)]
@@ -176,16 +200,19 @@ def test_control_validation_empty_sides_and_order():
     assert np.isnan(q1.loc["noop", "sem_abs_effect"])  # one mutant
     assert q1["wilcoxon_p"].isna().all()  # no real side
     assert (q1["k"] == 16).all() and (q1["d_sae"] == 128).all() and (q1["space"] == "pre").all()
+    assert (q1["activations"] == "fair-esm").all()
 
     q3 = out[(out["protein"] == "Q") & (out["layer"] == 3)]
     assert (q3["k"] == 16).all() and (q3["d_sae"] == 128).all() and (q3["space"] == "pre").all()
+    assert (q3["activations"] == "fair-esm").all()
     p1 = out[(out["protein"] == "P") & (out["layer"] == 1)]
     assert (p1["k"] == K).all() and (p1["d_sae"] == D_SAE).all() and (p1["space"] == SPACE).all()
+    assert (p1["activations"] == FORWARD).all()
 
     p2 = out[(out["protein"] == "P") & (out["layer"] == 2)]
     assert (p2["n_mutants"] == 0).all() and (p2["n_patches"] == 0).all()
     value_columns = ["mean_abs_effect", "sem_abs_effect", "median_abs_effect", "frac_nonzero",
-                     "frac_mutants_nonzero", "wilcoxon_p", "k", "d_sae", "space"]
+                     "frac_mutants_nonzero", "wilcoxon_p", "k", "d_sae", "space", "activations"]
     assert p2[value_columns].isna().all().all()
 
 
@@ -271,7 +298,7 @@ def test_layer_progression_mutant_is_the_unit():
     real = progression_table().query("control == 'real'")
     pooled = stats.spearmanr(np.abs(real["mut_latent"] - real["wt_latent"]), real["effect"].abs()).statistic
     assert abs(pooled - 0.8) > 0.05
-    assert (row["k"], row["d_sae"], row["space"]) == (K, D_SAE, SPACE)
+    assert (row["k"], row["d_sae"], row["space"], row["activations"]) == (K, D_SAE, SPACE, FORWARD)
     assert out["n_mutants"].dtype == np.int64 and out["n_rho_mutants"].dtype == np.int64
 
 
@@ -302,7 +329,7 @@ def test_layer_progression_nan_cases_without_warnings():
     assert out["sem_abs_effect"].isna().all()  # one mutant each
     assert out["mean_abs_effect"].iloc[0] == pytest.approx(0.3)  # (0.5 + 0.1)/2
     assert np.isnan(out.iloc[3]["mean_abs_effect"]) and np.isnan(out.iloc[3]["median_abs_effect"])
-    assert out.iloc[3][["k", "d_sae", "space"]].isna().all()
+    assert out.iloc[3][["k", "d_sae", "space", "activations"]].isna().all()
 
 
 def test_layer_progression_counts_selected_mutants_without_rows():
@@ -317,11 +344,13 @@ def test_layer_progression_counts_selected_mutants_without_rows():
 
 def test_layer_progression_order_and_settings():
     tables = {("Q", 2): progression_table(), ("P", 3): table([patch("A1C", 0, "real", 0.5, layer=3, k=32,
-                                                                    d_sae=4096, space="pre")]),
+                                                                    d_sae=4096, space="pre",
+                                                                    activations="fair-esm")]),
               ("Q", 1): progression_table()}
     out = layer_progression(tables)
     assert list(zip(out["protein"], out["layer"], strict=True)) == [("Q", 1), ("Q", 2), ("P", 3)]
-    assert out[["k", "d_sae", "space"]].values.tolist() == [[K, D_SAE, SPACE], [K, D_SAE, SPACE], [32, 4096, "pre"]]
+    assert out[["k", "d_sae", "space", "activations"]].values.tolist() == [
+        [K, D_SAE, SPACE, FORWARD], [K, D_SAE, SPACE, FORWARD], [32, 4096, "pre", "fair-esm"]]
 
 
 # --- top_mutations ------------------------------------------------------------------------
@@ -352,8 +381,8 @@ def top_tables():
         patch("D2E", 0, "real", 0.7, layer=2, d_sae=128),
         patch("H6I", 1, "real", 0.05, layer=2, d_sae=128),
     ])
-    other = table([patch("M1N", 4, "real", 0.3, layer=1, k=16, space="pre"),
-                   patch("M1N", 6, "real", 0.1, layer=1, k=16, space="pre")])
+    other = table([patch("M1N", 4, "real", 0.3, layer=1, k=16, space="pre", activations="fair-esm"),
+                   patch("M1N", 6, "real", 0.1, layer=1, k=16, space="pre", activations="fair-esm")])
     return {("P", 2): layer2, ("Z", 1): other, ("P", 1): layer1}
 
 
@@ -376,6 +405,7 @@ def test_top_mutations_picks_joins_orders():
     assert list(out["k"]) == [K, K, K, K, 16]
     assert list(out["d_sae"]) == [128, D_SAE, D_SAE, 128, D_SAE]
     assert list(out["space"]) == [SPACE, SPACE, SPACE, SPACE, "pre"]
+    assert list(out["activations"]) == [FORWARD] * 4 + ["fair-esm"]
 
 
 def test_top_mutations_respects_top_n():

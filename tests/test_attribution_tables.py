@@ -18,7 +18,14 @@ from scipy import stats
 
 from esmsae.analyses.arrays import Attributions
 from esmsae.config.settings import CircuitSizeSettings
-from esmsae.pipeline.columns import CONCENTRATION_COLUMNS, CONSISTENCY_COLUMNS, SIZE_COLUMNS, TABLES, read_table
+from esmsae.pipeline.columns import (
+    CONCENTRATION_COLUMNS,
+    CONSISTENCY_COLUMNS,
+    SAE_SETTINGS,
+    SIZE_COLUMNS,
+    TABLES,
+    read_table,
+)
 from esmsae.pipeline.errors import InputError
 from esmsae.tables.circuits import (
     circuit_sizes,
@@ -179,7 +186,7 @@ def test_mutant_concentration_error_only():
 
 def concentration_results():
     return {
-        ("Q", 4): result(np.zeros((0, 6)), 4, k=16, d_sae=6, space="pre"),
+        ("Q", 4): result(np.zeros((0, 6)), 4, k=16, d_sae=6, space="pre", activations="fair-esm"),
         ("P", 2): case_result(["four", "two", "one"], 2, completeness=[0.1, 0.6, 0.5], total=[-1.0, 0.5, 2.0]),
         ("P", 1): case_result(["four", "empty"], 1, completeness=[0.2, np.nan]),
     }
@@ -242,9 +249,9 @@ def test_ig_concentration_by_hand():
     assert p1["median_completeness_error"] == pytest.approx(0.2)  # NaN skipped
 
     q4 = table.iloc[0]
-    assert all(np.isnan(q4[c]) for c in CONCENTRATION_COLUMNS[3:-3])
-    assert (q4["k"], q4["d_sae"], q4["space"]) == (16, 6, "pre")
-    assert table[["k", "d_sae", "space"]].values.tolist()[1:] == [[8, 6, "latent"], [8, 6, "latent"]]
+    assert all(np.isnan(q4[c]) for c in CONCENTRATION_COLUMNS[3:-4])
+    assert (q4["k"], q4["d_sae"], q4["space"], q4["activations"]) == (16, 6, "pre", "fair-esm")
+    assert table[SAE_SETTINGS].values.tolist()[1:] == [[8, 6, "latent", "interprot"], [8, 6, "latent", "interprot"]]
 
 
 def test_ig_concentration_null_is_visible():
@@ -309,10 +316,12 @@ def test_feature_consistency_planted():
 
 
 def test_feature_consistency_records_each_results_settings():
-    results = {"P": result(np.eye(3), 2, k=4, d_sae=3, space="pre"), "Q": result(np.eye(3)[:1], 2)}
+    results = {"P": result(np.eye(3), 2, k=4, d_sae=3, space="pre", activations="fair-esm"),
+               "Q": result(np.eye(3)[:1], 2)}
     table = feature_consistency(results)
-    assert table[["protein", "feature", "layer", "k", "d_sae", "space"]].values.tolist() == [
-        ["P", 0, 2, 4, 3, "pre"], ["P", 1, 2, 4, 3, "pre"], ["P", 2, 2, 4, 3, "pre"], ["Q", 0, 2, 8, 3, "latent"]]
+    pre = [2, 4, 3, "pre", "fair-esm"]
+    assert table[["protein", "feature", "layer", *SAE_SETTINGS]].values.tolist() == [
+        ["P", 0, *pre], ["P", 1, *pre], ["P", 2, *pre], ["Q", 0, 2, 8, 3, "latent", "interprot"]]
 
 
 def test_feature_consistency_top_n_cut():
@@ -353,7 +362,7 @@ def test_universal_features_planted():
     results = {("P", 6): planted(6)["P"], ("Q", 6): planted(6)["Q"], ("R", 6): planted(6)["R"],
                ("P", 2): planted(2)["P"], ("Q", 2): result(np.zeros((0, D_SAE)), 2)}
     table = universal_features(results)
-    assert list(table.columns) == [*UNIVERSAL, "freq_P", "freq_Q", "freq_R", "k", "d_sae", "space"]
+    assert list(table.columns) == [*UNIVERSAL, "freq_P", "freq_Q", "freq_R", *SAE_SETTINGS]
     # Layer 2: Q has no mutants and R no results → nothing shared by two proteins.
     # Layer 6: 3 (Q 0.5, R 1.0) and 7 (P, Q); 11 fails (R 1/3 < 0.5).
     assert table[["feature", "layer", "proteins"]].values.tolist() == [[3, 6, "Q;R"], [7, 6, "P;Q"]]
@@ -361,7 +370,7 @@ def test_universal_features_planted():
     np.testing.assert_array_equal(table["freq_Q"], [0.5, 1.0])
     np.testing.assert_array_equal(table["freq_R"], [1.0, 0.0])
     assert table["feature"].dtype == np.int64 and table["layer"].dtype == np.int64
-    assert table[["k", "d_sae", "space"]].values.tolist() == [[8, D_SAE, "latent"]] * 2
+    assert table[SAE_SETTINGS].values.tolist() == [[8, D_SAE, "latent", "interprot"]] * 2
 
 
 def test_universal_features_ordering_and_nan():
@@ -381,18 +390,29 @@ def test_universal_features_ordering_and_nan():
     assert table["k"].tolist() == [8, 8, 32, 32] and (table["d_sae"] == 10).all()
 
 
+def test_universal_features_of_two_forwards_at_a_layer_are_refused():
+    """P at layer 6 on the fair-esm forward beside Q and R on interprot: two studies mixed, named by layer."""
+    results = {("P", 6): result(planted(6)["P"]["attribution"], 6, activations="fair-esm"),
+               ("Q", 6): planted(6)["Q"], ("R", 6): planted(6)["R"]}
+    with pytest.raises(InputError, match=r"^universal features at layer 6: inputs measured on different forwards "
+                                         r"\(activations fair-esm, interprot\)"):
+        universal_features(results)
+    assert universal_features({**results, ("P", 6): planted(6)["P"]})["activations"].tolist() == ["interprot"] * 2
+
+
 def test_universal_features_empty():
     table = universal_features({})
-    assert table.empty and list(table.columns) == [*UNIVERSAL, "k", "d_sae", "space"]
+    assert table.empty and list(table.columns) == [*UNIVERSAL, *SAE_SETTINGS]
     table = universal_features({("P", 1): result(np.zeros((0, 4)), 1)})
-    assert table.empty and list(table.columns) == [*UNIVERSAL, "freq_P", "k", "d_sae", "space"]
+    assert table.empty and list(table.columns) == [*UNIVERSAL, "freq_P", *SAE_SETTINGS]
 
 
 # --- circuit_sizes ---------------------------------------------------------------------------------------------------
 
 def test_circuit_sizes_concat_and_dtypes(tmp_path):
     a = sizes_frame("P", 2, [1, None, 3])
-    b = sizes_frame("Q", 4, [5, None, None], negligible=[False, True, False], k=16, space="pre")
+    b = sizes_frame("Q", 4, [5, None, None], negligible=[False, True, False], k=16, space="pre",
+                    activations="fair-esm")
     # As the rule reads it back from a CSV: n_features float with NaN.
     a.assign(layer=6).to_csv(tmp_path / "c.csv", index=False)
     c = read_table(tmp_path / "c.csv", "circuit_sizes")
@@ -408,6 +428,7 @@ def test_circuit_sizes_concat_and_dtypes(tmp_path):
     assert table["n_features"].dropna().tolist() == [1, 3, 5, 1, 3]
     assert table["negligible"].tolist() == [False] * 4 + [True] + [False] * 4
     assert table["k"].tolist() == [8] * 3 + [16] * 3 + [8] * 3
+    assert table["activations"].tolist() == ["interprot"] * 3 + ["fair-esm"] * 3 + ["interprot"] * 3
     assert table["space"].tolist() == ["latent"] * 3 + ["pre"] * 3 + ["latent"] * 3
     np.testing.assert_array_equal(table["recovered_fraction"], [0.95, np.nan, 0.95, 0.95, np.nan, np.nan] +
                                   [0.95, np.nan, 0.95])
@@ -849,7 +870,8 @@ def test_tabulate_top_features_rule(tmp_path):
     a[0, :25] = [(j + 1) * (-1) ** (j + 1) for j in range(25)]
     a[1, 3] = 0.5
     delta = np.abs(a) * 2
-    write_result(tmp_path / "r.npz", result(a, 3, abs_delta=delta, mutants=["A1C", "D2E"], k=16, space="pre"))
+    write_result(tmp_path / "r.npz", result(a, 3, abs_delta=delta, mutants=["A1C", "D2E"], k=16, space="pre",
+                                            activations="fair-esm"))
     write_labels(tmp_path / "labels.csv", {(3, 24): "L-identity", (2, 3): "other layer"})
     tabulate_top_features(tmp_path / "r.npz", tmp_path / "labels.csv", tmp_path / "top.csv")
     top = pd.read_csv(tmp_path / "top.csv", keep_default_na=False)
@@ -862,7 +884,7 @@ def test_tabulate_top_features_rule(tmp_path):
     second = top[top["mutant"] == "D2E"]
     assert second[["rank", "feature", "attribution", "abs_delta"]].values.tolist() == [[1, 3, 0.5, 1.0]]
     assert second["label"].tolist() == [""]
-    assert top[["layer", "k", "d_sae", "space"]].drop_duplicates().values.tolist() == [[3, 16, D_SAE, "pre"]]
+    assert top[["layer", *SAE_SETTINGS]].drop_duplicates().values.tolist() == [[3, 16, D_SAE, "pre", "fair-esm"]]
     write_result(tmp_path / "none.npz", result(np.zeros((0, D_SAE)), 3))
     tabulate_top_features(tmp_path / "none.npz", tmp_path / "labels.csv", tmp_path / "none.csv")
     none = read_table(tmp_path / "none.csv", "ig_top")

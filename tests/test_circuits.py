@@ -24,7 +24,7 @@ from esmsae.analyses.circuits import (
 from esmsae.analyses.ig import attribute
 from esmsae.analyses.patching import changed_features, patch_protein
 from esmsae.inputs.mutations import parse_mutant
-from esmsae.pipeline.columns import CURVE_COLUMNS, SIZE_COLUMNS, read_table
+from esmsae.pipeline.columns import CURVE_COLUMNS, SAE_SETTINGS, SIZE_COLUMNS, read_table
 from esmsae.pipeline.errors import InputError
 from esmsae.tables.circuits import circuit_sizes_from_curves, minimal_size
 
@@ -119,7 +119,7 @@ def curves_of(recovered, features, full_effect, mutant="A1C"):
     return pd.DataFrame({"mutant": mutant, "n_features": range(n), "feature": [pd.NA, *features],
                          "patched_score": 0.0, "recovered_fraction": recovered, "complement_score": 0.0,
                          "complement_fraction": 0.0, "full_effect": full_effect, "layer": 4, "k": 8, "d_sae": 96,
-                         "space": "latent"}, columns=CURVE_COLUMNS)
+                         "space": "latent", "activations": "fair-esm"}, columns=CURVE_COLUMNS)
 
 
 def test_sizes_read_off_hand_made_curves():
@@ -137,8 +137,8 @@ def test_sizes_read_off_hand_made_curves():
     np.testing.assert_array_equal(sizes["recovered_fraction"], [0.95, np.nan, np.nan])
     assert sizes["features"].tolist() == ["2;7;9", "", ""]
     assert sizes["full_effect"].tolist() == [-0.4, 0.01, 0.3]
-    assert sizes[["protein", "layer", "k", "d_sae", "space"]].drop_duplicates().values.tolist() == [
-        ["P", 4, 8, 96, "latent"]]
+    assert sizes[["protein", "layer", *SAE_SETTINGS]].drop_duplicates().values.tolist() == [
+        ["P", 4, 8, 96, "latent", "fair-esm"]]
     # recover 0.5 (±0.5): A1C's r_1 = 0.5 is on the bound → n 1, feature 7; C1C's r_1 = 0.2 no, r_2 = 0.4 no, r_3 yes.
     looser = circuit_sizes_from_curves(curves, "P", circuit_size_settings(recover=0.5, min_effect=0.0))
     assert looser["n_features"].tolist() == [1, 1, 3] and looser["features"].tolist() == ["7", "1", "4;5;6"]
@@ -150,7 +150,7 @@ def test_negligible_mutants_get_no_size(splices):
     """The same measured curves, read with a min_effect just above |F|: negligible, no size, curves unchanged."""
     view = view_of(splices[3], MUTANTS[0])
     curve = circuit_curve(view, circuit_settings(max_k=40), ranked(view))
-    curves = curves_table([curve], LayerMeta(protein="P", layer=3, k=8, d_sae=96), "latent")
+    curves = curves_table([curve], LayerMeta(protein="P", layer=3, k=8, d_sae=96, activations="interprot"), "latent")
     sized = circuit_sizes_from_curves(curves, "P", circuit_size_settings(min_effect=0.0))
     assert not sized["negligible"].iloc[0] and not pd.isna(sized["n_features"].iloc[0])
     assert sized["n_features"].iloc[0] == minimal_size(curve.recovered_fraction, 0.9)
@@ -161,10 +161,10 @@ def test_negligible_mutants_get_no_size(splices):
 def test_tables_record_settings_and_round_trip(splices, tmp_path):
     view = view_of(splices[2], MUTANTS[1])
     curve = circuit_curve(view, circuit_settings(max_k=3), ranked(view))
-    meta = LayerMeta(protein="DNJA1_HUMAN", layer=2, k=8, d_sae=96)
+    meta = LayerMeta(protein="DNJA1_HUMAN", layer=2, k=8, d_sae=96, activations="interprot")
     curves = curves_table([curve], meta, "latent")
     assert list(curves.columns) == CURVE_COLUMNS and curves["n_features"].tolist() == [0, 1, 2, 3]
-    assert (curves[["layer", "k", "d_sae", "space"]].drop_duplicates().values.tolist() == [[2, 8, 96, "latent"]])
+    assert (curves[["layer", *SAE_SETTINGS]].drop_duplicates().values.tolist() == [[2, 8, 96, "latent", "interprot"]])
     assert pd.isna(curves["feature"].iloc[0]) and curves["feature"].iloc[1:].tolist() == curve.feature[1:].tolist()
     curves.to_csv(tmp_path / "c.csv", index=False)
     back = read_table(tmp_path / "c.csv", "circuit_curves")  # sizes read off the file equal those of the table
@@ -261,7 +261,7 @@ def test_curves_table_and_file_of_a_hand_made_curve(tmp_path):
     the settings in every row; rule find_circuits writes its output `curves` and it reads back equal."""
     curve = circuit_curve(two_site_view(), circuit_settings(max_k=4), HAND_A)
     other = circuit_curve(two_site_view(mutant="K2A:G6A"), circuit_settings(max_k=4), HAND_A)
-    meta = LayerMeta(protein="P", layer=3, k=2, d_sae=6)
+    meta = LayerMeta(protein="P", layer=3, k=2, d_sae=6, activations="fair-esm")
     table = curves_table([curve, other], meta, "pre")
     assert list(table.columns) == CURVE_COLUMNS and table.index.tolist() == list(range(10))
     assert table["mutant"].tolist() == ["K2A:G6W"] * 5 + ["K2A:G6A"] * 5
@@ -273,7 +273,7 @@ def test_curves_table_and_file_of_a_hand_made_curve(tmp_path):
     assert table["recovered_fraction"].tolist()[:5] == [0.0, 5.0, 2.0, 1.0, 1.0]
     assert table["complement_fraction"].tolist()[:5] == [1.0, -4.0, -1.0, 0.0, 0.0]
     assert (table["full_effect"] == 2.0).all()
-    assert table[["layer", "k", "d_sae", "space"]].drop_duplicates().values.tolist() == [[3, 2, 6, "pre"]]
+    assert table[["layer", *SAE_SETTINGS]].drop_duplicates().values.tolist() == [[3, 2, 6, "pre", "fair-esm"]]
     assert list(curves_table([], meta, "latent").columns) == CURVE_COLUMNS
     assert CIRCUITS.rule == "find_circuits" and runs_analysis("find_circuits", "CIRCUITS")
     assert "curves=" in rule_block("find_circuits")
@@ -290,7 +290,7 @@ def test_ig_attributions_read_for_the_selected_mutants(tmp_path):
     a = Attributions(mutant=np.array(["K2A", "G6W"]), attribution=np.array([[0.5, -1.0], [2.0, 0.25]]),
                      abs_delta=np.ones((2, 2)), error_attribution=np.zeros(2), total_effect=np.zeros(2),
                      completeness_error=np.zeros(2), quadrature_delta=np.zeros(2), steps=4, rule="gausslegendre",
-                     space="latent", k=2, d_sae=2, error_node=True, layer=1)
+                     space="latent", k=2, d_sae=2, error_node=True, layer=1, activations="interprot")
     a.write(tmp_path / "ig.npz")
     inputs = {"npz": tmp_path / "ig.npz", "scores": tmp_path / "scores.csv"}
     mutants = [parse_mutant("K2A", "MKVLAGW"), parse_mutant("G6W", "MKVLAGW")]

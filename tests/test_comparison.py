@@ -20,6 +20,7 @@ from esmsae.analyses.positions import summary as spread_summary
 from esmsae.config.settings import PositionSettings
 from esmsae.inputs.mutations import parse_mutant
 from esmsae.pipeline.columns import TABLES, read_table
+from esmsae.pipeline.errors import InputError
 from esmsae.pipeline.io import write_csv
 from esmsae.tables.agreement import (
     agreement_by_mutant,
@@ -129,7 +130,7 @@ def test_site_share_sums_over_the_sites(splices):
     assert result.site_share == pytest.approx((result.effects[2] + result.effects[41]) / result.all_effect)
     negligible = spread(view, dataclasses.replace(POSITIONS, min_effect=abs(result.all_effect) * 2))
     assert negligible.negligible and np.isnan(negligible.site_share)
-    rows, summary = spread_tables([result], SEQ, 2)
+    rows, summary = spread_tables([result], SEQ, 2, "interprot")
     assert rows["residue"].tolist() == ["<cls>", *SEQ, "<eos>"] and rows["position"].tolist()[:2] == [0, 1]
     assert summary["site_share"].iloc[0] == pytest.approx(result.site_share)
 
@@ -159,7 +160,7 @@ def test_top_overlap_and_agreement_by_hand():
 def test_site_share_table_by_hand():
     summary = pd.DataFrame({"mutant": ["A1C", "D2E", "F3G"], "site_effect": [1.0, 0.5, 0.01],
                             "all_effect": [2.0, 0.5, 0.02], "negligible": [False, False, True],
-                            "site_share": [0.5, 1.0, np.nan], "layer": 4})
+                            "site_share": [0.5, 1.0, np.nan], "layer": 4, "activations": "interprot"})
     table = site_share_table({("P", 4): summary})
     row = table.iloc[0]
     assert (row["n_mutants"], row["n_negligible"]) == (3, 1)
@@ -231,10 +232,10 @@ def test_write_atp_is_ig_with_one_left_riemann_step_on_disk(tmp_path):
                attribution_patching(QuadraticView(sign=-1.0), ig_settings(error_node=False))]
     path = tmp_path / "atp.npz"
     write_atp(results, {"npz": path}, ig_settings(space="pre", error_node=False),
-              LayerMeta(protein="P", layer=3, k=8, d_sae=3))
+              LayerMeta(protein="P", layer=3, k=8, d_sae=3, activations="fair-esm"))
     back = Attributions.read(path)
-    assert (back.steps, back.rule, back.space, back.error_node, back.k, back.d_sae, back.layer) == (
-        1, "riemann_left", "pre", False, 8, 3, 3)
+    assert (back.steps, back.rule, back.space, back.error_node, back.k, back.d_sae, back.layer, back.activations) == (
+        1, "riemann_left", "pre", False, 8, 3, 3, "fair-esm")
     assert back.mutant.tolist() == ["A1C:D2E", "A1C:D2E"]
     assert back.attribution.tolist() == [[4.0, 0.0, 4.0], [-4.0, 0.0, -4.0]]
     assert back.total_effect.tolist() == [21.0, -21.0]
@@ -315,33 +316,37 @@ def test_spread_tables_and_their_files_by_hand(tmp_path):
     results = [Spread("A1C", np.array([0.5, 0.25, 0.125, 0.0, -0.5]), 2.0, 0.5, False),
                Spread("C2D", np.array([1.0, 2.0, 0.25, 3.0, 4.0]), -0.5, 0.25, False),
                Spread("D3E", np.zeros(5), 0.01, 0.0, True)]
-    rows, summary = spread_tables(results, "ACD", 7)
+    rows, summary = spread_tables(results, "ACD", 7, "fair-esm")
     assert list(rows.columns) == TABLES["positions"] and list(summary.columns) == TABLES["positions_summary"]
     assert rows["mutant"].tolist() == ["A1C"] * 5 + ["C2D"] * 5 + ["D3E"] * 5
     assert rows["position"].tolist() == [0, 1, 2, 3, 4] * 3
     assert rows["residue"].tolist() == ["<cls>", "A", "C", "D", "<eos>"] * 3
     assert rows["effect"].tolist() == [0.5, 0.25, 0.125, 0.0, -0.5, 1.0, 2.0, 0.25, 3.0, 4.0] + [0.0] * 5
     assert (rows["layer"] == 7).all() and (summary["layer"] == 7).all()
+    assert (rows["activations"] == "fair-esm").all() and (summary["activations"] == "fair-esm").all()
     assert summary["mutant"].tolist() == ["A1C", "C2D", "D3E"]
     assert summary["site_effect"].tolist() == [0.5, 0.25, 0.0] and summary["all_effect"].tolist() == [2.0, -0.5, 0.01]
     assert summary["negligible"].tolist() == [False, False, True]
     assert summary["site_share"].tolist()[:2] == [0.25, -0.5] and np.isnan(summary["site_share"].iloc[2])
     write_spread(results, {"effects": tmp_path / "effects.csv", "summary": tmp_path / "summary.csv"},
-                 PositionSettings(min_effect=0.1), LayerMeta(protein="P", layer=7, k=8, d_sae=96, wt_seq="ACD"))
+                 PositionSettings(min_effect=0.1),
+                 LayerMeta(protein="P", layer=7, k=8, d_sae=96, activations="fair-esm", wt_seq="ACD"))
     effects = read_table(tmp_path / "effects.csv", "positions")
     assert effects["residue"].tolist() == rows["residue"].tolist() and effects["effect"].tolist() == rows[
         "effect"].tolist()
     back = read_table(tmp_path / "summary.csv", "positions_summary")
     assert back["site_share"].tolist()[:2] == [0.25, -0.5] and (back["layer"] == 7).all()
-    empty_rows, empty_summary = spread_tables([], "ACD", 7)
+    assert (effects["activations"] == "fair-esm").all() and (back["activations"] == "fair-esm").all()
+    empty_rows, empty_summary = spread_tables([], "ACD", 7, "fair-esm")
     assert list(empty_rows.columns) == TABLES["positions"] and len(empty_rows) == 0
     assert list(empty_summary.columns) == TABLES["positions_summary"] and len(empty_summary) == 0
 
 
 # -- the site share table -------------------------------------------------------------------------
-def site_summary(shares, all_effects, site_effects, negligible):
+def site_summary(shares, all_effects, site_effects, negligible, activations="interprot"):
     return pd.DataFrame({"mutant": [f"M{i}" for i in range(len(shares))], "site_effect": site_effects,
-                         "all_effect": all_effects, "negligible": negligible, "site_share": shares, "layer": 4})
+                         "all_effect": all_effects, "negligible": negligible, "site_share": shares, "layer": 4,
+                         "activations": activations})
 
 
 def test_site_share_table_median_is_not_the_mean_and_groups_stay_apart():
@@ -351,7 +356,7 @@ def test_site_share_table_median_is_not_the_mean_and_groups_stay_apart():
     (signed: 1/4). Protein Q, only negligible mutants: no share (NaN mean and median), counted apart."""
     p = site_summary([0.25, 0.5, 2.0, np.nan], [2.0, -1.0, 0.5, 0.25], [0.5, -0.5, 1.0, 0.0],
                      ["False", "false", False, "True"])
-    q = site_summary([np.nan, np.nan], [0.125, -0.0625], [0.0625, 0.0], [True, "true"])
+    q = site_summary([np.nan, np.nan], [0.125, -0.0625], [0.0625, 0.0], [True, "true"], activations="fair-esm")
     table = site_share_table({("P", 4): p, ("Q", 2): q})
     assert list(table.columns) == TABLES["site_share"]
     first, second = table.iloc[0], table.iloc[1]
@@ -362,6 +367,7 @@ def test_site_share_table_median_is_not_the_mean_and_groups_stay_apart():
     assert (second["protein"], second["layer"], second["n_mutants"], second["n_negligible"]) == ("Q", 2, 2, 2)
     assert np.isnan(second["site_share_mean"]) and np.isnan(second["site_share_median"])
     assert second["all_effect_mean_abs"] == 0.09375 and second["site_effect_mean_abs"] == 0.03125
+    assert table["activations"].tolist() == ["interprot", "fair-esm"]  # each group's own forward
 
 
 def test_tabulate_site_share_reads_the_summaries_and_writes_the_table(tmp_path):
@@ -373,6 +379,7 @@ def test_tabulate_site_share_reads_the_summaries_and_writes_the_table(tmp_path):
     assert (row["protein"], row["layer"], row["n_mutants"], row["n_negligible"]) == ("P", 4, 3, 0)
     assert row["site_share_median"] == 0.5 and row["site_share_mean"] == pytest.approx(19 / 12)
     assert row["all_effect_mean_abs"] == pytest.approx(6.25 / 3) and row["site_effect_mean_abs"] == 1.0
+    assert row["activations"] == "interprot"
 
 
 # -- agreement: top-10 overlap, its chance level, the per-mutant and summary tables ---------------
@@ -411,13 +418,14 @@ def test_top10_chance_below_at_and_above_ten_changed_features():
 D_SAE_HAND = 12
 
 
-def hand_attributions(mutants, rows, linear_error, k=8, space="latent"):
+def hand_attributions(mutants, rows, linear_error, k=8, space="latent", activations="interprot"):
     """Attributions built by hand: rows (n, d_sae) and each mutant's completeness error."""
     n = len(mutants)
     return Attributions(mutant=np.array(mutants), attribution=np.array(rows, dtype=np.float64),
                         abs_delta=np.ones((n, D_SAE_HAND)), error_attribution=np.zeros(n), total_effect=np.ones(n),
                         completeness_error=np.array(linear_error), quadrature_delta=np.zeros(n), steps=1,
-                        rule="riemann_left", space=space, k=k, d_sae=D_SAE_HAND, error_node=True, layer=3)
+                        rule="riemann_left", space=space, k=k, d_sae=D_SAE_HAND, error_node=True, layer=3,
+                        activations=activations)
 
 
 def hand_patching():
@@ -429,7 +437,7 @@ def hand_patching():
     frame = pd.DataFrame(rows, columns=["mutant", "feature", "control", "effect"])
     for column in TABLES["patching"]:
         if column not in frame:
-            frame[column] = "0" if column in ("position", "space") else 0.0
+            frame[column] = {"position": "0", "space": "latent", "activations": "interprot"}.get(column, 0.0)
     return frame[TABLES["patching"]]
 
 
@@ -465,10 +473,14 @@ def test_agreement_by_mutant_by_hand():
     assert table["top10_chance"].tolist() == [10 / 11, 1.0]
     assert table["atp_linear_error"].tolist() == [0.25, 0.125]  # AtP's completeness error, not IG's
     assert table["k"].tolist() == [8, 8] and table["d_sae"].tolist() == [12, 12]
-    assert table["space"].tolist() == ["latent", "latent"]
+    assert table["space"].tolist() == ["latent", "latent"] and table["activations"].tolist() == ["interprot"] * 2
     lacking = hand_attributions(["D2E"], [np.zeros(D_SAE_HAND)], [0.5])
     with pytest.raises(ValueError, match="lack mutant A1C"):
         agreement_by_mutant({("P", 3): hand_patching()}, {("P", 3): lacking}, {("P", 3): atp})
+    other = dataclasses.replace(ig, activations="fair-esm")  # IG of another forward than AtP and the patches
+    with pytest.raises(InputError, match=r"^agreement \('P', layer 3\): inputs measured on different forwards "
+                                         r"\(activations fair-esm, interprot\)"):
+        agreement_by_mutant({("P", 3): hand_patching()}, {("P", 3): other}, {("P", 3): atp})
 
 
 def test_agreement_summary_is_a_mean_over_mutants_and_a_median_linear_error():
@@ -480,7 +492,8 @@ def test_agreement_summary_is_a_mean_over_mutants_and_a_median_linear_error():
              ("P", 3, "E3F", -0.75, 0.25, 0.75, 0.8, 1.0, 1.0)]
     frame = pd.DataFrame(rows, columns=["protein", "layer", "mutant", "spearman_atp", "spearman_ig", "top10_atp",
                                         "top10_ig", "top10_chance", "atp_linear_error"])
-    frame["n_changed"], frame["k"], frame["d_sae"], frame["space"] = 12, 8, 96, "latent"
+    frame["n_changed"], frame["k"], frame["d_sae"] = 12, 8, 96
+    frame["space"], frame["activations"] = "latent", "fair-esm"
     summary = agreement_summary(frame[TABLES["agreement_mutants"]])
     assert list(summary.columns) == TABLES["attribution_agreement"]
     q, p = summary.iloc[0], summary.iloc[1]
@@ -497,7 +510,7 @@ def test_agreement_summary_is_a_mean_over_mutants_and_a_median_linear_error():
     assert p["top10_ig_sem"] == pytest.approx(0.1 / np.sqrt(3))    # std(0.9, 0.7, 0.8; ddof 1) = 0.1
     assert p["top10_chance_mean"] == pytest.approx(5 / 6)
     assert p["atp_linear_error_median"] == 1 / 32
-    assert (p["k"], p["d_sae"], p["space"]) == (8, 96, "latent")
+    assert (p["k"], p["d_sae"], p["space"], p["activations"]) == (8, 96, "latent", "fair-esm")
 
 
 def test_tabulate_agreement_from_the_rules_files(tmp_path):

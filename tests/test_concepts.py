@@ -122,7 +122,7 @@ def test_dms_sensitive_is_the_lowest_quartile_of_site_means_by_hand():
 def activity_with(latents: dict[str, np.ndarray], layer: int = 2) -> Activity:
     d_sae = next(iter(latents.values())).shape[1]
     zeros = np.zeros(d_sae, dtype=np.int64)
-    return Activity(layer=layer, k=2, d_sae=d_sae, n_sequences=len(latents), n_positions=1,
+    return Activity(layer=layer, k=2, d_sae=d_sae, activations="fair-esm", n_sequences=len(latents), n_positions=1,
                     residue_counts=np.ones(20, dtype=np.int64), n_active=zeros, active_by_residue=np.zeros((d_sae, 20),
                                                                                                            np.int64),
                     activation_by_residue=np.zeros((d_sae, 20)), max_activation=np.zeros(d_sae), wt_latents=latents)
@@ -141,6 +141,7 @@ def test_concept_statistics_by_hand():
                ConceptSource("P", "dms", {DMS_SENSITIVE: {5, 6}})]
     table = concept_statistics(activity_with({"P": p, "Q": q}), sources).set_index(["feature", "concept"])
     assert list(concept_statistics(activity_with({"P": p, "Q": q}), sources).columns) == TABLES["feature_concepts"]
+    assert table[["k", "d_sae", "activations"]].drop_duplicates().values.tolist() == [[2, 3, "fair-esm"]]
     row = table.loc[(0, "Helix")]
     assert (row["hits"], row["n_active"], row["n_concept"]) == (3, 4, 5)
     assert (row["precision"], row["recall"], row["f1"]) == (3 / 4, 3 / 5, 6 / 9)
@@ -153,7 +154,7 @@ def test_concept_statistics_by_hand():
 def test_top_concept_ties_go_alphabetical_and_the_label_gains_it_at_the_bar():
     concepts = pd.DataFrame({"layer": 2, "feature": [0, 0, 0, 1], "concept": ["Turn", "Helix", "Domain", "Helix"],
                              "n_concept": 4, "n_active": 4, "hits": 2, "precision": 0.5, "recall": 0.5,
-                             "f1": [0.5, 0.5, 0.25, 0.375], "k": 2, "d_sae": 3})
+                             "f1": [0.5, 0.5, 0.25, 0.375], "k": 2, "d_sae": 3, "activations": "fair-esm"})
     names, f1 = top_concepts(concepts, 2, 3)
     assert names == ["Helix", "Helix", ""] and f1[0] == 0.5 and np.isnan(f1[2])
     latents = {"P": np.zeros((4, 3))}
@@ -221,9 +222,11 @@ def test_examples_equal_a_brute_force_sort_and_break_ties_by_record_then_positio
                              examples=TopExamples.empty(saes[layer].info.d_sae, n, width))[1]
     second = feature_activity(lm, saes[layer], layer, records[5:], list(WT), buffer=3, first_ordinal=5,
                               examples=TopExamples.empty(saes[layer].info.d_sae, n, width))[1]
-    got = first.merge(second).table(layer)
+    got = first.merge(second).table(layer, 8, "interprot")
     expected = brute_force(lm, saes[layer], layer, records, n, width)
     assert list(got.columns) == TABLES["feature_examples"]
+    assert got[["k", "d_sae", "activations"]].drop_duplicates().values.tolist() == [[8, saes[layer].info.d_sae,
+                                                                                     "interprot"]]
     assert len(got) == len(expected)
     for column in ("feature", "rank", "record", "position", "window", "window_start"):
         assert got[column].tolist() == expected[column].tolist(), column
@@ -243,6 +246,8 @@ def test_examples_of_the_whole_rule_match_the_activity_pass(lm, tiny_dir, tmp_pa
     np.testing.assert_allclose(firsts, activity.max_activation[firsts.index], rtol=1e-6)
     assert set(firsts.index) == set(np.flatnonzero(activity.n_active > 0))
     assert examples.groupby("feature")["rank"].max().max() <= 2
+    assert activity.activations == "fair-esm" and (examples["activations"] == "fair-esm").all()
+    assert (examples["k"] == 8).all() and (examples["d_sae"] == activity.d_sae).all()
 
 
 def test_equal_activations_go_to_the_earlier_record_before_the_earlier_position():
@@ -255,7 +260,7 @@ def test_equal_activations_go_to_the_earlier_record_before_the_earlier_position(
     z[5 + 4, 0] = 0.5                          # record a (ordinal 0): position 5
     z[5 + 6, 1], z[5 + 2, 1] = 0.7, 0.7        # record a: positions 7 and 3 tie
     best = TopExamples.empty(2, 2, 1).offer(z, batch, [(0, 0), (1, 5)])
-    table = best.table(2).set_index(["feature", "rank"])
+    table = best.table(2, 1, "interprot").set_index(["feature", "rank"])
     assert (table.loc[(0, 1), "record"], table.loc[(0, 1), "position"]) == ("b", 4)
     assert (table.loc[(0, 2), "record"], table.loc[(0, 2), "position"]) == ("a", 5)
     assert table.loc[(1, 1), "position"] == 3 and table.loc[(1, 2), "position"] == 7
@@ -263,5 +268,5 @@ def test_equal_activations_go_to_the_earlier_record_before_the_earlier_position(
     assert table.loc[(0, 2), "window_activations"] == "0;0.5;0"
     # merged later: an equal value from a later record does not displace it
     later = TopExamples.empty(2, 2, 1).offer(torch.tensor([[0.5, 0.0]] * 3), [(2, "c", "MKV")], [(0, 0)])
-    merged = best.merge(later).table(2).set_index(["feature", "rank"])
+    merged = best.merge(later).table(2, 1, "interprot").set_index(["feature", "rank"])
     assert merged.loc[(0, 2), "record"] == "a"

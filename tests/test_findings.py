@@ -122,3 +122,33 @@ def test_universal_count_with_min_proteins():
     fraction above 2/3) counts 1 alone; 2 (or 0.5: ⌈1.5⌉ = 2) counts both."""
     tops = {("P", 2): [{1}, {1, 2}], ("Q", 2): [{1, 5}, {5}], ("R", 2): [{1, 5}]}
     assert [universal_count(tops, m) for m in (2, 3, 0.5, 0.9, 4)] == [2, 1, 2, 1, 0]
+
+
+def findings_patches(layer: int, forward: str) -> pd.DataFrame:
+    """A patching table of two mutants, each with one real patch and one random control."""
+    rows = [("m0", "real", 0.5), ("m0", "random", 0.125), ("m1", "real", -0.25), ("m1", "random", 0.0625)]
+    return pd.DataFrame([{"mutant": m, "position": "1", "layer": layer, "feature": 0, "control": control,
+                          "wt_pre": 0.0, "mut_pre": 1.0, "wt_latent": 0.0, "mut_latent": 1.0, "patched_value": 1.0,
+                          "baseline_score": 0.0, "patched_score": effect, "effect": effect, "k": 8, "d_sae": 16,
+                          "space": "latent", "activations": forward} for m, control, effect in rows],
+                        columns=TABLES["patching"])
+
+
+def test_findings_record_the_one_forward_of_their_inputs():
+    """Two layers' patches on the fair-esm forward: each claim (peak layer, single features, for P and for all)
+    says so; a layer's patches on the other forward are another study, and no table is made of both."""
+    from esmsae.pipeline.errors import InputError
+    from esmsae.tables.findings import findings
+
+    concentration = pd.DataFrame(columns=TABLES["ig_concentration_mutants"])
+    patching = {("P", 1): findings_patches(1, "fair-esm"), ("P", 2): findings_patches(2, "fair-esm")}
+    table = findings(patching, concentration, {}, {}, None, n_null=10, seed=0, alpha=0.05)
+    assert list(table.columns) == TABLES["findings"]
+    assert table[["claim", "scope"]].values.tolist() == [["peak_layer", "P"], ["single_feature_effects", "P"],
+                                                         ["peak_layer", "all"], ["single_feature_effects", "all"]]
+    assert table["activations"].tolist() == ["fair-esm"] * 4
+    patching[("P", 2)] = findings_patches(2, "interprot")
+    with pytest.raises(InputError, match=r"^findings: inputs measured on different forwards \(activations "
+                                         r"fair-esm, interprot\); a study reads every SAE on one \(config key "
+                                         r"sae.activations\)$"):
+        findings(patching, concentration, {}, {}, None, n_null=10, seed=0, alpha=0.05)

@@ -485,11 +485,14 @@ def test_graph_rngs_are_seeded_by_seed_protein_layer_and_mutant():
 
 
 def test_graph_files_and_tables_by_hand():
-    nodes = pd.DataFrame({"layer": [2, 2, 4], "feature": [1, 5, 7], "effect": [0.5, -0.2, 0.1]})
+    nodes = pd.DataFrame({"layer": [2, 2, 4], "feature": [1, 5, 7], "effect": [0.5, -0.2, 0.1],
+                          "activations": "fair-esm"})
     edges = pd.DataFrame({"mutant": "A1C", "layer_up": 2, "up": [1, 5, 1], "layer_down": 4, "down": [7, 7, 9],
                           "w": [0.3, -0.1, 0.2], "linear": [0.1, 0.05, 0.0], "mediated": [0.2, -0.4, 0.01],
-                          "held_effect": [0.3, 0.2, 0.49], "chosen": ["atp", "atp", "check"]})
+                          "held_effect": [0.3, 0.2, 0.49], "chosen": ["atp", "atp", "check"],
+                          "activations": "fair-esm"})
     one = mutant_graph("P", "A1C", nodes, edges, {(2, 1): "L-identity; promotes L"}, top_edges=1)
+    assert (one["protein"], one["mutant"], one["activations"]) == ("P", "A1C", "fair-esm")
     assert [e["M"] for e in one["edges"]] == [-0.4]  # the largest |M| among measured edges; checks never drawn
     assert {n["id"] for n in one["nodes"]} == {"L2_F5", "L4_F7"}
     assert json.loads(json.dumps(one))["nodes"][0]["effect"] == -0.2
@@ -497,10 +500,13 @@ def test_graph_files_and_tables_by_hand():
     ns = {"g": "http://graphml.graphdrawing.org/xmlns"}
     assert len(root.findall(".//g:node", ns)) == 3 and len(root.findall(".//g:edge", ns)) == 2
     assert any(d.text == "L & <x>" for d in root.findall(".//g:data", ns))  # labels escaped, read back
+    own = {d.get("key"): d.text for d in root.find("g:graph", ns).findall("g:data", ns)}
+    assert own == {"protein": "P", "mutant": "A1C", "activations": "fair-esm"}  # the graph's own data
     second = edges.assign(mutant="D2E", mediated=[0.4, -0.2, 0.3])
     table = aggregate_edges(pd.concat([edges, second]), {})
     assert table[["up", "down", "n_mutants"]].values.tolist() == [[1, 7, 2], [5, 7, 2]]
     assert table.loc[0, "mean_mediated"] == pytest.approx(0.3)
+    assert table["activations"].tolist() == ["fair-esm", "fair-esm"]
     counted = {"nodes": [], "edges": [{"source": "L2_F1", "target": "L4_F7", "w": 0.5, "M": 0.3, "n_mutants": 2}]}
     edge = ElementTree.fromstring(graphml(counted)).find(".//g:edge", ns)
     assert {d.get("key"): d.text for d in edge} == {"w": "0.5", "M": "0.3", "n_mutants": "2"}  # the aggregate's counts
@@ -508,7 +514,8 @@ def test_graph_files_and_tables_by_hand():
                            "effect": [0.5, -0.2, 1.0, 0.0], "held": "7", "held_effect": [0.3, 0.2, 0.5, 0.1],
                            "mediated_share": [0.4, 2.0, 0.5, np.nan], "null_held": "9",
                            "null_held_effect": [0.5, -0.1, 0.9, 0.0], "null_share": [0.0, 0.5, 0.1, np.nan],
-                           "layer_down": 4, "k": 8, "d_sae": 64, "k_down": 4, "d_sae_down": 32, "space": "latent"})
+                           "layer_down": 4, "k": 8, "d_sae": 64, "k_down": 4, "d_sae_down": 32, "space": "latent",
+                           "activations": "fair-esm"})
     row = mediation_table({"P": shares}, {"P": pd.concat([edges, second])}).iloc[0]
     # per mutant Σ|effect − held| / Σ|effect|: A1C (0.2 + 0.4) / 0.7, D2E 0.5 / 1.0; E3F moves nothing: left out
     assert row["n_mutants"] == 2
@@ -518,7 +525,7 @@ def test_graph_files_and_tables_by_hand():
     assert row["null_fraction_mean"] == pytest.approx((0.1 / 0.7 + 0.1) / 2)
     assert row["frac_mutants_above_null"] == 1.0
     assert row["median_feature_share"] == pytest.approx(0.5) and row["median_null_share"] == pytest.approx(0.1)
-    assert (row["k"], row["d_sae"], row["k_down"], row["d_sae_down"]) == (8, 64, 4, 32)
+    assert (row["k"], row["d_sae"], row["k_down"], row["d_sae_down"], row["activations"]) == (8, 64, 4, 32, "fair-esm")
     assert row["atp_checked"] == 2 and row["atp_missed"] == 1  # D2E's check (|M| 0.3) beats its kept 0.2
     # both mutants' fractions above their nulls: two positive differences, exact two-sided p = 2 · 1/4
     assert row["wilcoxon_p"] == 0.5
@@ -601,14 +608,15 @@ def test_mediated_fraction_figure_pairs_each_mutant_with_its_null(tmp_path):
 def test_a_mutant_graph_by_hand():
     """The top_edges measured edges by |M| (never a check edge), their nodes sorted, with labels ("" when none)
     and one-layer effects (None when the node has no row)."""
-    nodes = pd.DataFrame({"layer": [2, 2, 4], "feature": [1, 5, 7], "effect": [0.5, -0.25, 0.125]})
+    nodes = pd.DataFrame({"layer": [2, 2, 4], "feature": [1, 5, 7], "effect": [0.5, -0.25, 0.125],
+                          "activations": "fair-esm"})
     edges = pd.DataFrame({"mutant": "A1C", "layer_up": 2, "up": [1, 5, 1, 5], "layer_down": 4, "down": [7, 7, 9, 9],
                           "w": [0.5, -0.125, 2.0, 0.5], "linear": [0.25, 0.0625, 1.0, -0.5],
                           "mediated": [0.25, -0.75, -2.0, 0.5], "chosen": ["atp", "atp", "check", "atp"]})
     labels = {(2, 5): "five", (4, 9): "nine", (2, 1): "one"}
     # |M| of the measured edges: 0.25, 0.75, 0.5 -> the top two are 5→7 (-0.75) and 5→9 (0.5)
     assert mutant_graph("P", "A1C", nodes, edges, labels, top_edges=2) == {
-        "protein": "P", "mutant": "A1C",
+        "protein": "P", "mutant": "A1C", "activations": "fair-esm",
         "nodes": [{"id": "L2_F5", "layer": 2, "feature": 5, "label": "five", "effect": -0.25},
                   {"id": "L4_F7", "layer": 4, "feature": 7, "label": "", "effect": 0.125},
                   {"id": "L4_F9", "layer": 4, "feature": 9, "label": "nine", "effect": None}],
@@ -628,10 +636,14 @@ def test_a_mutant_graph_keeps_tied_edges_in_table_order():
 
 
 def test_graphml_by_hand():
-    graph = {"mutant": "A<1>C", "nodes": [{"id": "L2_F5", "layer": 2, "feature": 5, "label": "a & b", "effect": -0.25},
-                                          {"id": "L4_F9", "layer": 4, "feature": 9, "label": "", "effect": None}],
+    graph = {"protein": "P", "activations": "fair-esm", "mutant": "A<1>C",
+             "nodes": [{"id": "L2_F5", "layer": 2, "feature": 5, "label": "a & b", "effect": -0.25},
+                       {"id": "L4_F9", "layer": 4, "feature": 9, "label": "", "effect": None}],
              "edges": [{"source": "L2_F5", "target": "L4_F9", "w": 0.5, "M": -0.75, "linear": 0.0625}]}
-    keys = ['  <key id="layer" for="node" attr.name="layer" attr.type="int"/>',
+    keys = ['  <key id="protein" for="graph" attr.name="protein" attr.type="string"/>',
+            '  <key id="mutant" for="graph" attr.name="mutant" attr.type="string"/>',
+            '  <key id="activations" for="graph" attr.name="activations" attr.type="string"/>',
+            '  <key id="layer" for="node" attr.name="layer" attr.type="int"/>',
             '  <key id="feature" for="node" attr.name="feature" attr.type="int"/>',
             '  <key id="label" for="node" attr.name="label" attr.type="string"/>',
             '  <key id="effect" for="node" attr.name="effect" attr.type="double"/>',
@@ -641,7 +653,8 @@ def test_graphml_by_hand():
             '  <key id="n_mutants" for="edge" attr.name="n_mutants" attr.type="int"/>']
     head = ['<?xml version="1.0" encoding="UTF-8"?>', '<graphml xmlns="http://graphml.graphdrawing.org/xmlns">', *keys]
     assert graphml(graph) == "\n".join([
-        *head, '  <graph id="A&lt;1&gt;C" edgedefault="directed">',
+        *head, '  <graph id="A&lt;1&gt;C" edgedefault="directed">', '    <data key="protein">P</data>',
+        '    <data key="mutant">A&lt;1&gt;C</data>', '    <data key="activations">fair-esm</data>',
         '    <node id="L2_F5">', '      <data key="layer">2</data>', '      <data key="feature">5</data>',
         '      <data key="label">a &amp; b</data>', '      <data key="effect">-0.25</data>', "    </node>",
         '    <node id="L4_F9">', '      <data key="layer">4</data>', '      <data key="feature">9</data>',
@@ -671,7 +684,8 @@ def edge_frame(rows, **settings_columns):
 
     frame = pd.DataFrame(rows, columns=["mutant", "layer_up", "up", "layer_down", "down", "w", "linear", "mediated",
                                         "chosen"])
-    values = {"k": 8, "d_sae": 64, "k_down": 4, "d_sae_down": 32, "space": "latent"} | settings_columns
+    values = {"k": 8, "d_sae": 64, "k_down": 4, "d_sae_down": 32, "space": "latent",
+              "activations": "interprot"} | settings_columns
     return frame.assign(held_effect=0.0, n_candidates=10, **values).reindex(columns=TABLES["graph_edges"])
 
 
@@ -697,7 +711,8 @@ def test_the_aggregate_counts_mutants_and_averages_w_m_and_abs_m():
     assert table["mean_mediated"].tolist() == pytest.approx([-1 / 6, -0.25, 0.125, 1.0])
     assert table["mean_abs_mediated"].tolist() == pytest.approx([1 / 3, 0.75, 0.375, 1.0])
     assert list(table.columns) == ["layer_up", "up", "up_label", "layer_down", "down", "down_label", "n_mutants",
-                                   "mean_w", "mean_mediated", "mean_abs_mediated"]
+                                   "mean_w", "mean_mediated", "mean_abs_mediated", "activations"]
+    assert (table["activations"] == "interprot").all()
     assert table.index.tolist() == [0, 1, 2, 3]  # rows numbered in their sorted order
     assert aggregate_edges(edge_frame([]), {}).empty
 
@@ -769,7 +784,8 @@ def share_frame(rows, **settings_columns):
 
     frame = pd.DataFrame(rows, columns=["mutant", "layer_up", "layer_down", "up", "effect", "held_effect",
                                         "null_held_effect", "mediated_share", "null_share"])
-    values = {"k": 8, "d_sae": 64, "k_down": 4, "d_sae_down": 32, "space": "latent"} | settings_columns
+    values = {"k": 8, "d_sae": 64, "k_down": 4, "d_sae_down": 32, "space": "latent",
+              "activations": "interprot"} | settings_columns
     return frame.assign(held="7", null_held="9", **values).reindex(columns=TABLES["graph_shares"])
 
 
@@ -870,7 +886,8 @@ def test_assemble_graphs_writes_each_mutant_and_the_aggregate(tmp_path):
 
     def nodes(rows, layer_up, layer_down):
         return pd.DataFrame(rows, columns=["mutant", "layer", "feature", "effect"]).assign(
-            layer_up=layer_up, layer_down=layer_down, k=8, d_sae=64, k_down=4, d_sae_down=32, space="latent")
+            layer_up=layer_up, layer_down=layer_down, k=8, d_sae=64, k_down=4, d_sae_down=32, space="latent",
+            activations="interprot")
 
     paths = {"n2": nodes([("A1C", 2, 1, 0.5), ("A1C", 4, 7, 0.25), ("D2E", 2, 5, -1.0), ("D2E", 4, 7, 0.125)], 2, 4),
              "n4": nodes([("A1C", 4, 7, 0.25), ("A1C", 6, 7, 2.0), ("D2E", 4, 1, 1.0), ("D2E", 6, 7, 0.5)], 4, 6),
@@ -892,7 +909,7 @@ def test_assemble_graphs_writes_each_mutant_and_the_aggregate(tmp_path):
     # D2E over both layer pairs: measured |M| 0.25 (2:1→4:7), 0.5 (2:5→4:7), 0.5 (2:2→4:8), 1 (4:1→6:7): the top two
     # are 4:1→6:7 and the first of the ties in file order, 2:5→4:7
     d2e = json.loads((tmp_path / "out" / "graphs" / "P_D2E.json").read_text())
-    assert (d2e["protein"], d2e["mutant"]) == ("P", "D2E")
+    assert (d2e["protein"], d2e["mutant"], d2e["activations"]) == ("P", "D2E", "interprot")
     assert [(e["source"], e["target"], e["M"]) for e in d2e["edges"]] == [("L4_F1", "L6_F7", 1.0),
                                                                             ("L2_F5", "L4_F7", -0.5)]
     assert [(n["id"], n["label"], n["effect"]) for n in d2e["nodes"]] == [
@@ -909,6 +926,8 @@ def test_assemble_graphs_writes_each_mutant_and_the_aggregate(tmp_path):
     root = ElementTree.fromstring((tmp_path / "agg.graphml").read_text())
     ns = {"g": "http://graphml.graphdrawing.org/xmlns"}
     assert root.find("g:graph", ns).get("id") == "aggregate"
+    assert {d.get("key"): d.text for d in root.find("g:graph", ns).findall("g:data", ns)} == {
+        "protein": "P", "mutant": "aggregate", "activations": "interprot"}
     found = [(e.get("source"), e.get("target"), {d.get("key"): float(d.text) for d in e})
              for e in root.iter(f"{{{ns['g']}}}edge")]
     assert found == [("L2_F5", "L4_F7", {"w": pytest.approx(1 / 3), "M": pytest.approx(-1 / 6), "n_mutants": 3}),
@@ -933,17 +952,17 @@ def hand_link(mutant, n_nodes, chosen, n_candidates, d_sae_down=32):
 def test_link_tables_and_summary(tmp_path):
     from esmsae.analyses.api import LayerMeta
     from esmsae.analyses.graph import link_tables, write_links
-    from esmsae.pipeline.columns import TABLES, read_table
+    from esmsae.pipeline.columns import PAIR_SETTINGS, TABLES, read_table
 
     links = [hand_link("A1C", 3, ["atp", "atp", "check"], 7), hand_link("D2E", 1, ["atp"], 2)]
     assert summary(links[0]) == "3 nodes, 7 candidate edges, 2 measured (+1 checks)"
-    meta, config = LayerMeta(protein="P", layer=2, k=8, d_sae=64), settings(4, k2=4)
+    meta, config = LayerMeta(protein="P", layer=2, k=8, d_sae=64, activations="fair-esm"), settings(4, k2=4)
     tables = link_tables(links, meta, config)
     for kind, name, rows in (("graph_nodes", "nodes", 4), ("graph_edges", "edges", 4), ("graph_shares", "shares", 2)):
         frame = tables[name]
         assert list(frame.columns) == TABLES[kind] and len(frame) == rows
-        assert frame[["layer_up", "layer_down", "k", "d_sae", "k_down", "d_sae_down", "space"]].drop_duplicates(
-            ).values.tolist() == [[2, 4, 8, 64, 4, 32, "latent"]]
+        assert frame[["layer_up", "layer_down", *PAIR_SETTINGS]].drop_duplicates(
+            ).values.tolist() == [[2, 4, 8, 64, 4, 32, "latent", "fair-esm"]]
     assert tables["nodes"]["mutant"].tolist() == ["A1C"] * 3 + ["D2E"]
     assert tables["edges"]["n_candidates"].tolist() == [7, 7, 7, 2]  # each mutant's own count
     outputs = {kind: tmp_path / f"{kind}.csv" for kind in ("nodes", "edges", "shares")}

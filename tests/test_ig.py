@@ -198,13 +198,13 @@ def test_npz_and_top_table_round_trip(splices, tmp_path):
     results = attribute_protein(splices[1], MUTANTS[:2], ig_settings(steps=4))
     path = tmp_path / "P_L1.npz"
     attributions_file(results, steps=4, rule="gausslegendre", space="latent", error_node=True, k=8, d_sae=96,
-                      layer=1).write(path)
+                      layer=1, activations="fair-esm").write(path)
     data = Attributions.read(path)
     assert data.mutant.tolist() == [m.name for m in MUTANTS[:2]]
     assert data.attribution.shape == (2, 96)
     assert np.array_equal(data.attribution[1], results[1].attribution.numpy())
-    assert (data.steps, data.rule, data.error_node, data.space, data.k, data.d_sae, data.layer) == (
-        4, "gausslegendre", True, "latent", 8, 96, 1)
+    assert (data.steps, data.rule, data.error_node, data.space, data.k, data.d_sae, data.layer, data.activations) == (
+        4, "gausslegendre", True, "latent", 8, 96, 1, "fair-esm")
     assert np.array_equal(data.abs_delta[0], results[0].abs_delta.numpy())
     # Read back through the same type: a file that is not one is refused by name.
     (tmp_path / "bad.npz").write_bytes(b"not an npz")
@@ -220,7 +220,8 @@ def test_npz_and_top_table_round_trip(splices, tmp_path):
         columns=TABLES["feature_labels"]).to_csv(tmp_path / "labels.csv", index=False)
     tabulate_top_features(path, tmp_path / "labels.csv", tmp_path / "top.csv")
     top = read_table(tmp_path / "top.csv", "ig_top")
-    assert (top[["layer", "k", "d_sae", "space"]].drop_duplicates().values.tolist() == [[1, 8, 96, "latent"]])
+    assert (top[["layer", "k", "d_sae", "space", "activations"]].drop_duplicates().values.tolist() == [
+        [1, 8, 96, "latent", "fair-esm"]])
     assert (top["label"] == "f" + top["feature"].astype(str)).all()
     first = top[top["mutant"] == MUTANTS[0].name]
     n_nonzero = int((results[0].attribution != 0).sum())  # A_j = 0 (features that did not move) never listed
@@ -289,7 +290,7 @@ def test_results_file_of_hand_made_results(tmp_path):
     results = [hand_result("K2A", [0.5, -1.0, 0.0]), hand_result("G6W", [2.0, 0.0, 0.25], err=-0.5, total=1.0)]
     assert IG.rule == "integrate_gradients" and runs_analysis("integrate_gradients", "IG")
     assert "npz=" in rule_block("integrate_gradients")
-    meta = LayerMeta(protein="P", layer=3, k=8, d_sae=3)
+    meta = LayerMeta(protein="P", layer=3, k=8, d_sae=3, activations="fair-esm")
     write_attributions(results, {"npz": tmp_path / "a.npz"}, ig_settings(steps=5, rule="riemann_middle"), meta)
     data = Attributions.read(tmp_path / "a.npz")
     assert data.mutant.tolist() == ["K2A", "G6W"]
@@ -298,14 +299,14 @@ def test_results_file_of_hand_made_results(tmp_path):
     assert data.attribution.dtype == data.abs_delta.dtype == np.float64
     assert data.error_attribution.tolist() == [0.5, -0.5] and data.total_effect.tolist() == [2.0, 1.0]
     assert data.completeness_error.tolist() == [0.25, 0.25] and data.quadrature_delta.tolist() == [-0.125, -0.125]
-    assert (data.steps, data.rule, data.space, data.error_node, data.k, data.d_sae, data.layer) == (
-        5, "riemann_middle", "latent", True, 8, 3, 3)
+    assert (data.steps, data.rule, data.space, data.error_node, data.k, data.d_sae, data.layer, data.activations) == (
+        5, "riemann_middle", "latent", True, 8, 3, 3, "fair-esm")
     write_attributions([], {"npz": tmp_path / "none.npz"}, ig_settings(error_node=False, space="pre"), meta)
     empty = Attributions.read(tmp_path / "none.npz")
     assert empty.attribution.shape == empty.abs_delta.shape == (0, 3) and empty.mutant.tolist() == []
     assert (empty.error_node, empty.space) == (False, "pre")
     assert attributions_file([], steps=1, rule="gausslegendre", space="latent", error_node=True, k=8, d_sae=3,
-                             layer=1).mutant.dtype.kind == "U"
+                             layer=1, activations="interprot").mutant.dtype.kind == "U"
 
 
 def test_summary_line():
@@ -325,7 +326,7 @@ def test_attribute_protein_resumes_from_its_work_folder(splices, tmp_path):
 def test_job_log_line(tmp_path, caplog):
     """The job's log names the quadrature and the *median* completeness error: of 0.25, 0.5 and 4 that is 0.5
     (the mean would be 1.58); with no mutants it is nan, and writing warns nothing."""
-    meta = LayerMeta(protein="P", layer=3, k=8, d_sae=1)
+    meta = LayerMeta(protein="P", layer=3, k=8, d_sae=1, activations="interprot")
     results = [hand_result(n, [0.5], completeness=c) for n, c in (("K2A", 0.25), ("G6W", 4.0), ("V3A", 0.5))]
     with caplog.at_level(logging.INFO, logger="esmsae.analyses.ig"):
         write_attributions(results, {"npz": tmp_path / "a.npz"}, ig_settings(steps=5, rule="riemann_middle"), meta)

@@ -48,7 +48,8 @@ def activity(active_by_residue, residue_counts, n_active=None, d_sae=None, **cha
     """An Activity of hand-made counts (d_sae features over 20 residues)."""
     hits = np.asarray(active_by_residue, dtype=np.int64)
     d = hits.shape[0] if d_sae is None else d_sae
-    values = dict(layer=2, k=4, d_sae=d, n_sequences=1, n_positions=int(np.sum(residue_counts)),
+    values = dict(layer=2, k=4, d_sae=d, activations="interprot", n_sequences=1,
+                  n_positions=int(np.sum(residue_counts)),
                   residue_counts=np.asarray(residue_counts, dtype=np.int64),
                   n_active=hits.sum(1) if n_active is None else np.asarray(n_active),
                   active_by_residue=hits, activation_by_residue=hits.astype(float),
@@ -142,8 +143,9 @@ def test_identity_share_by_hand():
 
 def test_shown_features_and_card_priority():
     universal = pd.DataFrame({"feature": [7, 3], "layer": [4, 4], "proteins": ["P;Q;R", "P;Q"]})
-    table = shown_features({4: {7: 5, 9: 2}}, {4: {11: 1}}, universal, {4: {9: 3, 12: 1}, 2: {1: 4}}, max_cards=3)
-    assert list(table.columns) == TABLES["shown_features"]
+    table = shown_features({4: {7: 5, 9: 2}}, {4: {11: 1}}, universal, {4: {9: 3, 12: 1}, 2: {1: 4}}, max_cards=3,
+                           activations="fair-esm")
+    assert list(table.columns) == TABLES["shown_features"] and (table["activations"] == "fair-esm").all()
     assert table[["layer", "feature"]].values.tolist() == [[2, 1], [4, 3], [4, 7], [4, 9], [4, 11], [4, 12]]
     # Universal first (3 proteins before 2), then circuit features by how many mutants: 7, 3, then L2 F1 (4).
     assert set(map(tuple, table.loc[table["card"], ["layer", "feature"]].values.tolist())) == {(4, 7), (4, 3), (2, 1)}
@@ -501,12 +503,12 @@ def identity_labels(rows: list[tuple[int, int, str, bool]]) -> pd.DataFrame:
     return table[TABLES["feature_labels"]]
 
 
-def ig_file(path, mutants, attribution, error, abs_delta, layer):
+def ig_file(path, mutants, attribution, error, abs_delta, layer, activations="fair-esm"):
     Attributions(mutant=np.array(mutants), attribution=np.array(attribution, dtype=float),
                  abs_delta=np.array(abs_delta, dtype=float), error_attribution=np.array(error, dtype=float),
                  total_effect=np.zeros(len(mutants)), completeness_error=np.zeros(len(mutants)),
                  quadrature_delta=np.zeros(len(mutants)), steps=8, rule="gauss", space="latent", k=4, d_sae=6,
-                 error_node=True, layer=layer).write(path)
+                 error_node=True, layer=layer, activations=activations).write(path)
     return path
 
 
@@ -540,7 +542,7 @@ def test_tabulate_identity_share_by_hand(tmp_path):
     assert mutants["mut_identity_share_null"].tolist() == [3 / 8, 0.5, 1.0]
     assert mutants["n_wt_identity_features"].tolist() == [2, 1, 0]
     assert mutants["n_mut_identity_features"].tolist() == [2, 1, 1]
-    assert mutants[["k", "d_sae", "space"]].values.tolist() == [[4, 6, "latent"]] * 3
+    assert mutants[["k", "d_sae", "space", "activations"]].values.tolist() == [[4, 6, "latent", "fair-esm"]] * 3
     table = read_table(out["table"], "identity_share")
     assert list(table.columns) == TABLES["identity_share"]
     assert table[["protein", "layer", "n_mutants", "n_identity_features"]].values.tolist() == [
@@ -552,7 +554,7 @@ def test_tabulate_identity_share_by_hand(tmp_path):
     assert (q_row["mut_identity_share_null_mean"], q_row["mut_identity_share_null_sem"]) == (7 / 16,
                                                                                            pytest.approx(1 / 16))
     assert table.iloc[1]["mut_identity_share_mean"] == 0.5 and np.isnan(table.iloc[1]["mut_identity_share_sem"])
-    assert table[["k", "d_sae", "space"]].values.tolist() == [[4, 6, "latent"]] * 2
+    assert table[["k", "d_sae", "space", "activations"]].values.tolist() == [[4, 6, "latent", "fair-esm"]] * 2
 
 
 # -- shown features: which get a card (universal by #proteins, then circuit features by #mutants) ---------------
@@ -569,7 +571,7 @@ def test_card_priority_at_its_boundaries():
     shown = {4: {7: 5, 14: 9}}
 
     def carded(n):
-        return cards(shown_features(shown, {}, universal, circuits, max_cards=n))
+        return cards(shown_features(shown, {}, universal, circuits, max_cards=n, activations="interprot"))
 
     # Three proteins first; then the two-protein ones by layer (L2 F8), then by feature (L4 F3 before L4 F5).
     assert carded(1) == [(4, 7)]
@@ -583,7 +585,7 @@ def test_card_priority_at_its_boundaries():
     assert set(carded(8)) - set(carded(7)) == {(4, 12)}  # one mutant's circuit is enough
     # Never a card: 0 mutants' circuits, or only in an IG top-20 (L4 F14, 9 mutants), however many cards.
     assert len(carded(100)) == 8 and carded(0) == []
-    table = shown_features(shown, {}, universal, circuits, max_cards=100)
+    table = shown_features(shown, {}, universal, circuits, max_cards=100, activations="interprot")
     assert table[["layer", "feature"]].values.tolist() == [[2, 6], [2, 8], [2, 10], [4, 3], [4, 5], [4, 7], [4, 9],
                                                            [4, 12], [4, 13], [4, 14]]
     assert table["circuits"].tolist() == [4, 0, 3, 0, 0, 0, 3, 1, 0, 0]
@@ -595,7 +597,7 @@ def test_card_priority_at_its_boundaries():
 def test_a_universal_circuit_feature_takes_one_card():
     """L4 F7 is universal and in 10 circuits: one card, as a universal feature; the next card goes to L4 F9."""
     universal = pd.DataFrame({"feature": [7], "layer": [4], "proteins": ["P;Q"]})
-    table = shown_features({}, {4: {2: 1}}, universal, {4: {7: 10, 9: 1}}, max_cards=2)
+    table = shown_features({}, {4: {2: 1}}, universal, {4: {7: 10, 9: 1}}, max_cards=2, activations="interprot")
     assert cards(table) == [(4, 7), (4, 9)]
     assert table["top_patch"].tolist() == [1, 0, 0] and table["circuits"].tolist() == [0, 10, 1]
 
@@ -603,14 +605,15 @@ def test_a_universal_circuit_feature_takes_one_card():
 def patching_rows(mutant: str, layer: int, effects: dict[int, float], control: str = "real") -> list[dict]:
     return [{"mutant": mutant, "position": "5", "layer": layer, "feature": f, "control": control, "wt_pre": 0.0,
              "mut_pre": 0.0, "wt_latent": 0.0, "mut_latent": 1.0, "patched_value": 1.0, "baseline_score": 0.0,
-             "patched_score": e, "effect": e, "k": 4, "d_sae": 6, "space": "latent"} for f, e in effects.items()]
+             "patched_score": e, "effect": e, "k": 4, "d_sae": 6, "space": "latent", "activations": "fair-esm"}
+            for f, e in effects.items()]
 
 
 def curve_rows(mutant: str, layer: int, joined: list[int], recovered: list[float], full_effect: float) -> list[dict]:
     return [{"mutant": mutant, "n_features": n, "feature": "" if n == 0 else joined[n - 1], "patched_score": 0.0,
              "recovered_fraction": r, "complement_score": 0.0, "complement_fraction": 0.0,
-             "full_effect": full_effect, "layer": layer, "k": 4, "d_sae": 6, "space": "latent"}
-            for n, r in enumerate([0.0, *recovered])]
+             "full_effect": full_effect, "layer": layer, "k": 4, "d_sae": 6, "space": "latent",
+             "activations": "fair-esm"} for n, r in enumerate([0.0, *recovered])]
 
 
 def test_select_features_from_hand_made_results(tmp_path):
@@ -634,8 +637,16 @@ def test_select_features_from_hand_made_results(tmp_path):
     pd.DataFrame(curve_rows("m1", 4, [4], [1.0], 0.001)).to_csv(curves[("Q", 4)], index=False)
     select_features(ig, patching, curves, CircuitSizeSettings(recover=0.9, min_effect=0.05), 2, tmp_path / "s.csv")
     table = read_table(tmp_path / "s.csv", "shown_features")
-    assert list(table.columns) == TABLES["shown_features"]
+    assert list(table.columns) == TABLES["shown_features"] and (table["activations"] == "fair-esm").all()
     assert table[["layer", "feature"]].values.tolist() == [[2, 5]] + [[4, f] for f in range(6)]
+    # patches of another forward than the IG they are shown beside: two studies mixed
+    pd.DataFrame(patching_rows("m1", 4, {4: 1.0, 1: 0.5})).assign(activations="interprot").to_csv(
+        patching[("Q", 4)], index=False)
+    with pytest.raises(InputError, match=r"^shown features: inputs measured on different forwards \(activations "
+                                         r"fair-esm, interprot\)"):
+        select_features(ig, patching, curves, CircuitSizeSettings(recover=0.9, min_effect=0.05), 2,
+                        tmp_path / "s2.csv")
+    assert not (tmp_path / "s2.csv").exists()
     assert table["ig_top20"].tolist() == [1, 1, 3, 0, 0, 1, 1]
     assert table["top_patch"].tolist() == [0, 1, 0, 1, 0, 1, 0]
     assert table["universal"].tolist() == [False, False, True, False, False, False, False]

@@ -44,6 +44,7 @@ class StandInLM:
 
     def __init__(self, device: str = "cpu"):
         self.device = torch.device(device)
+        self.activations = "fair-esm"  # the forward, as EsmLM names it: recorded in the Activity
         self.batches: list[list[str]] = []
 
     def tokenize_padded(self, seqs: list[str]) -> torch.Tensor:
@@ -160,7 +161,7 @@ def test_activity_of_no_sequences_is_empty():
 
 
 def hand_activity(**changes) -> Activity:
-    values = dict(layer=3, k=2, d_sae=2, n_sequences=2, n_positions=5,
+    values = dict(layer=3, k=2, d_sae=2, activations="fair-esm", n_sequences=2, n_positions=5,
                   residue_counts=np.arange(20, dtype=np.int64), n_active=np.array([3, 0]),
                   active_by_residue=np.arange(40).reshape(2, 20), activation_by_residue=np.full((2, 20), 0.5),
                   max_activation=np.array([1.5, 0.0]),
@@ -174,6 +175,7 @@ def test_activity_file_round_trip(tmp_path):
     back = Activity.read(tmp_path / "a.npz")
     for name in ("layer", "k", "d_sae", "n_sequences", "n_positions"):
         assert getattr(back, name) == getattr(original, name) and type(getattr(back, name)) is int
+    assert back.activations == "fair-esm" and type(back.activations) is str
     for name in ("residue_counts", "n_active", "active_by_residue", "activation_by_residue", "max_activation"):
         assert np.array_equal(getattr(back, name), getattr(original, name))
     assert set(back.wt_latents) == {"P", "Q/2"}  # a name with a slash keeps it
@@ -194,8 +196,8 @@ def test_activity_file_with_a_wrong_shape_names_the_array(tmp_path, name, shape)
 
 def test_activity_file_without_its_arrays_says_which(tmp_path):
     np.savez(tmp_path / "a.npz", layer=np.array(3), k=np.array(2))
-    with pytest.raises(InputError, match=r"a.npz: not a feature activity file \(missing d_sae, n_sequences, "
-                                         r"n_positions, residue_counts, n_active, active_by_residue, "
+    with pytest.raises(InputError, match=r"a.npz: not a feature activity file \(missing d_sae, activations, "
+                                         r"n_sequences, n_positions, residue_counts, n_active, active_by_residue, "
                                          r"activation_by_residue, max_activation\)"):
         Activity.read(tmp_path / "a.npz")
 
@@ -254,7 +256,7 @@ def test_measured_output_effect_is_the_mean_over_the_positions_used(lm, saes, ti
     never = int(torch.nonzero(total == 0)[0])
     features = sorted([single, under, capped, never])
     shown = pd.DataFrame({"layer": [layer] * 4 + [3], "feature": features + [single + 1], "ig_top20": 0,
-                          "top_patch": 0, "universal": False, "circuits": 0, "card": False})
+                          "top_patch": 0, "universal": False, "circuits": 0, "card": False, "activations": "interprot"})
     shown.to_csv(tmp_path / "shown.csv", index=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # the never-active feature's 0/0 is dropped, not warned about
@@ -283,7 +285,7 @@ def test_measured_output_effect_is_the_mean_over_the_positions_used(lm, saes, ti
 
 def test_no_shown_feature_at_the_layer_writes_an_empty_table(tiny_dir, tmp_path):
     pd.DataFrame({"layer": [3], "feature": [0], "ig_top20": 0, "top_patch": 0, "universal": False, "circuits": 0,
-                  "card": False}).to_csv(tmp_path / "shown.csv", index=False)
+                  "card": False, "activations": "interprot"}).to_csv(tmp_path / "shown.csv", index=False)
     measure_output_effects(DEFAULTS.features.max_positions, dict(WT), 2, K, FAIR_ESM, RUNTIME,
                            tiny_dir / "esm2_tiny.pt", tiny_dir / "sae_l2.safetensors", tmp_path / "shown.csv",
                            tmp_path / "effects.csv")
@@ -430,16 +432,18 @@ def test_attributions_file_holds_exactly_its_fields_and_names_a_missing_setting(
                           abs_delta=np.array([[1.0, 2.0]]), error_attribution=np.array([0.25]),
                           total_effect=np.array([1.0]), completeness_error=np.array([0.0]),
                           quadrature_delta=np.array([0.125]), steps=8, rule="gauss", space="latent", k=4, d_sae=2,
-                          error_node=True, layer=3)
+                          error_node=True, layer=3, activations="fair-esm")
     result.write(tmp_path / "r.npz")
     with np.load(tmp_path / "r.npz", allow_pickle=False) as data:
         assert set(data.files) == {f.name for f in dataclasses.fields(Attributions)}
     back = Attributions.read(tmp_path / "r.npz")
     assert back.mutant.tolist() == ["V5H:D39R"] and back.attribution.tolist() == [[0.5, -1.0]]
-    assert (back.steps, back.rule, back.space, back.k, back.d_sae, back.error_node, back.layer) == (
-        8, "gauss", "latent", 4, 2, True, 3)
+    assert (back.steps, back.rule, back.space, back.k, back.d_sae, back.error_node, back.layer, back.activations) == (
+        8, "gauss", "latent", 4, 2, True, 3, "fair-esm")
     with pytest.raises(ValueError, match=r"^Attributions.write: setting steps is not set$"):
         dataclasses.replace(result, steps=None).write(tmp_path / "s.npz")
+    with pytest.raises(ValueError, match=r"^Attributions.write: setting activations is not set$"):
+        dataclasses.replace(result, activations=None).write(tmp_path / "s.npz")
 
 
 def test_output_effects_count_every_residue_and_no_special_token(lm, saes):
@@ -475,7 +479,8 @@ def test_output_effect_pieces_are_reused_only_for_the_same_settings_and_inputs(t
 
     def run(values, folder):
         pd.DataFrame({"layer": values["layer"], "feature": values["features"], "ig_top20": 0, "top_patch": 0,
-                      "universal": False, "circuits": 0, "card": False}).to_csv(folder / "shown.csv", index=False)
+                      "universal": False, "circuits": 0, "card": False, "activations": "interprot"}).to_csv(
+            folder / "shown.csv", index=False)
         measure_output_effects(values["settings"].max_positions, values["wt"], values["layer"], values["k"],
                                values["precision"], RUNTIME, values["checkpoint"], values["sae"],
                                folder / "shown.csv", folder / "effects.csv")

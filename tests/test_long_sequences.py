@@ -199,7 +199,7 @@ def test_position_spread_reports_the_whole_sequences_numbering(lm, saes, long_en
     chosen = {mutants[0].name: Splice(lm, saes[1], LONG, 1, window=(0, 40)),        # residue 5, keeps BOS
               mutants[3].name: Splice(lm, saes[1], LONG, 1, window=(1470, 1502))}  # residue 1495, keeps EOS
     results = analyse(POSITIONS, chosen, [mutants[0], mutants[3]], DEFAULTS.positions)
-    rows, summary = spread_tables(results, LONG, 1)
+    rows, summary = spread_tables(results, LONG, 1, "interprot")
     residues = ["<cls>", *LONG, "<eos>"]
     for name, (start, end) in zip(chosen, [(0, 40), (1470, 1502)], strict=True):
         mine = rows[rows["mutant"] == name]

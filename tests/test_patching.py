@@ -390,7 +390,7 @@ def test_table_rows_and_cells_of_hand_made_patches(tmp_path, caplog):
                   per_site={k: np.array([[0.1, -3.0]]) for k in ("wt_pre", "mut_pre", "wt_latent", "mut_latent",
                                                                  "patched_value")},
                   baseline=np.array([-1.0]), patched=np.array([-0.75]), effect=np.array([0.25]))
-    table = patches_frame([one, two], layer=3, k=8, d_sae=96, space="pre")
+    table = patches_frame([one, two], layer=3, k=8, d_sae=96, space="pre", activations="fair-esm")
     assert list(table.columns) == PATCH_COLUMNS and table.index.tolist() == [0, 1, 2]
     assert table["mutant"].tolist() == ["K2A", "K2A", "K2A:G6W"] and table["position"].tolist() == ["2", "2", "2:6"]
     assert table["feature"].tolist() == [4, 1, 3] and table["control"].tolist() == ["real", "noop", "stable"]
@@ -399,15 +399,15 @@ def test_table_rows_and_cells_of_hand_made_patches(tmp_path, caplog):
     assert table["wt_latent"].tolist()[:2] == [2.5, 2.25] and table["mut_latent"].tolist()[:2] == [3.5, 3.25]
     assert table["effect"].tolist() == [0.5, 0.0, 0.25] and table["patched_score"].tolist() == [-1.5, -2.0, -0.75]
     assert table["baseline_score"].tolist() == [-2.0, -2.0, -1.0]
-    assert (table[["layer", "k", "d_sae", "space"]].values.tolist() == [[3, 8, 96, "pre"]] * 3)
-    empty = patches_frame([], layer=3, k=8, d_sae=96, space="latent")
+    assert table[["layer", "k", "d_sae", "space", "activations"]].values.tolist() == [[3, 8, 96, "pre", "fair-esm"]] * 3
+    empty = patches_frame([], layer=3, k=8, d_sae=96, space="latent", activations="interprot")
     assert list(empty.columns) == PATCH_COLUMNS and len(empty) == 0
     # Rule patch_features writes it to its output `table`; what is read back is what was written.
     assert PATCHING.rule == "patch_features" and runs_analysis("patch_features", "PATCHING")
     assert "table=" in rule_block("patch_features")
     with caplog.at_level(logging.INFO, logger="esmsae.analyses.patching"):
         write_patches([one, two], {"table": tmp_path / "t.csv"}, patch_settings(space="pre", features="top_delta"),
-                      LayerMeta(protein="P", layer=3, k=8, d_sae=96))
+                      LayerMeta(protein="P", layer=3, k=8, d_sae=96, activations="fair-esm"))
     assert [r.getMessage() for r in caplog.records if r.name == "esmsae.analyses.patching"] == [
         "P L3: 2 mutants, 3 rows (space pre, features top_delta)"]  # the job's log: 2 results, 2 + 1 rows
     back = read_table(tmp_path / "t.csv", "patching")

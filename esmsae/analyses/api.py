@@ -45,8 +45,8 @@ class LayerMeta:
     layer: int
     k: int       # the SAE's TopK k
     d_sae: int
+    activations: str  # the forward the SAE reads (config sae.activations), recorded in every output
     wt_seq: str = ""
-    activations: str = ""  # the study's forward
 
 
 @dataclass(frozen=True)

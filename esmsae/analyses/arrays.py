@@ -21,7 +21,7 @@ from esmsae.pipeline.io import atomic_path, read_npz
 PER_MUTANT = ("error_attribution", "total_effect", "completeness_error", "quadrature_delta")
 
 
-SETTINGS = ("steps", "rule", "space", "k", "d_sae", "error_node", "layer")
+SETTINGS = ("steps", "rule", "space", "k", "d_sae", "error_node", "layer", "activations")
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Attributions:
     (``|z_mut − z_wt|`` in ``latent``): the changed set is where it is nonzero, and it is
     the concentration statistics' null. The per-mutant arrays are (n,). The settings
     (quadrature ``steps`` and ``rule``, ``space``, the SAE's ``k`` and ``d_sae``,
-    ``error_node``, ``layer``) are None only for results built by hand.
+    ``error_node``, ``layer``, the forward ``activations``) are None only for results built by hand.
     """
 
     mutant: np.ndarray
@@ -50,6 +50,7 @@ class Attributions:
     d_sae: int | None = None
     error_node: bool | None = None
     layer: int | None = None
+    activations: str | None = None
 
     @property
     def n(self) -> int:
@@ -81,7 +82,8 @@ class Attributions:
         for key in ("attribution", "abs_delta", "error_attribution"):
             if not np.isfinite(values[key]).all():
                 raise ValueError(f"{where}: {key} has NaN or infinite values")
-        kinds = {"steps": int, "rule": str, "space": str, "k": int, "d_sae": int, "error_node": bool, "layer": int}
+        kinds = {"steps": int, "rule": str, "space": str, "k": int, "d_sae": int, "error_node": bool, "layer": int,
+                 "activations": str}
         for key, kind in kinds.items():
             values[key] = kind(np.asarray(data[key])) if key in data else None
         return cls(**values)
@@ -117,12 +119,13 @@ class Activity:
     ``n_active`` (d_sae,), ``active_by_residue`` and ``activation_by_residue`` (d_sae, 20) (counts
     and summed ``z_j`` of the positions of each residue), ``max_activation`` (d_sae,). Residues are
     in ``AMINO_ACIDS`` order. ``wt_latents`` holds each configured protein's WT latents (L, d_sae)
-    for output effects and feature cards.
+    for output effects and feature cards. ``activations`` names the forward the SAE read.
     """
 
     layer: int
     k: int
     d_sae: int
+    activations: str
     n_sequences: int
     n_positions: int
     residue_counts: np.ndarray
@@ -149,6 +152,7 @@ class Activity:
         scalars = {"layer", "k", "d_sae", "n_sequences", "n_positions"}
         values = {name: int(arrays[name]) if name in scalars else arrays[name]
                   for name in (f.name for f in fields(cls)) if name != "wt_latents"}
+        values["activations"] = str(arrays["activations"])
         values["wt_latents"] = {key.split("/", 1)[1]: value for key, value in arrays.items()
                                 if key.startswith("wt_latents/")}
         d_sae = values["d_sae"]
@@ -164,7 +168,8 @@ def sum_activity(parts: list[Activity]) -> Activity:
     """The counts of several chunks of reference sequences added up."""
     first = parts[0]
     return Activity(
-        layer=first.layer, k=first.k, d_sae=first.d_sae, n_sequences=sum(p.n_sequences for p in parts),
+        layer=first.layer, k=first.k, d_sae=first.d_sae, activations=first.activations,
+        n_sequences=sum(p.n_sequences for p in parts),
         n_positions=sum(p.n_positions for p in parts),
         **{name: sum(getattr(p, name) for p in parts)
            for name in ("residue_counts", "n_active", "active_by_residue", "activation_by_residue")},

@@ -52,7 +52,7 @@ def summary(r: Attribution) -> str:
 def write_atp(results: list[Attribution], outputs: Mapping[str, Path], settings: IGSettings, meta: LayerMeta) -> None:
     """Rule compute_atp's output: AtP in the IG file type (steps 1, rule riemann_left)."""
     attributions_file(results, steps=1, rule="riemann_left", space=settings.space, error_node=settings.error_node,
-                      k=meta.k, d_sae=meta.d_sae, layer=meta.layer).write(outputs["npz"])
+                      k=meta.k, d_sae=meta.d_sae, layer=meta.layer, activations=meta.activations).write(outputs["npz"])
 
 
 ATP = Analysis(rule="compute_atp", settings=IGSettings, run=attribution_patching, write=write_atp, summary=summary)

@@ -113,7 +113,7 @@ def curves_table(curves: list[Curve], meta: LayerMeta, space: str) -> pd.DataFra
         "patched_score": c.patched_score,
         "recovered_fraction": c.recovered_fraction, "complement_score": c.complement_score,
         "complement_fraction": c.complement_fraction, "full_effect": c.full_effect,
-        "layer": meta.layer, "k": meta.k, "d_sae": meta.d_sae, "space": space,
+        "layer": meta.layer, "k": meta.k, "d_sae": meta.d_sae, "space": space, "activations": meta.activations,
     }, columns=CURVE_COLUMNS) for c in curves]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CURVE_COLUMNS)
 

@@ -65,7 +65,7 @@ class TopExamples:
     record: np.ndarray      # object: record names
     window: np.ndarray      # object: the residues p − w .. p + w (clipped)
     start: np.ndarray       # the window's first residue position
-    activations: np.ndarray  # object: the feature's activation at each window residue, ';'-joined
+    window_values: np.ndarray  # object: the feature's activation at each window residue, ';'-joined
     width: int              # w
 
     @classmethod
@@ -73,7 +73,7 @@ class TopExamples:
         return cls(value=np.full((d_sae, n), -np.inf), ordinal=np.zeros((d_sae, n), np.int64),
                    position=np.zeros((d_sae, n), np.int64), record=np.full((d_sae, n), "", dtype=object),
                    window=np.full((d_sae, n), "", dtype=object), start=np.zeros((d_sae, n), np.int64),
-                   activations=np.full((d_sae, n), "", dtype=object), width=width)
+                   window_values=np.full((d_sae, n), "", dtype=object), width=width)
 
     @property
     def n(self) -> int:
@@ -82,7 +82,7 @@ class TopExamples:
     def merge(self, other: TopExamples) -> TopExamples:
         """The best n of both (`other`'s entries come later in the stream only through their ordinals)."""
         entries = {name: np.concatenate([getattr(self, name), getattr(other, name)], axis=1)
-                   for name in ("value", "ordinal", "position", "record", "window", "start", "activations")}
+                   for name in ("value", "ordinal", "position", "record", "window", "start", "window_values")}
         return self._best(entries)
 
     def _best(self, entries: dict[str, np.ndarray]) -> TopExamples:
@@ -125,16 +125,18 @@ class TopExamples:
             base = first_row[index]
             offered.value[f, r], offered.ordinal[f, r], offered.position[f, r] = value[c], ordinal[c], p
             offered.record[f, r], offered.window[f, r], offered.start[f, r] = name, seq[lo - 1:hi], lo
-            offered.activations[f, r] = ";".join(f"{v:.4g}" for v in values[base + lo - 1:base + hi, f])
+            offered.window_values[f, r] = ";".join(f"{v:.4g}" for v in values[base + lo - 1:base + hi, f])
         return self.merge(offered)
 
-    def table(self, layer: int) -> pd.DataFrame:
-        """``features/L{layer}_examples.csv``: one row per feature and rank with an activation."""
+    def table(self, layer: int, k: int, activations: str) -> pd.DataFrame:
+        """``features/L{layer}_examples.csv``: one row per feature and rank with an activation, with the SAE's
+        `k` and d_sae and the forward (`activations`) it read."""
         feature, rank = np.nonzero(np.isfinite(self.value) & (self.value > 0))
         return pd.DataFrame({"layer": layer, "feature": feature, "rank": rank + 1, "record": self.record[feature, rank],
                              "position": self.position[feature, rank], "activation": self.value[feature, rank],
                              "window": self.window[feature, rank], "window_start": self.start[feature, rank],
-                             "window_activations": self.activations[feature, rank]},
+                             "window_activations": self.window_values[feature, rank], "k": k,
+                             "d_sae": self.value.shape[0], "activations": activations},
                             columns=TABLES["feature_examples"])
 
 
@@ -224,7 +226,8 @@ def feature_activity(lm: EsmLM, sae: TopKSAE, layer: int, sequences: Iterable[tu
         flush(pending)
     numbers = {name: value.cpu().numpy() for name, value in counts.items()}
     return Activity(
-        layer=layer, k=sae.k, d_sae=d_sae, n_sequences=n_sequences, n_positions=n_positions,
+        layer=layer, k=sae.k, d_sae=d_sae, activations=lm.activations, n_sequences=n_sequences,
+        n_positions=n_positions,
         residue_counts=numbers["residue_counts"].astype(np.int64), n_active=numbers["n_active"].astype(np.int64),
         active_by_residue=numbers["active_by_residue"].T.astype(np.int64),
         activation_by_residue=numbers["activation_by_residue"].T.copy(),
@@ -284,5 +287,5 @@ def characterize_features(settings: ActivitySettings, wt_seqs: dict[str, str], l
     log.info("layer %d: %d sequences, %d positions; %d of %d features never active", layer, total.n_sequences,
              total.n_positions, int((total.n_active == 0).sum()), total.d_sae)
     total.write(out)
-    write_csv(best.table(layer), examples_out)
+    write_csv(best.table(layer, total.k, total.activations), examples_out)
     work.finish()

@@ -179,7 +179,7 @@ def link_tables(results: list[Link], meta: LayerMeta, settings: PairSettings) ->
     """The job's three tables: nodes, measured edges, mediated shares (one row each per mutant's item)."""
     common = {"layer_up": meta.layer, "layer_down": settings.layer2, "k": meta.k, "d_sae": meta.d_sae,
               "k_down": settings.k2, "d_sae_down": results[0].d_sae_down if results else None,
-              "space": settings.space}
+              "space": settings.space, "activations": meta.activations}
 
     def frame(kind: str, attribute: str) -> pd.DataFrame:
         parts = [getattr(r, attribute).assign(mutant=r.mutant, **common) for r in results]

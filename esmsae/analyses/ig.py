@@ -99,7 +99,8 @@ def write_attributions(results: list[Attribution], outputs: Mapping[str, Path], 
              meta.protein, meta.layer, len(results), settings.steps, settings.rule, settings.space,
              settings.error_node, float(np.median(errors)) if len(errors) else float("nan"))
     arrays = attributions_file(results, steps=settings.steps, rule=settings.rule, space=settings.space,
-                               error_node=settings.error_node, k=meta.k, d_sae=meta.d_sae, layer=meta.layer)
+                               error_node=settings.error_node, k=meta.k, d_sae=meta.d_sae, layer=meta.layer,
+                               activations=meta.activations)
     arrays.write(outputs["npz"])
 
 
@@ -114,9 +115,10 @@ def attribute_protein(splice: Splice, mutants: list[Mutant], settings: IGSetting
 
 
 def attributions_file(results: list[Attribution], *, steps: int, rule: str, space: str, error_node: bool, k: int,
-                      d_sae: int, layer: int) -> Attributions:
+                      d_sae: int, layer: int, activations: str) -> Attributions:
     """One protein's results at one layer as its file type, with the settings that made them
-    (the quadrature's `steps` and `rule`, the `space`, `error_node`, the SAE's `k` and `d_sae`)."""
+    (the quadrature's `steps` and `rule`, the `space`, `error_node`, the SAE's `k` and `d_sae`, the forward
+    its `activations` come from)."""
     return Attributions(
         mutant=np.array([r.mutant for r in results], dtype=str),
         attribution=(torch.stack([r.attribution for r in results]).cpu().numpy().astype(np.float64)
@@ -128,4 +130,5 @@ def attributions_file(results: list[Attribution], *, steps: int, rule: str, spac
         completeness_error=np.array([r.completeness_error for r in results], dtype=np.float64),
         quadrature_delta=np.array([r.quadrature_delta for r in results], dtype=np.float64),
         steps=steps, rule=rule, space=space, k=k, d_sae=d_sae, error_node=error_node, layer=layer,
+        activations=activations,
     )

@@ -100,7 +100,7 @@ def measure_output_effects(max_positions: int, wt_seqs: dict[str, str], layer: i
     rows.insert(0, "n_positions", count)
     rows.insert(0, "feature", features)
     rows.insert(0, "layer", layer)
-    rows["k"], rows["d_sae"] = k, opened.info.d_sae
+    rows["k"], rows["d_sae"], rows["activations"] = k, opened.info.d_sae, lm.activations
     log.info("layer %d: output effects of %d features from %d engine rows", layer, len(features), int(count.sum()))
     write_csv(rows[rows["n_positions"] > 0].reindex(columns=TABLES["output_effects"]), out)
     work.finish()

@@ -171,7 +171,8 @@ def _site_column(values: np.ndarray) -> np.ndarray | list[str]:
     return [":".join(repr(float(v)) for v in row) for row in values]
 
 
-def patches_frame(results: list[Patches], *, layer: int, k: int, d_sae: int, space: str) -> pd.DataFrame:
+def patches_frame(results: list[Patches], *, layer: int, k: int, d_sae: int, space: str,
+                  activations: str) -> pd.DataFrame:
     """The patching table (``PATCH_COLUMNS``): one row per (mutant, feature, control)."""
     frames = [pd.DataFrame({
         "mutant": p.mutant,
@@ -184,6 +185,7 @@ def patches_frame(results: list[Patches], *, layer: int, k: int, d_sae: int, spa
         "k": k,
         "d_sae": d_sae,
         "space": space,
+        "activations": activations,
     }, columns=PATCH_COLUMNS) for p in results]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PATCH_COLUMNS)
 
@@ -191,7 +193,8 @@ def patches_frame(results: list[Patches], *, layer: int, k: int, d_sae: int, spa
 def write_patches(results: list[Patches], outputs: Mapping[str, Path], settings: PatchSettings,
                   meta: LayerMeta) -> None:
     """Rule patch_features's output: the patching table."""
-    table = patches_frame(results, layer=meta.layer, k=meta.k, d_sae=meta.d_sae, space=settings.space)
+    table = patches_frame(results, layer=meta.layer, k=meta.k, d_sae=meta.d_sae, space=settings.space,
+                          activations=meta.activations)
     log.info("%s L%d: %d mutants, %d rows (space %s, features %s)", meta.protein, meta.layer, len(results),
              len(table), settings.space, settings.features)
     write_csv(table, outputs["table"])
@@ -212,4 +215,4 @@ def patch_protein(splice: Splice, mutants: list[Mutant], settings: PatchSettings
     """The patching table of every mutant of one protein at the splice's layer."""
     results = analyse(PATCHING, splice, mutants, settings, work=work)
     return patches_frame(results, layer=splice.layer, k=splice.sae.k, d_sae=splice.sae.info.d_sae,
-                         space=settings.space)
+                         space=settings.space, activations=splice.lm.activations)

@@ -73,21 +73,22 @@ def summary(s: Spread) -> str:
             f"({'negligible' if s.negligible else f'share {s.site_share:.3g}'})")
 
 
-def spread_tables(results: list[Spread], wt_seq: str, layer: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def spread_tables(results: list[Spread], wt_seq: str, layer: int,
+                  activations: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The per-position table (one row per mutant and token, in the whole sequence's numbering) and the
-    per-mutant summary."""
+    per-mutant summary, each with the layer and the forward (`activations`) it was measured on."""
     residues = ["<cls>", *wt_seq, "<eos>"]
     rows = pd.DataFrame({
         "mutant": np.repeat([s.mutant for s in results], [len(s.effects) for s in results]),
         "position": np.concatenate([np.arange(len(s.effects)) + s.offset for s in results]) if results else [],
         "residue": [residues[p + s.offset] for s in results for p in range(len(s.effects))],
         "effect": np.concatenate([s.effects for s in results]) if results else [],
-        "layer": layer,
+        "layer": layer, "activations": activations,
     }, columns=TABLES["positions"])
     summary_rows = pd.DataFrame({
         "mutant": [s.mutant for s in results], "site_effect": [s.site_effect for s in results],
         "all_effect": [s.all_effect for s in results], "negligible": [s.negligible for s in results],
-        "site_share": [s.site_share for s in results], "layer": layer,
+        "site_share": [s.site_share for s in results], "layer": layer, "activations": activations,
     }, columns=TABLES["positions_summary"])
     return rows, summary_rows
 
@@ -95,7 +96,7 @@ def spread_tables(results: list[Spread], wt_seq: str, layer: int) -> tuple[pd.Da
 def write_spread(results: list[Spread], outputs: Mapping[str, Path], settings: PositionSettings,
                  meta: LayerMeta) -> None:
     """Rule patch_positions's outputs: every position's effect, and each mutant's site share."""
-    rows, summary_rows = spread_tables(results, meta.wt_seq, meta.layer)
+    rows, summary_rows = spread_tables(results, meta.wt_seq, meta.layer, meta.activations)
     write_csv(rows, outputs["effects"])
     write_csv(summary_rows, outputs["summary"])
 

@@ -8,6 +8,7 @@ imports torch.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import pandas as pd
 
@@ -16,8 +17,19 @@ from esmsae.pipeline.errors import InputError
 CONTROLS = ("real", "noop", "stable", "random")
 
 
-# what a graph table records of its two SAEs: the upstream one's k and d_sae, the downstream one's
-PAIR_SETTINGS = ["k", "d_sae", "k_down", "d_sae_down", "space"]
+# what every table of an intervention on one SAE records of how it was made: the SAE's k and d_sae, the
+# intervention space, and the forward the SAE reads (config ``sae.activations``, METHOD.md "Which forward
+# the SAEs read")
+SAE_SETTINGS = ["k", "d_sae", "space", "activations"]
+
+
+# what a graph table records of its two SAEs: the upstream one's k and d_sae, the downstream one's, the space
+# and the forward
+PAIR_SETTINGS = ["k", "d_sae", "k_down", "d_sae_down", "space", "activations"]
+
+
+# what a table of one layer's features (labels, concepts, output effects) records of its SAE and forward
+FEATURE_SETTINGS = ["k", "d_sae", "activations"]
 
 
 TABLES: dict[str, list[str]] = {
@@ -26,14 +38,15 @@ TABLES: dict[str, list[str]] = {
                "wt_marginal_interprot", "wt_marginal_fair_esm", "window_start", "window_end"],
     # per protein and layer
     "patching": ["mutant", "position", "layer", "feature", "control", "wt_pre", "mut_pre", "wt_latent",
-                 "mut_latent", "patched_value", "baseline_score", "patched_score", "effect", "k", "d_sae", "space"],
-    "ig_top": ["mutant", "rank", "feature", "label", "attribution", "abs_delta", "layer", "k", "d_sae", "space"],
+                 "mut_latent", "patched_value", "baseline_score", "patched_score", "effect", *SAE_SETTINGS],
+    "ig_top": ["mutant", "rank", "feature", "label", "attribution", "abs_delta", "layer", *SAE_SETTINGS],
     "circuit_curves": ["mutant", "n_features", "feature", "patched_score", "recovered_fraction", "complement_score",
-                       "complement_fraction", "full_effect", "layer", "k", "d_sae", "space"],
+                       "complement_fraction", "full_effect", "layer", *SAE_SETTINGS],
     "circuit_sizes": ["protein", "layer", "mutant", "full_effect", "negligible", "n_features", "recovered_fraction",
-                      "features", "k", "d_sae", "space"],
+                      "features", *SAE_SETTINGS],
     # the study's tables
-    "findings": ["claim", "scope", "statistic", "null", "test", "p", "p_other", "n", "verdict", "sentence", "figure"],
+    "findings": ["claim", "scope", "statistic", "null", "test", "p", "p_other", "n", "verdict", "sentence", "figure",
+                 "activations"],
     "set_ablation": ["protein", "layer", "set", "size", "features", "n_scored", "n_dms", "rho_0", "rho_a",
                      "delta_rho", "rho_clean_ablated", "mean_abs_delta",
                      *(f"null_{c}_{s}" for c in ("delta_rho", "rho_clean_ablated", "mean_abs_delta")
@@ -56,38 +69,36 @@ TABLES: dict[str, list[str]] = {
                           "spearman_dms_recon", "spearman_clean_recon", "k", "d_sae"],
     "control_validation": ["protein", "layer", "control", "n_mutants", "n_patches", "mean_abs_effect",
                            "sem_abs_effect", "median_abs_effect", "frac_nonzero", "frac_mutants_nonzero",
-                           "wilcoxon_p", "k", "d_sae", "space"],
+                           "wilcoxon_p", *SAE_SETTINGS],
     "layer_progression": ["protein", "layer", "n_mutants", "n_patches", "mean_abs_effect", "sem_abs_effect",
-                          "median_abs_effect", "spearman_rho", "spearman_sem", "n_rho_mutants", "k", "d_sae",
-                          "space"],
+                          "median_abs_effect", "spearman_rho", "spearman_sem", "n_rho_mutants", *SAE_SETTINGS],
     "top_mutations": ["protein", "mutant", "layer", "feature", "label", "effect", "abs_effect", "wt_marginal",
-                      "dms_score", "k", "d_sae", "space"],
+                      "dms_score", *SAE_SETTINGS],
     # tables/circuit_sizes.csv: the minimal circuits read off every protein and layer's curves, labelled
     "circuit_sizes_labelled": ["protein", "layer", "mutant", "full_effect", "negligible", "n_features",
-                               "recovered_fraction", "features", "labels", "k", "d_sae", "space"],
+                               "recovered_fraction", "features", "labels", *SAE_SETTINGS],
     "ig_concentration": ["protein", "layer", "n_mutants",
                          *(f"{stat}_{m}" for stat in ("n_changed", "top20_share", "top20_share_null", "error_share",
                                                       "k90", "k90_null", "gini", "gini_null") for m in ("mean", "sem")),
-                         "gini_above_null", "gini_wilcoxon_p", "median_completeness_error", "k", "d_sae", "space"],
+                         "gini_above_null", "gini_wilcoxon_p", "median_completeness_error", *SAE_SETTINGS],
     "ig_concentration_mutants": ["protein", "layer", "mutant", "n_changed", "top20_share", "top20_share_null",
                                  "error_share", "k90", "k90_null", "gini", "gini_null", "total_effect",
-                                 "completeness_error", "k", "d_sae", "space"],
-    "feature_consistency": ["protein", "feature", "label", "n_top", "n_mutants", "fraction", "layer", "k", "d_sae",
-                            "space"],
-    # then one freq_<protein> column per protein
-    "universal_features": ["feature", "label", "layer", "proteins"],
+                                 "completeness_error", *SAE_SETTINGS],
+    "feature_consistency": ["protein", "feature", "label", "n_top", "n_mutants", "fraction", "layer", *SAE_SETTINGS],
+    # with one freq_<protein> column per protein after "proteins"
+    "universal_features": ["feature", "label", "layer", "proteins", *SAE_SETTINGS],
     # spread over positions (METHOD.md "Spread over positions")
-    "positions": ["mutant", "position", "residue", "effect", "layer"],
-    "positions_summary": ["mutant", "site_effect", "all_effect", "negligible", "site_share", "layer"],
+    "positions": ["mutant", "position", "residue", "effect", "layer", "activations"],
+    "positions_summary": ["mutant", "site_effect", "all_effect", "negligible", "site_share", "layer", "activations"],
     "site_share": ["protein", "layer", "n_mutants", "n_negligible", "site_share_mean", "site_share_sem",
-                   "site_share_median", "all_effect_mean_abs", "site_effect_mean_abs"],
+                   "site_share_median", "all_effect_mean_abs", "site_effect_mean_abs", "activations"],
     # attribution agreement (METHOD.md "Attribution agreement")
     "agreement_mutants": ["protein", "layer", "mutant", "n_changed", "spearman_atp", "spearman_ig", "top10_atp",
-                          "top10_ig", "top10_chance", "atp_linear_error", "k", "d_sae", "space"],
+                          "top10_ig", "top10_chance", "atp_linear_error", *SAE_SETTINGS],
     "attribution_agreement": ["protein", "layer", "n_mutants", "spearman_atp_mean", "spearman_atp_sem",
                               "spearman_ig_mean", "spearman_ig_sem", "top10_atp_mean", "top10_atp_sem",
-                              "top10_ig_mean", "top10_ig_sem", "top10_chance_mean", "atp_linear_error_median", "k",
-                              "d_sae", "space"],
+                              "top10_ig_mean", "top10_ig_sem", "top10_chance_mean", "atp_linear_error_median",
+                              *SAE_SETTINGS],
     # cross-layer feature graphs (METHOD.md "Cross-layer feature graph")
     "graph_nodes": ["mutant", "layer", "feature", "effect", "layer_up", "layer_down", *PAIR_SETTINGS],
     "graph_edges": ["mutant", "layer_up", "up", "layer_down", "down", "w", "linear", "mediated", "held_effect",
@@ -95,7 +106,7 @@ TABLES: dict[str, list[str]] = {
     "graph_shares": ["mutant", "layer_up", "up", "effect", "held", "held_effect", "mediated_share", "null_held",
                      "null_held_effect", "null_share", "layer_down", *PAIR_SETTINGS],
     "graph_aggregate": ["layer_up", "up", "up_label", "layer_down", "down", "down_label", "n_mutants", "mean_w",
-                        "mean_mediated", "mean_abs_mediated"],
+                        "mean_mediated", "mean_abs_mediated", "activations"],
     "mediated_shares": ["protein", "layer_up", "layer_down", "n_mutants", "mediated_fraction_mean",
                         "mediated_fraction_sem", "null_fraction_mean", "null_fraction_sem", "frac_mutants_above_null",
                         "wilcoxon_p", "median_feature_share", "median_null_share", "atp_spearman_mean", "atp_missed",
@@ -103,23 +114,24 @@ TABLES: dict[str, list[str]] = {
     # feature labels (METHOD.md "Feature characterization")
     "feature_labels": ["layer", "feature", "n_active", "frequency", "max_activation", "top_residue", "precision",
                        "recall", "f1", "identity", "promotes", "promotes_effect", "suppresses", "suppresses_effect",
-                       "n_effect_positions", "top_concept", "top_concept_f1", "label", "k", "d_sae"],
+                       "n_effect_positions", "top_concept", "top_concept_f1", "label", *FEATURE_SETTINGS],
     "feature_examples": ["layer", "feature", "rank", "record", "position", "activation", "window", "window_start",
-                         "window_activations"],
+                         "window_activations", *FEATURE_SETTINGS],
     "feature_concepts": ["layer", "feature", "concept", "n_concept", "n_active", "hits", "precision", "recall",
-                         "f1", "k", "d_sae"],
-    "output_effects": ["layer", "feature", "n_positions", *"ACDEFGHIKLMNPQRSTVWY", "k", "d_sae"],
-    "shown_features": ["layer", "feature", "ig_top20", "top_patch", "universal", "circuits", "card"],
+                         "f1", *FEATURE_SETTINGS],
+    "output_effects": ["layer", "feature", "n_positions", *"ACDEFGHIKLMNPQRSTVWY", *FEATURE_SETTINGS],
+    "shown_features": ["layer", "feature", "ig_top20", "top_patch", "universal", "circuits", "card", "activations"],
     "identity_share": ["protein", "layer", "n_mutants", "n_identity_features",
                        *(f"{side}_identity_share{null}_{m}" for side in ("wt", "mut") for null in ("", "_null")
-                         for m in ("mean", "sem")), "k", "d_sae", "space"],
+                         for m in ("mean", "sem")), *SAE_SETTINGS],
     "identity_share_mutants": ["protein", "layer", "mutant", "wt", "mut", "wt_identity_share", "wt_identity_share_null",
                                "n_wt_identity_features", "mut_identity_share", "mut_identity_share_null",
-                               "n_mut_identity_features", "k", "d_sae", "space"],
+                               "n_mut_identity_features", *SAE_SETTINGS],
 }
 
 
-# Columns read as text whatever they hold (a multi-site mutant's positions are "2:41").
+# Columns read as text whatever they hold (a multi-site mutant's positions are "2:41"); so is every table's
+# "activations", by read_table.
 TEXT = {
     "scores": {"position": str, "wt": str, "mut": str, "activations": str},
     "sae_fidelity": {"wrong_k": str, "sae_sha256": str, "activations": str},
@@ -182,7 +194,7 @@ def read_table(path: str | os.PathLike, kind: str) -> pd.DataFrame:
     """Read a table of a registered `kind` back; InputError naming the file if it is not one."""
     columns = TABLES[kind]
     try:
-        table = pd.read_csv(path, dtype=TEXT.get(kind))
+        table = pd.read_csv(path, dtype=TEXT.get(kind, {}) | ({"activations": str} if "activations" in columns else {}))
     except FileNotFoundError:
         raise InputError(f"{path}: {kind.replace('_', ' ')} table not found") from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
@@ -191,6 +203,16 @@ def read_table(path: str | os.PathLike, kind: str) -> pd.DataFrame:
     if missing:
         raise InputError(f"{path}: not a {kind.replace('_', ' ')} table (missing column(s) {', '.join(missing)})")
     return table
+
+
+def one_forward(values: Iterable, where: str) -> str | None:
+    """The one forward (``activations``) that the inputs of a combined table were measured on, None when they
+    hold none; inputs on two forwards are two studies mixed, an InputError naming `where`."""
+    found = sorted({str(v) for v in values if not pd.isna(v)})
+    if len(found) > 1:
+        raise InputError(f"{where}: inputs measured on different forwards (activations {', '.join(found)}); "
+                         "a study reads every SAE on one (config key sae.activations)")
+    return found[0] if found else None
 
 
 def typed_frame(rows: list[tuple], columns: list[str], **int_columns: str) -> pd.DataFrame:

@@ -41,7 +41,7 @@ T = TypeVar("T")
 
 # Pieces are pickled typed results: bump this when a result type changes, so that a job never
 # resumes from pieces of an older shape.
-PIECES_FORMAT = 3
+PIECES_FORMAT = 4
 
 
 def file_identity(path: str | os.PathLike, *, hash_below: int = 64 << 20) -> dict:

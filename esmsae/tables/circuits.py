@@ -67,7 +67,7 @@ def circuit_sizes_from_curves(curves: pd.DataFrame, protein: str, settings: Circ
                      "recovered_fraction": (float("nan") if np.isnan(size)
                                             else float(part["recovered_fraction"].iloc[int(size)])),
                      "features": ";".join(str(j) for j in features), "k": int(first["k"]),
-                     "d_sae": int(first["d_sae"]), "space": first["space"]})
+                     "d_sae": int(first["d_sae"]), "space": first["space"], "activations": first["activations"]})
     table = pd.DataFrame(rows, columns=SIZE_COLUMNS)
     table["n_features"] = table["n_features"].astype("Int64")
     return table

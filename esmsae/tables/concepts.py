@@ -68,7 +68,7 @@ def concept_statistics(activity: Activity, sources: list[ConceptSource]) -> pd.D
         parts.append(pd.DataFrame({"layer": activity.layer, "feature": has, "concept": name, "n_concept": size,
                                    "n_active": n_active[has], "hits": hits[has], "precision": h / n,
                                    "recall": h / size, "f1": 2 * h / (n + size), "k": activity.k,
-                                   "d_sae": activity.d_sae}))
+                                   "d_sae": activity.d_sae, "activations": activity.activations}))
     if not parts:
         return pd.DataFrame(columns=TABLES["feature_concepts"])
     table = pd.concat(parts, ignore_index=True)

@@ -24,6 +24,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -34,7 +35,7 @@ from scipy import stats
 
 from esmsae.analyses.arrays import Attributions
 from esmsae.config.settings import required_proteins
-from esmsae.pipeline.columns import TABLES, read_table
+from esmsae.pipeline.columns import TABLES, one_forward, read_table
 from esmsae.pipeline.io import write_csv
 from esmsae.tables.graph import mediated_fractions
 from esmsae.tables.ig import TOP_N, top_n_features
@@ -213,7 +214,7 @@ def findings(patching: Mapping[tuple[str, int], pd.DataFrame], concentration: pd
              results: Mapping[tuple[str, int], Attributions], shares: Mapping[tuple[str, int], pd.DataFrame],
              ablation: pd.DataFrame | None, n_null: int, seed: int, alpha: float,
              min_proteins: int | float = 2) -> pd.DataFrame:
-    """Every claim's row (``TABLES["findings"]``)."""
+    """Every claim's row (``TABLES["findings"]``), each with the one forward its inputs were measured on."""
     rows = []
     values = patch_values(patching)
     proteins = list(dict.fromkeys(p for p, _ in patching))
@@ -247,7 +248,11 @@ def findings(patching: Mapping[tuple[str, int], pd.DataFrame], concentration: pd
         rows.append(universal_claim(results, n_null, seed, alpha, min_proteins))
     if ablation is not None and len(ablation):
         rows += ablation_claims(ablation, alpha)
-    return pd.DataFrame(rows, columns=TABLES["findings"])
+    forward = one_forward(itertools.chain(
+        *(table["activations"] for table in patching.values()), concentration["activations"],
+        (r.activations for r in results.values()), *(table["activations"] for table in shares.values()),
+        ablation["activations"] if ablation is not None else ()), "findings")
+    return pd.DataFrame(rows, columns=TABLES["findings"]).assign(activations=forward)
 
 
 def tabulate_findings(patching: Mapping[tuple[str, int], Path], concentration: str | Path,

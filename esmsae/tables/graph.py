@@ -32,7 +32,7 @@ def mutant_graph(protein: str, mutant: str, nodes: pd.DataFrame, edges: pd.DataF
                   | {(int(r.layer_down), int(r.down)) for r in kept.itertuples()})
     effect = {(int(r.layer), int(r.feature)): float(r.effect) for r in nodes.itertuples()}
     return {
-        "protein": protein, "mutant": mutant,
+        "protein": protein, "mutant": mutant, "activations": forward_of(nodes),
         "nodes": [{"id": f"L{layer}_F{feature}", "layer": layer, "feature": feature,
                    "label": labels.get((layer, feature), ""), "effect": effect.get((layer, feature))}
                   for layer, feature in keys],
@@ -41,9 +41,16 @@ def mutant_graph(protein: str, mutant: str, nodes: pd.DataFrame, edges: pd.DataF
     }
 
 
+def forward_of(table: pd.DataFrame) -> str | None:
+    """The forward (``activations``) a graph table's rows were measured on; None for an empty table."""
+    return str(table["activations"].iloc[0]) if len(table) else None
+
+
 def graphml(graph: dict) -> str:
-    """GraphML (Cytoscape, Gephi) of a graph as :func:`mutant_graph` builds it."""
-    keys = [("layer", "node", "int"), ("feature", "node", "int"), ("label", "node", "string"),
+    """GraphML (Cytoscape, Gephi) of a graph as :func:`mutant_graph` builds it; the graph's own data
+    say which protein, mutant and forward (``activations``) it is of."""
+    keys = [("protein", "graph", "string"), ("mutant", "graph", "string"), ("activations", "graph", "string"),
+            ("layer", "node", "int"), ("feature", "node", "int"), ("label", "node", "string"),
             ("effect", "node", "double"), ("w", "edge", "double"), ("M", "edge", "double"),
             ("linear", "edge", "double"), ("n_mutants", "edge", "int")]
     lines = ['<?xml version="1.0" encoding="UTF-8"?>',
@@ -51,6 +58,8 @@ def graphml(graph: dict) -> str:
     lines += [f'  <key id="{name}" for="{kind}" attr.name="{name}" attr.type="{kind_type}"/>'
               for name, kind, kind_type in keys]
     lines.append(f'  <graph id="{escape(graph.get("mutant", "aggregate"))}" edgedefault="directed">')
+    lines += [f'    <data key="{k}">{escape(str(graph[k]))}</data>' for k in ("protein", "mutant", "activations")
+              if graph.get(k) is not None]
     for node in graph["nodes"]:
         lines.append(f'    <node id="{node["id"]}">')
         lines += [f'      <data key="{k}">{escape(str(node[k]))}</data>'
@@ -83,7 +92,8 @@ def aggregate_edges(edges: pd.DataFrame, labels: Mapping) -> pd.DataFrame:
                      "layer_down": int(layer_down), "down": int(down),
                      "down_label": labels.get((int(layer_down), int(down)), ""), "n_mutants": part["mutant"].nunique(),
                      "mean_w": float(part["w"].mean()), "mean_mediated": float(part["mediated"].mean()),
-                     "mean_abs_mediated": float(part["mediated"].abs().mean())})
+                     "mean_abs_mediated": float(part["mediated"].abs().mean()),
+                     "activations": part["activations"].iloc[0]})
     table = pd.DataFrame(rows, columns=TABLES["graph_aggregate"])
     return table.sort_values(["n_mutants", "mean_abs_mediated"], ascending=False, kind="mergesort",
                              ignore_index=True)
@@ -202,7 +212,7 @@ def assemble_graphs(protein: str, nodes: Mapping[int, Path], edges: Mapping[int,
     write_csv(table, aggregate_csv)
     top = table.head(top_edges)
     keys = sorted({(r.layer_up, r.up) for r in top.itertuples()} | {(r.layer_down, r.down) for r in top.itertuples()})
-    aggregate = {"protein": protein, "mutant": "aggregate",
+    aggregate = {"protein": protein, "mutant": "aggregate", "activations": forward_of(all_nodes),
                  "nodes": [{"id": f"L{la}_F{f}", "layer": la, "feature": f, "label": names.get((la, f), "")}
                            for la, f in keys],
                  "edges": [{"source": f"L{r.layer_up}_F{r.up}", "target": f"L{r.layer_down}_F{r.down}",

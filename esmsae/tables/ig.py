@@ -29,7 +29,9 @@ from esmsae.pipeline.columns import (
     CONCENTRATION_COLUMNS,
     CONCENTRATION_MUTANT_COLUMNS,
     CONSISTENCY_COLUMNS,
+    SAE_SETTINGS,
     TABLES,
+    one_forward,
     read_table,
     typed_frame,
 )
@@ -128,7 +130,8 @@ def ig_concentration(results: Results, n: int = TOP_N) -> pd.DataFrame:
 
 
 def _settings(result: Attributions) -> dict:
-    return {"k": result.k, "d_sae": result.d_sae, "space": result.space}
+    """The result's SAE settings (``SAE_SETTINGS``), as its file records them."""
+    return {name: getattr(result, name) for name in SAE_SETTINGS}
 
 
 def feature_consistency(results_at_layer: Mapping[str, Mapping[str, np.ndarray]], n: int = TOP_N,
@@ -180,11 +183,12 @@ def universal_features(results: Results, n: int = TOP_N, labels: Labels | None =
     entries = ordered_results(results)
     proteins = list(dict.fromkeys(protein for protein, _, _ in entries))
     freq = [f"freq_{protein}" for protein in proteins]
-    columns = ["feature", "label", "layer", "proteins", *freq, "k", "d_sae", "space"]
+    columns = ["feature", "label", "layer", "proteins", *freq, *SAE_SETTINGS]
     rows = []
     for layer in sorted({layer for _, layer, _ in entries}):
         at_layer = {protein: result for protein, result_layer, result in entries if result_layer == layer}
         settings = _settings(next(iter(at_layer.values())))
+        one_forward((r.activations for r in at_layer.values()), f"universal features at layer {layer}")
         table = feature_consistency(at_layer, n)
         n_mutants = {protein: checked(protein, layer, result).n for protein, result in at_layer.items()}
         met = table.loc[2 * table["n_top"] >= table["n_mutants"]]
@@ -202,8 +206,7 @@ def universal_features(results: Results, n: int = TOP_N, labels: Labels | None =
                 values.append(float(match.iloc[0]) if len(match) else 0.0)
             rows.append((int(feature), layer, ";".join(p for p in proteins if p in hits), len(hits), *values,
                          *settings.values()))
-    frame = pd.DataFrame.from_records(rows, columns=["feature", "layer", "proteins", "_n", *freq, "k", "d_sae",
-                                                     "space"])
+    frame = pd.DataFrame.from_records(rows, columns=["feature", "layer", "proteins", "_n", *freq, *SAE_SETTINGS])
     frame = frame.sort_values(["layer", "_n", "feature"], ascending=[True, False, True], kind="mergesort")
     frame = frame.drop(columns="_n").reset_index(drop=True)
     frame[["feature", "layer"]] = frame[["feature", "layer"]].astype("int64")
@@ -278,5 +281,5 @@ def tabulate_top_features(npz: str | Path, labels_table: str | Path, out: str | 
         for rank, j in enumerate(top_n_features(result.attribution[m:m + 1])[0], start=1):
             rows.append({"mutant": mutant, "rank": rank, "feature": int(j), "label": names.get(int(j), ""),
                          "attribution": float(result.attribution[m, j]), "abs_delta": float(result.abs_delta[m, j]),
-                         "layer": result.layer, "k": result.k, "d_sae": result.d_sae, "space": result.space})
+                         "layer": result.layer, **_settings(result)})
     write_csv(pd.DataFrame(rows, columns=TABLES["ig_top"]), out)

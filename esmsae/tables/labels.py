@@ -140,7 +140,7 @@ def feature_table(activity: Activity, identity_f1: float, effects: pd.DataFrame 
     table["top_concept"], table["top_concept_f1"] = names, concept_f1s
     table["label"] = [with_concept(text, name, value, concept_f1)
                       for text, name, value in zip(labels, names, concept_f1s, strict=True)]
-    table["k"], table["d_sae"] = a.k, a.d_sae
+    table["k"], table["d_sae"], table["activations"] = a.k, a.d_sae, a.activations
     return table
 
 

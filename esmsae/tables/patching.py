@@ -24,6 +24,7 @@ from esmsae.pipeline.columns import (
     CONTROLS,
     PATCH_COLUMNS,
     PROGRESSION_COLUMNS,
+    SAE_SETTINGS,
     VALIDATION_COLUMNS,
     read_table,
     typed_frame,
@@ -139,8 +140,8 @@ def layer_progression(tables: Tables, selected: Mapping[str, int] | None = None)
 
 
 def _settings(table: pd.DataFrame) -> tuple:
-    """The table's SAE k, d_sae and space (one value each in a patching table), or NA when empty."""
-    return tuple(table[c].iloc[0] if len(table) else pd.NA for c in ("k", "d_sae", "space"))
+    """The table's SAE settings (``SAE_SETTINGS``: one value each in a patching table), or NA when empty."""
+    return tuple(table[c].iloc[0] if len(table) else pd.NA for c in SAE_SETTINGS)
 
 
 def top_mutations(tables: Tables, scores: Mapping[str, pd.DataFrame], top_n: int,
@@ -164,7 +165,7 @@ def top_mutations(tables: Tables, scores: Mapping[str, pd.DataFrame], top_n: int
             "feature": real["feature"].to_numpy(dtype=np.int64),
             "effect": real["effect"].to_numpy(dtype=np.float64),
             "abs_effect": real["abs_effect"].to_numpy(dtype=np.float64),
-            **dict(zip(("k", "d_sae", "space"), _settings(table), strict=True)),
+            **dict(zip(SAE_SETTINGS, _settings(table), strict=True)),
         })
         by_protein.setdefault(protein, []).append(frame)
 

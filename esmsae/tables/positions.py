@@ -29,7 +29,8 @@ def site_share_table(summaries: Mapping[tuple[str, int], pd.DataFrame]) -> pd.Da
                      "n_negligible": int(negligible.sum()), "site_share_mean": mean,
                      "site_share_sem": sem, "site_share_median": float(np.median(finite)) if finite.size else np.nan,
                      "all_effect_mean_abs": float(table["all_effect"].abs().mean()) if len(table) else np.nan,
-                     "site_effect_mean_abs": float(table["site_effect"].abs().mean()) if len(table) else np.nan})
+                     "site_effect_mean_abs": float(table["site_effect"].abs().mean()) if len(table) else np.nan,
+                     "activations": table["activations"].iloc[0] if len(table) else pd.NA})
     return pd.DataFrame(rows, columns=TABLES["site_share"])
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 
 from esmsae.analyses.arrays import Attributions
 from esmsae.config.settings import CircuitSizeSettings
+from esmsae.pipeline.columns import one_forward
 from esmsae.pipeline.io import write_csv
 from esmsae.tables.circuits import minimal_circuits
 from esmsae.tables.ig import top_n_features, universal_features
@@ -22,13 +23,15 @@ from esmsae.tables.patching import read_patching, real_patches
 
 
 def shown_features(top_features: Mapping[int, Mapping[int, int]], top_patches: Mapping[int, Mapping[int, int]],
-                   universal: pd.DataFrame, circuits: Mapping[int, Mapping[int, int]], max_cards: int) -> pd.DataFrame:
+                   universal: pd.DataFrame, circuits: Mapping[int, Mapping[int, int]], max_cards: int,
+                   activations: str | None) -> pd.DataFrame:
     """Every (layer, feature) a table or figure shows, why, and which get a feature card.
 
     `top_features`, `top_patches` and `circuits` map layer -> {feature: how many mutants} (in a
     mutant's IG top-20; its largest single-feature patch; in its minimal circuit); `universal` is
     ``universal_features.csv``. Cards go to universal features first (more proteins, then layer,
-    then feature), then to circuit features (more mutants first), at most `max_cards`.
+    then feature), then to circuit features (more mutants first), at most `max_cards`. `activations` is the
+    forward the features were read on.
     """
     in_universal = {(int(r.layer), int(r.feature)): len(str(r.proteins).split(";")) for r in universal.itertuples()}
     keys = sorted({(layer, f) for part in (top_features, top_patches, circuits) for layer, fs in part.items()
@@ -46,6 +49,7 @@ def shown_features(top_features: Mapping[int, Mapping[int, int]], top_patches: M
            if key not in in_universal and circuits.get(key[0], {}).get(key[1], 0) > 0])
     carded = {key for _, key in priority[:max_cards]}
     table["card"] = [key in carded for key in keys]
+    table["activations"] = activations
     return table.astype({"layer": "int64", "feature": "int64"})
 
 
@@ -62,8 +66,11 @@ def select_features(ig: Mapping[tuple[str, int], Path], patching: Mapping[tuple[
         for features in top_n_features(result.attribution):
             top.setdefault(layer, Counter()).update(features.tolist())
     patches: dict[int, Counter] = {}
+    forwards = [r.activations for r in results.values()]
     for (_, layer), path in patching.items():
-        real = real_patches(read_patching(path))
+        table = read_patching(path)
+        forwards += table["activations"].tolist()
+        real = real_patches(table)
         best = real.sort_values(["mutant", "abs_effect", "feature"], ascending=[True, False, True], kind="mergesort")
         patches.setdefault(layer, Counter()).update(best.drop_duplicates("mutant")["feature"].astype(int).tolist())
     circuits: dict[int, Counter] = {}
@@ -71,7 +78,7 @@ def select_features(ig: Mapping[tuple[str, int], Path], patching: Mapping[tuple[
     for layer, features in zip(minimal["layer"], minimal["features"], strict=True):
         circuits.setdefault(int(layer), Counter()).update(int(j) for j in str(features).split(";") if j)
     universal = universal_features(results, min_proteins=min_proteins)
-    table = shown_features(top, patches, universal, circuits, max_cards)
+    table = shown_features(top, patches, universal, circuits, max_cards, one_forward(forwards, "shown features"))
     log.info("%d features shown in tables or figures over %d layers; %d get a card", len(table),
              table["layer"].nunique(), int(table["card"].sum()))
     write_csv(table, out)
