@@ -430,7 +430,11 @@ def report_findings():
 
 # The report's description sees only the config: the findings travel there (never a rule's input or
 # params, so they change no job).
-config["_report"] = {"findings": report_findings(), "outdir": OUTDIR}
+config["_report"] = {
+    "findings": report_findings(),
+    "outdir": OUTDIR,
+    "activations": STUDY.forward.activations,
+}
 
 
 def all_targets():

@@ -21,6 +21,6 @@ for name, spec in FIGURES.items():
         localrule: True
         params:
             figure=spec.get("draw", name),
-            options=spec.get("options", {}),
+            options=spec.get("options", {}) | {"activations": STUDY.forward.activations},
         script:
             "../workflow_scripts/plot_figure.py"

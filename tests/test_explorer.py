@@ -41,7 +41,8 @@ def feature(key: str, layer: int, number: int, label: str) -> dict:
 
 
 def site(tmp_path: Path) -> Path:
-    data = clean({"title": "test", "layers": {"graph": [2, 4], "ig": [2], "positions": [2], "patching": [2]},
+    data = clean({"title": "test", "activations": "fair-esm",
+                  "layers": {"graph": [2, 4], "ig": [2], "positions": [2], "patching": [2]},
                   "proteins": {"P": {"mutants": [{"mutant": "A5C", "score": -1.5, "dms": float("nan"),
                                                   "full_effect": {2: -0.3}, "circuit": {2: 3},
                                                   "site_share": {2: 0.8}, "graph": True}]}},
@@ -123,6 +124,9 @@ def test_explorer_from_a_mutant_graph_to_a_feature(tmp_path, browser):
     title = wait_for(browser, "const t = document.getElementById('feature-title'); return t && t.textContent")
     assert browser.execute_script("return location.hash") == "#/feature/L4_F1" and title == "Layer 4, feature 1"
     assert "Helix" in browser.find_element(By.ID, "page").text and "MKVLAGG" in browser.find_element(By.ID, "page").text
+    browser.get(index.as_uri() + "#/")
+    home = wait_for(browser, "return document.getElementById('page').textContent")
+    assert "Every number here reads the SAEs on the fair-esm forward (config key sae.activations)." in home
     browser.get(index.as_uri() + "#/protein/P")
     wait_for(browser, "return document.querySelector('table.sortable')")
     errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]

@@ -211,3 +211,10 @@ def test_a_figure_drawn_for_a_few_proteins_gets_only_theirs_and_says_so(tmp_path
     assert notes == ["drawn for 2 of the study's proteins (figures.proteins): R, P; the tables hold every protein"]
     registry.plot_figure("stand_in", {}, {}, png, pdf)  # no proteins option: everything, no note
     assert got["proteins"] == ["P", "Q", "R"] and not got["figure"].texts
+    registry.plot_figure("stand_in", {}, {"activations": "fair-esm", "proteins": ["Q"]}, png, pdf)  # the forward too
+    assert got["proteins"] == ["Q"] and [t.get_text() for t in got["figure"].texts] == [
+        "the study reads its SAEs on the fair-esm forward (sae.activations); drawn for 1 of the study's proteins "
+        "(figures.proteins): Q; the tables hold every protein"]
+    registry.plot_figure("stand_in", {}, {"activations": "interprot"}, png, pdf)
+    assert [t.get_text() for t in got["figure"].texts] == [
+        "the study reads its SAEs on the interprot forward (sae.activations)"]

@@ -228,9 +228,9 @@ def test_demo_agreement_and_spread_over_positions(demo):
         for layer in PATCH_LAYERS:
             rows = pd.read_csv(demo.outdir / "positions" / f"{protein}_L{layer}.csv")
             summary = pd.read_csv(demo.outdir / "positions" / f"{protein}_L{layer}_summary.csv")
-            assert list(rows.columns) == ["mutant", "position", "residue", "effect", "layer"]
+            assert list(rows.columns) == TABLES["positions"]
             assert len(rows) == DEMO["mutations"]["n"] * (len(WT[protein]) + 2)
-            assert list(summary.columns) == ["mutant", "site_effect", "all_effect", "negligible", "site_share", "layer"]
+            assert list(summary.columns) == TABLES["positions_summary"]
             sites = rows[rows["position"] == rows["mutant"].str[1:-1].astype(int)]
             assert (sites.set_index("mutant")["effect"] - summary.set_index("mutant")["site_effect"]).abs().max() < 1e-9
     share = pd.read_csv(demo.outdir / "tables" / "site_share.csv")
@@ -291,6 +291,52 @@ def test_report_contains_the_figures(demo):
     assert "Findings" in html and "tables.html" in html
     for verdict in set(findings["verdict"]):
         assert verdict in html
+    assert "Every number in this report reads the SAEs on the" in html and "sae.activations" in html
+
+
+# what the demo's SAEs read: its config leaves sae.activations at the default
+FORWARD = DEMO.get("sae", {}).get("activations", "interprot")
+NOT_DATA = ("logs", "benchmarks", "model", "sae", "report")  # run records, weights, the rendered tables page
+FORWARDS_COMPARED = {"sae_quality", "sae_task_fidelity", "dms_correlation"}  # tables of both forwards
+
+
+def test_every_output_records_the_forward(demo):
+    """Every table (CSV), array (npz), graph (JSON, GraphML) and the explorer's data say which forward the SAEs
+    read: the study's, and in the tables that compare the two forwards both, the study's marked."""
+    import json
+    from xml.etree import ElementTree
+
+    seen: dict[str, int] = {}
+    for path in sorted(demo.outdir.rglob("*")):
+        relative = path.relative_to(demo.outdir)
+        if not path.is_file() or relative.parts[0] in NOT_DATA:
+            continue
+        kind = path.suffix
+        if kind == ".csv":
+            table = pd.read_csv(path, dtype={"activations": str})
+            assert "activations" in table.columns, relative
+            if relative.parts[0] == "sae_quality" or path.stem in FORWARDS_COMPARED:  # both, side by side
+                assert set(table["activations"]) == {"interprot", "fair-esm"}, relative
+                if "study_forward" in table.columns:
+                    assert set(table.loc[table["study_forward"].astype(bool), "activations"]) == {FORWARD}, relative
+            elif len(table):
+                assert set(table["activations"]) == {FORWARD}, relative
+        elif kind == ".npz":
+            with np.load(path, allow_pickle=False) as arrays:
+                assert str(arrays["activations"]) == FORWARD, relative
+        elif kind == ".json":
+            assert json.loads(path.read_text())["activations"] == FORWARD, relative
+        elif kind == ".graphml":
+            ns = {"g": "http://graphml.graphdrawing.org/xmlns"}
+            own = ElementTree.parse(path).getroot().find("g:graph", ns).findall("g:data", ns)
+            assert {d.get("key"): d.text for d in own}["activations"] == FORWARD, relative
+        elif path.name == "data.js":
+            data = json.loads(path.read_text().removeprefix("window.EXPLORER = ").rstrip(";\n"))
+            assert data["activations"] == FORWARD
+        else:
+            continue
+        seen[kind if path.name != "data.js" else "data.js"] = seen.get(kind, 0) + 1
+    assert set(seen) == {".csv", ".npz", ".json", ".graphml", "data.js"}  # every kind of output was looked at
 
 
 def test_demo_findings_and_explorer(demo):

@@ -93,21 +93,25 @@ def only_proteins(value: Any, proteins: Collection[str]) -> Any:
 def plot_figure(name: str, inputs: Mapping[str, Path], options: Mapping[str, Any], png: str | Path,
                 pdf: str | Path) -> None:
     """Rules plot_<name>: one figure from its named inputs, as PNG and PDF. A ``proteins`` option (the study's
-    ``figures.proteins``) keeps only those proteins' data."""
+    ``figures.proteins``) keeps only those proteins' data; an ``activations`` option (``sae.activations``) is the
+    forward the study's SAEs read. Both are said on the figure itself, in a strip below its axes."""
     figure = FIGURES[name]
     options = dict(options)
     proteins = options.pop("proteins", None)
+    activations = options.pop("activations", None)
     read = figure.read(inputs)
     if proteins is not None:
         read = {k: only_proteins(v, proteins) for k, v in read.items()}
         log.info("%s: drawn for %d proteins (figures.proteins): %s", name, len(proteins), ", ".join(proteins))
     fig = figure.draw(**read, png=png, pdf=pdf, **options)
-    if proteins is not None and isinstance(fig, MplFigure):  # say so on the figure itself, below its axes
+    notes = [f"the study reads its SAEs on the {activations} forward (sae.activations)"] if activations else []
+    if proteins is not None:
+        notes.append(f"drawn for {len(proteins)} of the study's proteins (figures.proteins): {', '.join(proteins)}; "
+                     "the tables hold every protein")
+    if notes and isinstance(fig, MplFigure):  # say so on the figure itself, below its axes
         strip = 0.2 / fig.get_figheight()  # a 0.2-inch strip kept free by the layout
         engine = fig.get_layout_engine()
         if isinstance(engine, ConstrainedLayoutEngine):
             engine.set(rect=(0, strip, 1, 1 - strip))
-        fig.text(0.003, 0.003, f"drawn for {len(proteins)} of the study's proteins (figures.proteins): "
-                 f"{', '.join(proteins)}; the tables hold every protein", fontsize="x-small", color="0.4",
-                 ha="left", va="bottom")
+        fig.text(0.003, 0.003, "; ".join(notes), fontsize="x-small", color="0.4", ha="left", va="bottom")
         save(fig, png, pdf)

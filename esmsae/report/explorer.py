@@ -19,6 +19,7 @@ The graph files it reads are documented in the README ("Graph JSON"). Nothing he
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from esmsae.pipeline.columns import read_table
+from esmsae.pipeline.columns import one_forward, read_table
 from esmsae.pipeline.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,11 @@ def explorer_data(scores: Mapping[str, Path], sizes: str | Path, shares: Mapping
     example_tables = {layer: read_table(path, "feature_examples") for layer, path in examples.items()}
     features = feature_entries(keys, label_table, read_table(concepts, "feature_concepts"), example_tables,
                                top_table, graphs, {key: f"cards/{Path(p).name}" for key, p in cards.items()})
-    return clean({"title": title, "layers": layers, "proteins": proteins, "graphs": graphs, "features": features,
+    forward = one_forward(itertools.chain(size_table["activations"], label_table["activations"],
+                                          top_table.get("activations", ()),
+                                          (g.get("activations") for g in graphs.values())), "explorer")
+    return clean({"title": title, "activations": forward, "layers": layers, "proteins": proteins, "graphs": graphs,
+                  "features": features,
                   "findings": read_table(findings, "findings").to_dict("records") if findings else []})
 
 

@@ -58,6 +58,8 @@
       graphs: p.mutants.filter(m => m.graph).length }));
     page.replaceChildren(
       el("h1", {}, D.title),
+      el("p", { class: "muted" }, "Every number here reads the SAEs on the " + (D.activations || "?") +
+        " forward (config key sae.activations)."),
       el("h2", {}, "Proteins"),
       sortable([{ title: "protein", text: true, value: r => r.name, render: r => link("#/protein/" + r.name, r.name) },
                 { title: "mutants", value: r => r.n }, { title: "with a graph", value: r => r.graphs }], proteins),
