@@ -174,3 +174,57 @@ def test_report_captions_render_without_warnings(caption):
         broken = [n.astext() for n in doctree.findall(lambda n: n.tagname in ("problematic", "system_message"))]
         broken += [m.astext() for m in doctree.transform_messages]
         assert not broken, f"{caption.name}: {broken}"
+
+
+def ablation_row(protein, layer, name, size, value, band, p, n_dms=50):
+    """A set_ablation row: `value` of Δρ (with DMS) or ρ(clean, ablated) (without), its null band (None: no null
+    drawn, n_null 0) and p."""
+    from esmsae.pipeline.columns import TABLES
+
+    row = {c: np.nan for c in TABLES["set_ablation"]}
+    column = "delta_rho" if n_dms else "rho_clean_ablated"
+    row.update(protein=protein, layer=layer, set=name, size=size, features="1;2", n_scored=50, n_dms=n_dms, k=8,
+               d_sae=64, activations="interprot", n_null=0 if band is None else 20, positions=10, **{column: value})
+    if band is not None:
+        row[f"null_{column}_p05"], row[f"null_{column}_p95"], row[f"p_{column}"] = *band, p
+    return row
+
+
+def test_set_ablation_marks_each_kind_of_point_and_keeps_one_legend_off_the_panels(tmp_path):
+    """P (with DMS): circuit below its band at layer 2 (p 0.01: filled), without a null at 4 (a cross, no band
+    there); universal inside its band (open). Q (no DMS): identity, ρ(clean, ablated), open. One figure legend,
+    none on a panel; each panel's title gives its sets' sizes."""
+    from matplotlib.collections import PathCollection
+
+    from esmsae.figures.ablation import set_ablation
+
+    table = pd.DataFrame([
+        ablation_row("P", 2, "circuit", 12, -0.3, (-0.1, 0.1), 0.01),
+        ablation_row("P", 4, "circuit", 12, -0.2, None, 0),
+        ablation_row("P", 2, "universal", 3, -0.01, (-0.1, 0.1), 0.4),
+        ablation_row("P", 4, "universal", 3, 0.02, (-0.1, 0.1), 0.6),
+        ablation_row("Q", 2, "identity", 5, 0.95, (0.9, 1.0), 0.3, n_dms=0),
+        ablation_row("Q", 4, "identity", 5, 0.9, (0.85, 1.0), 0.2, n_dms=0)])
+    task = pd.DataFrame({"protein": ["P", "P"], "layer": [2, 4], "study_forward": True, "spearman_dms_clean": 0.5,
+                         "spearman_dms_recon": [0.45, 0.4], "spearman_clean_recon": 0.99})
+    fig = set_ablation(table, task, tmp_path / "a.png", tmp_path / "a.pdf")
+    assert (tmp_path / "a.png").read_bytes().startswith(PNG_SIGNATURE)
+    p_ax, q_ax = fig.axes[:2]
+    assert p_ax.get_title() == "P\n|A|: circuit 12, universal 3" and q_ax.get_title() == "Q\n|A|: identity 5"
+    assert p_ax.get_ylabel() == "Δρ with DMS (ablated − clean)" and q_ax.get_ylabel() == "ρ(clean, ablated scores)"
+
+    def points(ax, kind):
+        """(x, y) of the points drawn as `kind`: filled (significant), open, or a cross (no_null)."""
+        return sorted(tuple(xy) for c in ax.collections if isinstance(c, PathCollection) and c.get_gid() == kind
+                      for xy in np.asarray(c.get_offsets()).tolist())
+
+    assert points(p_ax, "significant") == [(2.0, -0.3)]
+    assert points(p_ax, "open") == [(2.0, -0.01), (4.0, 0.02)]
+    assert points(p_ax, "no_null") == [(4.0, -0.2)]
+    assert points(q_ax, "open") == [(2.0, 0.95), (4.0, 0.9)] and points(q_ax, "significant") == []
+    crosses = [c for c in p_ax.collections if isinstance(c, PathCollection) and c.get_gid() == "no_null"]
+    assert {len(c.get_paths()[0].vertices) for c in crosses if len(c.get_offsets())} == {4}  # an x, not a circle
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["circuit", "universal", "whole stream replaced by the SAE's reconstruction", "identity",
+                      "p < 0.05 against the nulls", "p ≥ 0.05", "no null (set too large for its deciles)"]
