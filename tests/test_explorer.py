@@ -23,7 +23,8 @@ def graph() -> dict:
     """A hand-made graph: two layers, three nodes, edges of |M| 0.1, 0.5 and 1.0."""
     nodes = [{"id": "L2_F3", "layer": 2, "feature": 3, "label": "L-identity", "effect": -0.2},
              {"id": "L2_F7", "layer": 2, "feature": 7, "label": "broad (top V, F1 0.12)", "effect": 0.1},
-             {"id": "L4_F1", "layer": 4, "feature": 1, "label": "K/R-enriched (F1 0.41)", "effect": -0.3}]
+             {"id": "L4_F1", "layer": 4, "feature": 1, "effect": -0.3,
+              "label": "K/R-enriched (F1 0.41); promotes K; Disordered region (F1 0.55); Coiled coil (F1 0.52)"}]
     edges = [{"source": "L2_F3", "target": "L4_F1", "w": 0.4, "M": -1.0, "linear": -0.9},
              {"source": "L2_F7", "target": "L4_F1", "w": -0.2, "M": 0.5, "linear": 0.4},
              {"source": "L2_F3", "target": "L4_F1", "w": 0.1, "M": 0.1, "linear": 0.1}]
@@ -120,6 +121,11 @@ def test_explorer_from_a_mutant_graph_to_a_feature(tmp_path, browser):
     browser.execute_script("const s = document.getElementById('threshold'); s.value = 0.6;"
                            "s.dispatchEvent(new Event('input'));")
     assert browser.execute_script(visible) == 1   # only |M| = 1.0 left
+    spans = "return Array.from(document.querySelectorAll(\"svg .node[data-id='%s'] tspan\")).map(s => s.textContent)"
+    assert browser.execute_script(spans % "L2_F3") == ["F3 L-identity"]  # a short label: one line
+    # a long one: two lines of at most 40 characters, broken between words, the rest cut with an ellipsis
+    assert browser.execute_script(spans % "L4_F1") == ["F1 K/R-enriched (F1 0.41); promotes K;",
+                                                       "Disordered region (F1 0.55); Coiled coi…"]
     browser.find_element(By.CSS_SELECTOR, "svg .node[data-id='L4_F1'] circle").click()
     title = wait_for(browser, "const t = document.getElementById('feature-title'); return t && t.textContent")
     assert browser.execute_script("return location.hash") == "#/feature/L4_F1" and title == "Layer 4, feature 1"

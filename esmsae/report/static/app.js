@@ -88,12 +88,28 @@
       sortable(cols, p.mutants));
   }
 
+  // A node's label in at most `lines` lines of `chars` characters, broken between words; what does not fit
+  // ends in "…" (the whole label is in the node's tooltip and on its feature's page).
+  const LABEL_CHARS = 40;
+  function wrapLabel(text, chars, lines) {
+    const out = [];
+    let rest = text.trim();
+    while (rest && out.length < lines) {
+      if (rest.length <= chars) { out.push(rest); rest = ""; break; }
+      let cut = rest.lastIndexOf(" ", chars);
+      if (cut <= 0) cut = chars;
+      out.push(rest.slice(0, cut)); rest = rest.slice(cut).trim();
+    }
+    if (rest) out[out.length - 1] = out[out.length - 1].slice(0, chars - 1).trimEnd() + "…";
+    return out;
+  }
+
   function mutant(name, mut) {
     const graph = D.graphs[name + "/" + mut];
     if (!graph) return missing("graph of " + name + " " + mut);
     crumbs.replaceChildren(" / ", link("#/protein/" + name, name), " / ", mut);
     const layers = D.layers.graph;
-    const width = 300 + 260 * layers.length, rowHeight = 34;
+    const width = 300 + 260 * layers.length, rowHeight = 40;  // two lines of label per node
     const column = i => 90 + i * (width - 350) / Math.max(1, layers.length - 1);
     const byLayer = {};
     graph.nodes.forEach(n => (byLayer[n.layer] = byLayer[n.layer] || []).push(n));
@@ -133,7 +149,11 @@
       title.textContent = n.id + ": " + n.label + " (effect " + fmt(n.effect) + ")"; c.append(title);
       const t = document.createElementNS(NS, "text");
       t.setAttribute("x", pos[n.id].x + 10); t.setAttribute("y", pos[n.id].y + 3);
-      t.textContent = "F" + n.feature + " " + (n.label || "").slice(0, 28);
+      wrapLabel("F" + n.feature + " " + (n.label || ""), LABEL_CHARS, 2).forEach((line, k) => {
+        const span = document.createElementNS(NS, "tspan");
+        span.setAttribute("x", pos[n.id].x + 10); span.setAttribute("dy", k ? "1.1em" : "0");
+        span.textContent = line; t.append(span);
+      });
       g.append(c, t);
       g.addEventListener("click", () => { location.hash = "#/feature/" + n.id; });
       svg.append(g);
