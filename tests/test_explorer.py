@@ -58,11 +58,42 @@ def site(tmp_path: Path) -> Path:
 
 def test_the_site_is_self_contained(tmp_path):
     index = site(tmp_path)
-    assert sorted(p.name for p in index.parent.iterdir()) == ["app.js", "cards", "data.js", "index.html", "style.css"]
-    text = "".join(p.read_text() for p in index.parent.iterdir() if p.is_file())
+    assert sorted(p.name for p in index.parent.iterdir()) == ["app.js", "cards", "data", "data.js", "index.html",
+                                                              "style.css"]
+    text = "".join(p.read_text() for p in index.parent.rglob("*") if p.is_file())
     assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text
     data = json.loads(index.with_name("data.js").read_text().removeprefix("window.EXPLORER = ").rstrip(";\n"))
-    assert data["proteins"]["P"]["mutants"][0]["dms"] is None  # NaN travels as null, never as an invalid NaN
+    assert data["proteins"] == {"P": {"file": "data/p0.js", "n_mutants": 1, "n_graphs": 1}}
+    assert data["feature_files"] == {"L2_B0": "data/f0.js", "L4_B0": "data/f1.js"} and data["activations"] == "fair-esm"
+    assert sorted(p.name for p in (index.parent / "data").iterdir()) == ["f0.js", "f1.js", "p0.js"]
+    part = json.loads((index.parent / "data" / "p0.js").read_text().removeprefix("window.EXPLORER_PART(")
+                      .rstrip(");\n"))
+    assert part["name"] == "P" and list(part["graphs"]) == ["A5C"]
+    assert part["mutants"][0]["dms"] is None  # NaN travels as null, never as an invalid NaN
+
+
+def test_features_are_split_by_layer_and_block_and_a_rebuild_leaves_no_old_part(tmp_path):
+    """Features 3 and 300 of layer 2 fall in blocks 0 and 1 (256 per block), layer 4's feature 1 in its block 0;
+    two proteins, two protein parts. Built again with one protein, the folder holds only the new parts."""
+    from esmsae.report.explorer import FEATURE_BLOCK, split
+
+    assert FEATURE_BLOCK == 256
+    data = {"title": "t", "activations": "interprot", "layers": {}, "findings": [],
+            "proteins": {"P": {"mutants": [{"mutant": "A5C", "graph": True}]}, "Q": {"mutants": []}},
+            "graphs": {"P/A5C": graph()},
+            "features": {k: feature(k, layer, number, "") for k, layer, number in
+                         (("L2_F3", 2, 3), ("L2_F300", 2, 300), ("L4_F1", 4, 1))}}
+    index, parts = split(data)
+    assert index["feature_files"] == {"L2_B0": "data/f0.js", "L2_B1": "data/f1.js", "L4_B0": "data/f2.js"}
+    assert {file: sorted(p["features"]) for file, p in parts.items() if p["kind"] == "features"} == {
+        "data/f0.js": ["L2_F3"], "data/f1.js": ["L2_F300"], "data/f2.js": ["L4_F1"]}
+    assert index["proteins"]["Q"] == {"file": "data/p1.js", "n_mutants": 0, "n_graphs": 0}
+    assert parts["data/p1.js"]["graphs"] == {} and list(parts["data/p0.js"]["graphs"]) == ["A5C"]
+    build_explorer(data, {}, tmp_path / "site")
+    assert len(list((tmp_path / "site" / "data").iterdir())) == 5
+    build_explorer(data | {"proteins": {"P": data["proteins"]["P"]}, "features": {}}, {}, tmp_path / "site")
+    assert sorted(p.name for p in (tmp_path / "site" / "data").iterdir()) == ["p0.js"]
+    assert not [p for p in (tmp_path / "site").iterdir() if p.name.startswith(".data-")]
 
 
 @pytest.fixture

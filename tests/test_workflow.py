@@ -350,14 +350,19 @@ def test_demo_findings_and_explorer(demo):
     assert {"peak_layer", "top20_share", "single_feature_effects", "universal_features",
             "mediated_fraction"} <= set(findings["claim"])
     assert set(findings["scope"]) == {*WT, "all"}
-    text = (demo.outdir / "explorer" / "data.js").read_text()
-    data = json.loads(text.removeprefix("window.EXPLORER = ").rstrip(";\n"))
-    assert set(data["proteins"]) == set(WT)
-    for protein in WT:
-        scores = pd.read_csv(demo.outdir / "scores" / f"{protein}.csv")
-        assert len(data["proteins"][protein]["mutants"]) == int(scores["selected"].sum())
-    nodes = {n["id"] for g in data["graphs"].values() for n in g["nodes"]}
-    assert nodes and nodes <= set(data["features"])
+    site = demo.outdir / "explorer"
+    index = json.loads((site / "data.js").read_text().removeprefix("window.EXPLORER = ").rstrip(";\n"))
+    parts = [json.loads(p.read_text().removeprefix("window.EXPLORER_PART(").rstrip(");\n"))
+             for p in sorted((site / "data").iterdir())]
+    assert set(index["proteins"]) == set(WT)
+    assert {p["name"]: index["proteins"][p["name"]]["file"] for p in parts if p["kind"] == "protein"} == {
+        name: entry["file"] for name, entry in index["proteins"].items()}  # every protein's part is there
+    features = {key for p in parts if p["kind"] == "features" for key in p["features"]}
+    for part in (p for p in parts if p["kind"] == "protein"):
+        scores = pd.read_csv(demo.outdir / "scores" / f"{part['name']}.csv")
+        assert len(part["mutants"]) == index["proteins"][part["name"]]["n_mutants"] == int(scores["selected"].sum())
+        nodes = {n["id"] for g in part["graphs"].values() for n in g["nodes"]}
+        assert nodes and nodes <= features  # a page for every graph node
 
 
 @pytest.mark.parametrize("protein", list(WT))

@@ -1,8 +1,11 @@
 """Rule build_explorer: a static site to browse the study, from a protein to a mutant's graph to a feature.
 
 ``{outdir}/explorer/index.html`` opens from ``file://`` with no server and no network: one page and its
-own small script (``static/app.js``, no library), the study's data as ``data.js`` (a script, because a
-page opened from a file may not fetch JSON), and the feature cards copied beside it. Pages (the part of
+own small script (``static/app.js``, no library), the study's data as scripts (a page opened from a file
+may not fetch JSON), and the feature cards copied beside it. ``data.js`` is the index (title, forward,
+layers, findings, each protein's counts and file); each protein's mutants and graphs are ``data/p{i}.js``
+and the features, ``FEATURE_BLOCK`` per file by layer and number, ``data/f{i}.js``: a page loads only
+the files it shows, so a study of hundreds of assays opens as fast as one of three. Pages (the part of
 the address after ``#``):
 
 * ``#/`` — the proteins, with their mutants and the findings;
@@ -24,6 +27,7 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 CONCEPTS_PER_FEATURE = 8
 MUTANTS_PER_FEATURE = 40
+FEATURE_BLOCK = 256  # features per data file (by layer, then feature // FEATURE_BLOCK)
 
 
 def clean(value):
@@ -142,6 +147,11 @@ def explorer_data(scores: Mapping[str, Path], sizes: str | Path, shares: Mapping
     example_tables = {layer: read_table(path, "feature_examples") for layer, path in examples.items()}
     features = feature_entries(keys, label_table, read_table(concepts, "feature_concepts"), example_tables,
                                top_table, graphs, {key: f"cards/{Path(p).name}" for key, p in cards.items()})
+    for entry in features.values():  # what a feature's page links to, known here so that it needs no other file
+        for row in entry["mutants"]:
+            row["graph"] = f"{row['protein']}/{row['mutant']}" in graphs
+        for row in entry["neighbours"]:
+            row["linked"] = row["id"] in features
     forward = one_forward(itertools.chain(size_table["activations"], label_table["activations"],
                                           top_table.get("activations", ()),
                                           (g.get("activations") for g in graphs.values())), "explorer")
@@ -150,8 +160,37 @@ def explorer_data(scores: Mapping[str, Path], sizes: str | Path, shares: Mapping
                   "findings": read_table(findings, "findings").to_dict("records") if findings else []})
 
 
+def split(data: dict) -> tuple[dict, dict[str, dict]]:
+    """The index (``data.js``) and the parts (``data/…js`` by relative path) of :func:`explorer_data`'s dict."""
+    index = {key: data[key] for key in ("title", "activations", "layers", "findings")}
+    index |= {"proteins": {}, "feature_block": FEATURE_BLOCK, "feature_files": {}}
+    parts: dict[str, dict] = {}
+    graphs: dict[str, dict] = {}
+    for key, graph in data["graphs"].items():
+        protein, mutant = key.split("/", 1)
+        graphs.setdefault(protein, {})[mutant] = graph
+    for i, (name, protein) in enumerate(data["proteins"].items()):
+        file = f"data/p{i}.js"
+        parts[file] = {"kind": "protein", "name": name, "mutants": protein["mutants"], "graphs": graphs.get(name, {})}
+        index["proteins"][name] = {"file": file, "n_mutants": len(protein["mutants"]),
+                                   "n_graphs": sum(bool(m["graph"]) for m in protein["mutants"])}
+    blocks: dict[str, dict] = {}
+    for key, entry in data["features"].items():
+        blocks.setdefault(f"L{entry['layer']}_B{entry['feature'] // FEATURE_BLOCK}", {})[key] = entry
+    for i, (block, features) in enumerate(sorted(blocks.items())):
+        file = f"data/f{i}.js"
+        parts[file] = {"kind": "features", "features": features}
+        index["feature_files"][block] = file
+    return index, parts
+
+
+def _json(value: dict) -> str:
+    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+
+
 def build_explorer(data: dict, cards: Mapping[tuple[int, int], Path], out_dir: str | Path) -> None:
-    """Write the site: index.html, app.js and style.css (the package's), data.js, and the cards."""
+    """Write the site: index.html, app.js and style.css (the package's), the cards, ``data/`` (every part, into a
+    fresh folder that then replaces the old one, so that no part of an earlier run is left) and ``data.js``."""
     out_dir = Path(out_dir)
     (out_dir / "cards").mkdir(parents=True, exist_ok=True)
     for name in ("index.html", "app.js", "style.css"):
@@ -160,9 +199,19 @@ def build_explorer(data: dict, cards: Mapping[tuple[int, int], Path], out_dir: s
     for path in cards.values():
         with atomic_path(out_dir / "cards" / Path(path).name) as tmp:
             shutil.copyfile(path, tmp)
+    index, parts = split(data)
+    fresh = Path(tempfile.mkdtemp(prefix=".data-", dir=out_dir))
+    try:
+        for file, part in parts.items():
+            (fresh / Path(file).name).write_text(f"window.EXPLORER_PART({_json(part)});\n", encoding="utf-8")
+        shutil.rmtree(out_dir / "data", ignore_errors=True)
+        fresh.rename(out_dir / "data")
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)  # gone already unless writing failed
     with atomic_path(out_dir / "data.js") as tmp:
-        Path(tmp).write_text("window.EXPLORER = " + json.dumps(data, allow_nan=False, separators=(",", ":"))
-                             + ";\n", encoding="utf-8")
+        Path(tmp).write_text(f"window.EXPLORER = {_json(index)};\n", encoding="utf-8")
     size = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
-    log.info("explorer: %d proteins, %d graphs, %d features, %.1f MB in %s", len(data["proteins"]),
-             len(data["graphs"]), len(data["features"]), size / 1e6, out_dir)
+    largest = max((p.stat().st_size for p in (out_dir / "data").iterdir()), default=0)
+    log.info("explorer: %d proteins, %d graphs, %d features in %d data files (largest %.2f MB), %.1f MB in %s",
+             len(data["proteins"]), len(data["graphs"]), len(data["features"]), len(parts), largest / 1e6,
+             size / 1e6, out_dir)

@@ -1,7 +1,31 @@
-// The study explorer: hash-addressed pages over window.EXPLORER (data.js). No library, no network.
+// The study explorer: hash-addressed pages over window.EXPLORER (data.js, the index) and the parts it names
+// (data/p{i}.js: a protein's mutants and graphs; data/f{i}.js: a block of features), each loaded as a script
+// the first time a page needs it. No library, no network.
 (function () {
   "use strict";
   const D = window.EXPLORER;
+  const proteins = {};  // name -> {mutants, graphs}, as their parts arrive
+  const features = {};  // "L{layer}_F{feature}" -> its page's data
+  window.EXPLORER_PART = function (part) {
+    if (part.kind === "protein") proteins[part.name] = part;
+    else if (part.kind === "features") Object.assign(features, part.features);
+  };
+  const loading = {};
+  function load(src) {  // a part, once: a page opened from file:// may add a script but not fetch a file
+    if (!src) return Promise.resolve();
+    if (!loading[src]) loading[src] = new Promise((resolve, reject) => {
+      const script = document.createElement("script");
+      script.src = src; script.onload = resolve;
+      script.onerror = () => reject(new Error("cannot read " + src));
+      document.head.append(script);
+    });
+    return loading[src];
+  }
+  const proteinPart = name => load(D.proteins[name] && D.proteins[name].file);
+  function featurePart(id) {
+    const m = /^L(\d+)_F(\d+)$/.exec(id);
+    return load(m && D.feature_files["L" + m[1] + "_B" + Math.floor(Number(m[2]) / D.feature_block)]);
+  }
   const page = document.getElementById("page");
   const crumbs = document.getElementById("crumbs");
 
@@ -54,15 +78,14 @@
 
   function home() {
     crumbs.replaceChildren();
-    const proteins = Object.entries(D.proteins).map(([name, p]) => ({ name: name, n: p.mutants.length,
-      graphs: p.mutants.filter(m => m.graph).length }));
+    const rows = Object.entries(D.proteins).map(([name, p]) => ({ name: name, n: p.n_mutants, graphs: p.n_graphs }));
     page.replaceChildren(
       el("h1", {}, D.title),
       el("p", { class: "muted" }, "Every number here reads the SAEs on the " + (D.activations || "?") +
         " forward (config key sae.activations)."),
       el("h2", {}, "Proteins"),
       sortable([{ title: "protein", text: true, value: r => r.name, render: r => link("#/protein/" + r.name, r.name) },
-                { title: "mutants", value: r => r.n }, { title: "with a graph", value: r => r.graphs }], proteins),
+                { title: "mutants", value: r => r.n }, { title: "with a graph", value: r => r.graphs }], rows),
       el("h2", {}, "Findings"),
       D.findings.length ? sortable([
         { title: "claim", text: true, value: r => r.claim }, { title: "scope", text: true, value: r => r.scope },
@@ -72,7 +95,7 @@
   }
 
   function protein(name) {
-    const p = D.proteins[name];
+    const p = proteins[name];
     if (!p) return missing("protein " + name);
     crumbs.replaceChildren(" / ", name);
     const cols = [{ title: "mutant", text: true, value: r => r.mutant,
@@ -105,7 +128,7 @@
   }
 
   function mutant(name, mut) {
-    const graph = D.graphs[name + "/" + mut];
+    const graph = proteins[name] && proteins[name].graphs[mut];
     if (!graph) return missing("graph of " + name + " " + mut);
     crumbs.replaceChildren(" / ", link("#/protein/" + name, name), " / ", mut);
     const layers = D.layers.graph;
@@ -177,7 +200,7 @@
   }
 
   function feature(id) {
-    const f = D.features[id];
+    const f = features[id];
     if (!f) return missing("feature " + id);
     crumbs.replaceChildren(" / ", id);
     const concepts = f.concepts.length ? sortable([
@@ -191,11 +214,11 @@
       : el("p", { class: "muted" }, "No reference position activates it.");
     const mutants = f.mutants.length ? sortable([
       { title: "protein", text: true, value: r => r.protein }, { title: "mutant", text: true, value: r => r.mutant,
-        render: r => D.graphs[r.protein + "/" + r.mutant] ? link("#/mutant/" + r.protein + "/" + r.mutant, r.mutant) : r.mutant },
+        render: r => r.graph ? link("#/mutant/" + r.protein + "/" + r.mutant, r.mutant) : r.mutant },
       { title: "rank", value: r => r.rank }, { title: "A_j", value: r => r.attribution }], f.mutants)
       : el("p", { class: "muted" }, "In no mutant's top 20.");
     const neighbours = f.neighbours.length ? sortable([
-      { title: "feature", text: true, value: r => r.id, render: r => D.features[r.id] ? link("#/feature/" + r.id, r.id) : r.id },
+      { title: "feature", text: true, value: r => r.id, render: r => r.linked ? link("#/feature/" + r.id, r.id) : r.id },
       { title: "direction", text: true, value: r => r.direction }, { title: "graphs", value: r => r.n },
       { title: "Σ|M|", value: r => r.sum_abs_M }], f.neighbours) : el("p", { class: "muted" }, "In no mutant's graph.");
     page.replaceChildren(...[el("h1", { id: "feature-title" }, "Layer " + f.layer + ", feature " + f.feature),
@@ -220,12 +243,17 @@
   function missing(what) { page.replaceChildren(el("p", {}, "Not in this study: " + what + ". "), link("#/", "Back to the proteins")); }
 
   function route() {
-    const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
-    if (parts[0] === "protein") protein(parts[1]);
-    else if (parts[0] === "mutant") mutant(parts[1], parts[2]);
-    else if (parts[0] === "feature") feature(parts[1]);
-    else home();
-    window.scrollTo(0, 0);
+    const hash = location.hash;
+    const parts = hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+    const pages = { protein: [() => proteinPart(parts[1]), () => protein(parts[1])],
+                    mutant: [() => proteinPart(parts[1]), () => mutant(parts[1], parts[2])],
+                    feature: [() => featurePart(parts[1]), () => feature(parts[1])] };
+    const [needs, draw] = pages[parts[0]] || [() => Promise.resolve(), home];
+    needs().then(() => {
+      if (location.hash !== hash) return;  // the reader moved on while it loaded
+      draw();
+      window.scrollTo(0, 0);
+    }, error => page.replaceChildren(el("p", {}, String(error.message)), link("#/", "Back to the proteins")));
   }
   window.addEventListener("hashchange", route);
   route();
