@@ -61,6 +61,15 @@ def test_every_table_records_the_forward():
     assert [kind for kind, columns in TABLES.items() if "activations" not in columns] == []
 
 
+def test_a_table_of_an_older_version_says_how_to_remake_it(tmp_path):
+    """A patching table written before the forward was recorded: the error names the file, the column, and the fix."""
+    table([patch("A1C", 0, "real", 0.5)]).drop(columns="activations").to_csv(tmp_path / "P_L1.csv", index=False)
+    with pytest.raises(InputError, match=r"P_L1\.csv: not a patching table \(missing column\(s\) activations; if an "
+                                         r"older version of the pipeline wrote it, delete it so that its rule runs "
+                                         r"again\)$"):
+        read_table(tmp_path / "P_L1.csv", "patching")
+
+
 def test_one_forward_of_a_combined_tables_inputs():
     assert one_forward(["fair-esm", "fair-esm", np.nan, None], "t") == "fair-esm"  # missing values are no forward
     assert one_forward([], "t") is None and one_forward([np.nan], "t") is None

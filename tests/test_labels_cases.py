@@ -444,6 +444,12 @@ def test_attributions_file_holds_exactly_its_fields_and_names_a_missing_setting(
         dataclasses.replace(result, steps=None).write(tmp_path / "s.npz")
     with pytest.raises(ValueError, match=r"^Attributions.write: setting activations is not set$"):
         dataclasses.replace(result, activations=None).write(tmp_path / "s.npz")
+    # a file of an older version, without the forward: read back, it is refused rather than read as "no forward"
+    with np.load(tmp_path / "r.npz", allow_pickle=False) as data:
+        np.savez(tmp_path / "old.npz", **{k: data[k] for k in data.files if k != "activations"})
+    with pytest.raises(InputError, match=r"old\.npz: IG results without the setting\(s\) activations; if an older "
+                                         r"version of the pipeline wrote it, delete it so that its rule runs again$"):
+        Attributions.read(tmp_path / "old.npz")
 
 
 def test_output_effects_count_every_residue_and_no_special_token(lm, saes):

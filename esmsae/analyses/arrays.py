@@ -90,12 +90,17 @@ class Attributions:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> Attributions:
-        """An npz written by :meth:`write`; InputError naming the file if it is not one."""
+        """An npz written by :meth:`write` (every setting there); InputError naming the file if it is not one."""
         arrays = read_npz(path, "IG results")
         try:
-            return cls.of(arrays, str(path))
+            result = cls.of(arrays, str(path))
         except ValueError as err:
             raise InputError(str(err)) from None
+        missing = [key for key in SETTINGS if key not in arrays]
+        if missing:
+            raise InputError(f"{path}: IG results without the setting(s) {', '.join(missing)}; if an older version of "
+                             "the pipeline wrote it, delete it so that its rule runs again")
+        return result
 
     def write(self, path: str | os.PathLike) -> None:
         """One ``.npz`` with the arrays and the settings that made them, written atomically."""

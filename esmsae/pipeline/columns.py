@@ -201,7 +201,8 @@ def read_table(path: str | os.PathLike, kind: str) -> pd.DataFrame:
         raise InputError(f"{path}: not a readable {kind.replace('_', ' ')} table ({err})") from None
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise InputError(f"{path}: not a {kind.replace('_', ' ')} table (missing column(s) {', '.join(missing)})")
+        raise InputError(f"{path}: not a {kind.replace('_', ' ')} table (missing column(s) {', '.join(missing)}; "
+                         "if an older version of the pipeline wrote it, delete it so that its rule runs again)")
     return table
 
 
