@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,9 @@ def test_paired_wilcoxon_one_sided_by_hand():
     assert four[0] == 1 / 16 and verdict(*four[:2]) == NULL
     assert np.isnan(paired_greater(np.ones(3), np.ones(3))[0])                       # all differences 0
     assert paired_greater(np.array([2.0, np.nan, 4]), np.array([1.0, 1, 1]))[2] == 2  # NaN pairs dropped
+    # a missing value given as None (an object column) is NaN too: the other five pairs, all up: 1/32
+    assert paired_greater([2.0, None, 3, 4, 5, 6], [1.0] * 6) == (1 / 32, 1.0, 5)
+    assert paired_greater([1.0] * 6, [2.0, 3, None, 4, 5, 6]) == (1.0, 1 / 32, 5)
 
 
 def test_empirical_p_both_ways_by_hand():
@@ -81,6 +85,8 @@ def test_universal_count_by_hand():
     assert universal_count(tops) == 1
     tops[("P", 4)] = [{2}, {9}]  # layer 4: 2 is in half of P's and all of Q's
     assert universal_count(tops) == 2
+    # a protein without mutants at a layer (first) is skipped, not the end: the others still count
+    assert universal_count({("R", 2): [], **tops}) == 2
 
 
 def attributions(rows: list[list[float]]) -> Attributions:
@@ -205,6 +211,23 @@ def test_patch_values_are_each_mutants_mean_and_max_abs_effect_per_control():
     pd.testing.assert_frame_equal(out, pd.DataFrame(expected, columns=out.columns), check_dtype=False)
     empty = patch_values({})
     assert empty.empty and list(empty.columns) == list(out.columns)
+    # the order of first appearance, not sorted: Q before P, and m1 before m0
+    later = patch_values({("Q", 3): patch_table(3, [("m1", "real", 0.5), ("m0", "real", 1.0)]),
+                          ("P", 1): patch_table(1, [("m0", "random", 0.5), ("m0", "real", 0.25)])})
+    assert later[["protein", "layer", "mutant", "real_mean"]].values.tolist() == [
+        ["Q", 3, "m0", 1.0], ["Q", 3, "m1", 0.5], ["P", 1, "m0", 0.25]]
+
+
+def test_mutant_means_average_over_layers_per_protein_and_mutant_in_order_of_appearance():
+    """Q's m1 (layers 2, 4: 0.5 and 1.0 → 0.75) first, then P's m1 (0.25) and Q's m0 (a NaN layer skipped: 2.0):
+    the same mutant name in two proteins is two units."""
+    from esmsae.tables.findings import mutant_means
+
+    frame = pd.DataFrame({"protein": ["Q", "P", "Q", "Q", "Q"], "mutant": ["m1", "m1", "m1", "m0", "m0"],
+                          "layer": [2, 2, 4, 2, 4], "x": [0.5, 0.25, 1.0, 2.0, np.nan]})
+    out = mutant_means(frame, ["x"])
+    assert out.values.tolist() == [["Q", "m1", 0.75], ["P", "m1", 0.25], ["Q", "m0", 2.0]]
+    assert list(out.columns) == ["protein", "mutant", "x"]
 
 
 def peak_values(real: dict[int, dict[str, float]], random: dict[str, float], layer_of_random: int) -> pd.DataFrame:
@@ -254,7 +277,12 @@ def test_peak_layer_with_one_test_undefined():
     tie = peak_layer(peak_values({2: {"a": 1.0, "b": 2.0}, 4: {"a": 2.0, "b": 1.0}, 6: {"a": 0.5, "b": 0.25}},
                                  {}, 2), "P", 0.05)
     assert tie["sentence"].startswith("P: peak causal effects at layer 2 (mean |effect| 1.5 vs 1.5 at layer 4")
+    four = peak_layer(peak_values({2: {"a": 0.5}, 4: {"a": 0.5}, 6: {"a": 1.5}, 8: {"a": 1.5}}, {}, 6), "P", 0.05)
+    assert four["sentence"].startswith("P: peak causal effects at layer 6 (mean |effect| 1.5 vs 1.5 at layer 8")
+    lone = peak_layer(peak_values({2: {"a": 1.0}, 4: {"a": 2.0}}, {"a": 0.5}, 4), "P", 0.05)
+    assert np.isnan(lone["p"]) and np.isnan(lone["p_other"]) and lone["n"] == 1  # one pair: neither test exists
     one = peak_layer(peak_values({3: at4}, {}, 3), "Q", 0.05)
+    assert (one["claim"], one["scope"]) == ("peak_layer", "Q")
     assert np.isnan(one["statistic"]) and np.isnan(one["null"]) and one["n"] == 0 and one["verdict"] == NULL
     assert one["test"] == "Wilcoxon (paired, one-sided)"
     assert one["sentence"] == "Q: peak causal effects at one layer (fewer than two patching layers) (p undefined)"
@@ -291,7 +319,9 @@ def test_universal_claim_against_random_draws_from_the_changed_set_by_hand():
     assert (at_bar["p"], at_bar["verdict"]) == (1 / 20, NULL)
     three = universal_claim(results, 20, 0, 0.05, min_proteins=3)
     assert (three["statistic"], three["null"], three["p"], three["p_other"]) == (0.0, 0.0, 1.0, 1.0)
-    none = universal_claim(results, 0, 0, 0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no null: NaN, not the mean of an empty list
+        none = universal_claim(results, 0, 0, 0.05)
     assert none["statistic"] == 1.0 and np.isnan(none["null"]) and np.isnan(none["p"]) and none["verdict"] == NULL
 
 
@@ -307,6 +337,8 @@ def test_universal_claim_draws_as_many_as_the_top_set_holds_and_no_more_than_the
     out = universal_claim(results, 20, 3, 0.05)
     assert (out["statistic"], out["null"], out["p"], out["p_other"]) == (0.0, 1.0, 1.0, 1 / 21)
     assert (out["n"], out["verdict"]) == (4, NOT_SUPPORTED)
+    three = universal_claim(results, 20, 3, 0.05, min_proteins=3)  # the draws meet the same bar: none
+    assert (three["statistic"], three["null"], three["p"], three["p_other"]) == (0.0, 0.0, 1.0, 1.0)
 
 
 def test_universal_claim_is_seeded():
@@ -355,6 +387,8 @@ def test_set_ablation_claims_without_dms_use_rho_clean_ablated_and_pool_over_pro
     assert "changes Δρ with DMS by more" in q["sentence"]
     assert pooled["p"] == pytest.approx(0.06) and pooled["verdict"] == NULL
     assert pooled["statistic"] == 0.5 and pooled["null"] == pytest.approx(2.25 / 3)
+    q_first = ablation_claims(ablation_frame(rows[2:] + rows[:2]), 0.05)  # proteins in the order they appear
+    assert [r["scope"] for r in q_first] == ["Q", "P", "all"] and q_first[1]["p"] == 0.04
 
 
 def test_set_ablation_p_is_capped_at_1_skips_nan_layers_and_reads_above_the_p95_as_the_other_way():
@@ -444,6 +478,11 @@ def test_findings_by_hand_every_claim_per_protein_then_pooled_over_protein_mutan
     assert (top_all.statistic, top_all.p, top_all.n, top_all.verdict) == (
         pytest.approx(4.5625 / 6), 1 / 64, 6, SUPPORTED)
     assert top_all.test == "Wilcoxon (paired, one-sided)" and top_all.figure == "ig_concentration.png"
+    assert top_p.sentence == ("P: the top 20 features carry more of the IG attribution than the SAE's sparsity alone "
+                              "gives (top-20 share of D) (0.646 vs 0.5 over 3 mutants) (p = 0.12)")
+    assert by[("mediated_fraction", "P")].sentence == (
+        "P: an upstream feature's effect flows through its top downstream features more than through random ones "
+        "(0.725 vs 0.25 over 5 mutants) (p = 0.031)")
     for scope in ("P", "all"):
         mediated = by[("mediated_fraction", scope)]
         assert (mediated.statistic, mediated.null, mediated.p, mediated.n, mediated.verdict) == (
@@ -462,6 +501,27 @@ def test_findings_by_hand_every_claim_per_protein_then_pooled_over_protein_mutan
                      alpha=0.05)
     assert "universal_features" not in empty["claim"].tolist()
     assert not any(c.startswith("set_ablation") for c in empty["claim"])
+    nothing = findings({}, i["concentration"].iloc[:0], {}, {}, None, n_null=20, seed=0, alpha=0.05)
+    assert nothing.empty and list(nothing.columns) == TABLES["findings"]
+
+
+def random_results(forward: str = "fair-esm") -> dict:
+    """IG results whose null draws are random (changed sets of 7 that overlap, top sets of 2)."""
+    changed = [[1, 2, 3, 4, 5, 6, 7], [2, 3, 4, 5, 6, 7, 8], [1, 3, 5, 7, 9, 11, 13]]
+    return {("P", 2): changed_attributions([[1, 2], [2, 3], [3, 5]], changed, d=16, forward=forward),
+            ("Q", 2): changed_attributions([[1, 2], [3, 4], [5, 6]], changed, d=16, forward=forward)}
+
+
+def test_findings_draw_the_universal_null_with_the_seed_given():
+    """The universal row is universal_claim's with the same seed (the draws are random here)."""
+    from esmsae.tables.findings import findings
+
+    i, results = findings_inputs(), random_results()
+    table = findings(i["patching"], i["concentration"], results, {}, None, n_null=40, seed=5, alpha=0.05)
+    expected = universal_claim(results, 40, 5, 0.05)
+    got = table[table["claim"] == "universal_features"].iloc[0]
+    assert (got["statistic"], got["null"], got["p"], got["p_other"]) == (
+        expected["statistic"], expected["null"], expected["p"], expected["p_other"])
 
 
 @pytest.mark.parametrize("other", ["concentration", "results", "shares", "ablation"])
@@ -488,15 +548,14 @@ def test_tabulate_findings_reads_every_input_and_writes_the_table(tmp_path):
     for (p, layer), frame in i["patching"].items():
         write_csv(frame, paths["patching"].setdefault((p, layer), tmp_path / f"patch_{p}_{layer}.csv"))
     for (p, layer), result in i["results"].items():
-        dataclasses.replace(result, steps=8, rule="gauss-legendre", space="latent", k=8, d_sae=8, error_node=True,
-                            layer=layer).write(paths["ig"].setdefault((p, layer), tmp_path / f"ig_{p}_{layer}.npz"))
+        write_ig(result, layer, paths["ig"].setdefault((p, layer), tmp_path / f"ig_{p}_{layer}.npz"))
     for (p, layer), frame in i["shares"].items():
         write_csv(frame, paths["shares"].setdefault((p, layer), tmp_path / f"shares_{p}_{layer}.csv"))
     write_csv(i["concentration"], tmp_path / "conc.csv")
     write_csv(i["ablation"], tmp_path / "ablation.csv")
     out = tmp_path / "findings.csv"
     tabulate_findings(paths["patching"], tmp_path / "conc.csv", paths["ig"], paths["shares"], tmp_path / "ablation.csv",
-                      n_null=19, seed=0, alpha=0.04, out=out, min_proteins=2)
+                      n_null=19, seed=0, alpha=0.04, out=out)
     written = read_table(out, "findings")
     expected = findings(i["patching"], i["concentration"], i["results"], i["shares"], i["ablation"], n_null=19,
                         seed=0, alpha=0.04)
@@ -505,7 +564,8 @@ def test_tabulate_findings_reads_every_input_and_writes_the_table(tmp_path):
     np.testing.assert_allclose(written[["statistic", "null", "p"]].to_numpy(dtype=float),
                                expected[["statistic", "null", "p"]].to_numpy(dtype=float))
     universal = written[written["claim"] == "universal_features"].iloc[0]
-    assert (universal["p"], universal["test"]) == (1 / 20, "empirical, 19 random top-20 draws")
+    assert (universal["statistic"], universal["p"], universal["test"]) == (1.0, 1 / 20,
+                                                                           "empirical, 19 random top-20 draws")
     mediated = written[written["claim"] == "mediated_fraction"].iloc[0]
     assert mediated["p"] == 1 / 32 and mediated["verdict"] == SUPPORTED  # 1/32 < alpha 0.04
     top = written[(written["claim"] == "top20_share") & (written["scope"] == "all")].iloc[0]
@@ -516,3 +576,17 @@ def test_tabulate_findings_reads_every_input_and_writes_the_table(tmp_path):
     assert not written["claim"].str.startswith("set_ablation").any()
     assert written[written["claim"] == "universal_features"].iloc[0]["statistic"] == 0.0
     assert written[written["claim"] == "mediated_fraction"].iloc[0]["verdict"] == NULL  # 1/32 > alpha 0.02
+    # random draws: the rule's universal row is universal_claim's with the seed given
+    results = random_results()
+    for (p, layer), result in results.items():
+        write_ig(result, layer, tmp_path / f"ig_{p}_{layer}.npz")
+    tabulate_findings(paths["patching"], tmp_path / "conc.csv", paths["ig"], paths["shares"], None, n_null=40,
+                      seed=5, alpha=0.05, out=out)
+    got = read_table(out, "findings").set_index("claim").loc["universal_features"]
+    expected = universal_claim(results, 40, 5, 0.05)
+    assert (got["null"], got["p"], got["p_other"]) == (expected["null"], expected["p"], expected["p_other"])
+
+
+def write_ig(result: Attributions, layer: int, path) -> None:
+    dataclasses.replace(result, steps=8, rule="gauss-legendre", space="latent", k=8, d_sae=result.attribution.shape[1],
+                        error_node=True, layer=layer).write(path)
