@@ -4,6 +4,7 @@ ablated scores against an independent forward, the sets, the frequency-matched n
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -317,6 +318,8 @@ def test_empirical_p_and_spread_are_undefined_with_a_nan_null():
     assert empirical_p(0.5, np.array([0.5])) == 1.0   # (1 + 1) / (1 + 1): the tie counts
     assert all(np.isnan(spread(np.array([]))))
     assert spread(np.array([2.0])) == (2.0, 2.0, 2.0)
+    # a missing value given as None (an object array) is NaN too, not an error
+    assert np.isnan(empirical_p(0.1, [0.0, None])) and all(np.isnan(spread([1.0, None])))
 
 
 def test_row_statistics_read_dms_only_where_present_and_need_three():
@@ -331,7 +334,9 @@ def test_row_statistics_read_dms_only_where_present_and_need_three():
     two = row_statistics(ablated, clean, np.array([np.nan, 1.0, 2.0, np.nan, np.nan]))
     assert np.isnan(two["rho_0"]) and np.isnan(two["rho_a"]) and np.isnan(two["delta_rho"])
     assert two["rho_clean_ablated"] == pytest.approx(0.6) and two["mean_abs_delta"] == pytest.approx(1.2)
-    empty = row_statistics(np.zeros(0), np.zeros(0), np.zeros(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no singles: NaN, not the mean of an empty array
+        empty = row_statistics(np.zeros(0), np.zeros(0), np.zeros(0))
     assert all(np.isnan(v) for v in empty.values())
 
 
@@ -355,7 +360,7 @@ def ablation_arrays(sets: list[tuple[str, list[int], list[np.ndarray]]], clean: 
 
 
 def test_ablation_rows_of_two_sets_with_every_null_column_by_hand():
-    """clean = DMS = 1..5 (ρ_0 = 1). "top" (first in the file, so first in the table), features 1, 2: scores
+    """clean = DMS = 1..5 (ρ_0 = 1). "top" (first in the file, so first in the table), features 0, 2: scores
     1, 2, 3, 5, 4 (ρ_A = ρ(clean, ablated) = 1 − 6·2/120 = 0.9, Δρ −0.1, |Δ| 2/5). Its nulls: reversed (ρ −1,
     Δρ −2, |Δ| 12/5) and unchanged (ρ 1, Δρ 0, |Δ| 0). Two nulls [a, b]: mean (a + b)/2, p05 a + 0.05(b − a),
     p95 a + 0.95(b − a): Δρ −1, −1.9, −0.1; ρ(clean, ablated) 0, −0.9, 0.9; |Δ| 1.2, 0.12, 2.28. p = (1 + 1)/3
@@ -365,11 +370,11 @@ def test_ablation_rows_of_two_sets_with_every_null_column_by_hand():
     clean = np.array([1.0, 2, 3, 4, 5])
     top = [np.array([1.0, 2, 3, 5, 4]), clean[::-1].copy(), clean.copy()]
     circuit = [np.array([2.0, 1, 3, 4, 5]), np.array([2.0, 1, 3, 4, 5]), np.array([3.0, 2, 1, 4, 5])]
-    out = ablation_rows(ablation_arrays([("top", [1, 2], top), ("circuit", [5], circuit)], clean, clean.copy(),
+    out = ablation_rows(ablation_arrays([("top", [0, 2], top), ("circuit", [5], circuit)], clean, clean.copy(),
                                         protein="Q", layer=6))
     assert out["set"].tolist() == ["top", "circuit"] and list(out.columns) == TABLES["set_ablation"]
     t, c = out.iloc[0], out.iloc[1]
-    assert (t["protein"], t["layer"], t["features"], t["size"], t["n_scored"], t["n_dms"]) == ("Q", 6, "1;2", 2, 5, 5)
+    assert (t["protein"], t["layer"], t["features"], t["size"], t["n_scored"], t["n_dms"]) == ("Q", 6, "0;2", 2, 5, 5)
     assert (c["features"], c["size"]) == ("5", 1)
     for name, value in [("rho_0", 1.0), ("rho_a", 0.9), ("delta_rho", -0.1), ("rho_clean_ablated", 0.9),
                         ("mean_abs_delta", 0.4), ("null_delta_rho_mean", -1.0), ("null_delta_rho_p05", -1.9),
