@@ -300,3 +300,37 @@ def test_tabulate_sae_quality_reads_the_study_forward_from_the_fidelity_files(tm
     assert table[["layer", "activations", "n_proteins"]].values.tolist() == [
         [2, "fair-esm", 1], [2, "interprot", 1], [4, "fair-esm", 1], [4, "interprot", 1]]
     np.testing.assert_allclose(table["spearman_clean_recon_mean"], [1.0, 0.8, 1.0, 0.8])
+
+
+def test_task_fidelity_of_a_protein_with_one_single_and_of_no_scores():
+    """One scored single: n 1, no ρ at all (below 3 points), its k and d_sae read from its row. No scores: an
+    empty table that still has the columns."""
+    one = task_fidelity(scores_frame([1.0], [2.0], [0.5]).assign(k=8, d_sae=32), "interprot")
+    assert one[["protein", "layer", "n", "n_dms", "k", "d_sae"]].values.tolist() == [["P", 2, 1, 1, 8, 32]]
+    assert one[["spearman_dms_clean", "spearman_dms_recon", "spearman_clean_recon"]].isna().all(axis=None)
+    empty = task_fidelity(scores_frame([], [], []), "interprot")
+    assert empty.empty and list(empty.columns) == TABLES["sae_task_fidelity"]
+
+
+def test_tabulate_sae_quality_of_one_layer_warns_once_naming_the_file_of_a_wrong_k(tmp_path, caplog):
+    """One layer: the study forward (interprot) is its one marked row. Its fair-esm row is flagged double_k:
+    one warning naming the file, the layer, the forward, the flag and k; the unflagged row gives none."""
+    from esmsae.tables.sae_quality import tabulate_sae_quality
+
+    quality, scores = {2: tmp_path / "L2.csv"}, {2: tmp_path / "L2_scores.csv"}
+    write_csv(fidelity_rows([{"layer": 2, "activations": "interprot", "study_forward": True, "k": 4},
+                             {"layer": 2, "activations": "fair-esm", "study_forward": False, "k": 4,
+                              "wrong_k": "double_k", "sae_file": "l2.safetensors"}]), quality[2])
+    write_csv(pd.concat([scores_frame([1.0, 2, 3, 4], [1.0, 2, 4, 3], [1.0, 2, 3, 4]),
+                         scores_frame([1.0, 2, 3, 4], [1.0, 2, 3, 4], [1.0, 2, 3, 4], activations="fair-esm")]),
+              scores[2])
+    out = {"table": tmp_path / "sae_quality.csv", "task": tmp_path / "sae_task_fidelity.csv"}
+    with caplog.at_level(logging.WARNING, logger="esmsae.tables.sae_quality"):
+        tabulate_sae_quality(quality, scores, out)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["l2.safetensors (layer 2, fair-esm forward): FVE is far higher at double_k than at k = 4"]
+    task = read_table(out["task"], "sae_task_fidelity")
+    assert task[["activations", "study_forward"]].values.tolist() == [["interprot", True], ["fair-esm", False]]
+    table = read_table(out["table"], "sae_quality")
+    assert table["activations"].tolist() == ["interprot", "fair-esm"]
+    np.testing.assert_allclose(table["spearman_clean_recon_mean"], [0.8, 1.0])
