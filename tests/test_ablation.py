@@ -4,6 +4,7 @@ ablated scores against an independent forward, the sets, the frequency-matched n
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -307,3 +308,113 @@ def test_a_set_too_large_for_its_deciles_is_reported_without_a_null(caplog):
     row = ablation_rows(arrays).iloc[0]
     assert row["n_null"] == 0 and np.isnan(row["p_delta_rho"]) and np.isnan(row["null_delta_rho_mean"])
     assert row["rho_a"] == pytest.approx(1.0) and row["rho_0"] == pytest.approx(0.8)  # hand: ρ(clean, dms) = 0.8
+
+
+# -- mutation-testing round (mutation/findings.md): the table's arithmetic at its bars ------------------------------
+def test_empirical_p_and_spread_are_undefined_with_a_nan_null():
+    """A null holding a NaN (a constant null row has no ρ) gives p NaN, not a count over the rest; no values: NaN."""
+    assert np.isnan(empirical_p(0.1, np.array([0.0, np.nan])))
+    assert np.isnan(empirical_p(float("inf"), np.array([0.0])))
+    assert empirical_p(0.5, np.array([0.5])) == 1.0   # (1 + 1) / (1 + 1): the tie counts
+    assert all(np.isnan(spread(np.array([]))))
+    assert spread(np.array([2.0])) == (2.0, 2.0, 2.0)
+    # a missing value given as None (an object array) is NaN too, not an error
+    assert np.isnan(empirical_p(0.1, [0.0, None])) and all(np.isnan(spread([1.0, None])))
+
+
+def test_row_statistics_read_dms_only_where_present_and_need_three():
+    """clean 1..5, ablated 2, 3, 1, 5, 4. DMS at singles 2..4 only (1, 2, 3): ρ_0 = ρ((2, 3, 4), DMS) = 1;
+    ρ_A = ρ((3, 1, 5), DMS): ranks 2, 1, 3, Σd² = 2, 1 − 6·2/(3·8) = 0.5; Δρ = −0.5. ρ(clean, ablated) over all
+    five: Σd² = 1 + 1 + 4 + 1 + 1 = 8, 1 − 48/120 = 0.6; mean |Δ| = 6/5. With DMS at two singles only: no DMS ρ."""
+    clean, ablated = np.array([1.0, 2, 3, 4, 5]), np.array([2.0, 3, 1, 5, 4])
+    three = row_statistics(ablated, clean, np.array([np.nan, 1.0, 2.0, 3.0, np.nan]))
+    assert three["rho_0"] == pytest.approx(1.0) and three["rho_a"] == pytest.approx(0.5)
+    assert three["delta_rho"] == pytest.approx(-0.5) and three["rho_clean_ablated"] == pytest.approx(0.6)
+    assert three["mean_abs_delta"] == pytest.approx(1.2)
+    two = row_statistics(ablated, clean, np.array([np.nan, 1.0, 2.0, np.nan, np.nan]))
+    assert np.isnan(two["rho_0"]) and np.isnan(two["rho_a"]) and np.isnan(two["delta_rho"])
+    assert two["rho_clean_ablated"] == pytest.approx(0.6) and two["mean_abs_delta"] == pytest.approx(1.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no singles: NaN, not the mean of an empty array
+        empty = row_statistics(np.zeros(0), np.zeros(0), np.zeros(0))
+    assert all(np.isnan(v) for v in empty.values())
+
+
+def ablation_arrays(sets: list[tuple[str, list[int], list[np.ndarray]]], clean: np.ndarray, dms: np.ndarray,
+                    protein: str = "P", layer: int = 2, width: int = 3) -> dict:
+    """A job's arrays: per set (name, features, [its scores, then each null's]), features padded with −1."""
+    names, draws, sizes, features, scores = [], [], [], [], []
+    for name, members, rows in sets:
+        for draw, row in enumerate(rows, start=-1):
+            names.append(name)
+            draws.append(draw)
+            sizes.append(len(members))
+            features.append(members + [-1] * (width - len(members)))
+            scores.append(row)
+    return {"set": np.array(names), "draw": np.array(draws), "size": np.array(sizes), "features": np.array(features),
+            "scores": np.stack(scores), "clean": clean,
+            "mutant": np.array([f"A{i}C" for i in range(1, len(clean) + 1)]),
+            "dms": dms, "protein": np.array(protein), "layer": np.array(layer), "k": np.array(4),
+            "d_sae": np.array(16), "activations": np.array("interprot"), "n_null": np.array(100),
+            "positions": np.array("site"), "seed": np.array(0)}
+
+
+def test_ablation_rows_of_two_sets_with_every_null_column_by_hand():
+    """clean = DMS = 1..5 (ρ_0 = 1). "top" (first in the file, so first in the table), features 0, 2: scores
+    1, 2, 3, 5, 4 (ρ_A = ρ(clean, ablated) = 1 − 6·2/120 = 0.9, Δρ −0.1, |Δ| 2/5). Its nulls: reversed (ρ −1,
+    Δρ −2, |Δ| 12/5) and unchanged (ρ 1, Δρ 0, |Δ| 0). Two nulls [a, b]: mean (a + b)/2, p05 a + 0.05(b − a),
+    p95 a + 0.95(b − a): Δρ −1, −1.9, −0.1; ρ(clean, ablated) 0, −0.9, 0.9; |Δ| 1.2, 0.12, 2.28. p = (1 + 1)/3
+    both ways. "circuit", feature 5 (padding −1 dropped): 2, 1, 3, 4, 5 (Δρ −0.1); nulls: the same scores (a
+    tie, counted) and 3, 2, 1, 4, 5 (Σd² = 8: ρ 0.6, Δρ −0.4): p = (1 + 2)/3 = 1 for Δρ; ρ(clean, ablated)
+    0.9 vs 0.9, 0.6: 1 as well. n_null counts the file's null rows (2), not its setting (100)."""
+    clean = np.array([1.0, 2, 3, 4, 5])
+    top = [np.array([1.0, 2, 3, 5, 4]), clean[::-1].copy(), clean.copy()]
+    circuit = [np.array([2.0, 1, 3, 4, 5]), np.array([2.0, 1, 3, 4, 5]), np.array([3.0, 2, 1, 4, 5])]
+    out = ablation_rows(ablation_arrays([("top", [0, 2], top), ("circuit", [5], circuit)], clean, clean.copy(),
+                                        protein="Q", layer=6))
+    assert out["set"].tolist() == ["top", "circuit"] and list(out.columns) == TABLES["set_ablation"]
+    t, c = out.iloc[0], out.iloc[1]
+    assert (t["protein"], t["layer"], t["features"], t["size"], t["n_scored"], t["n_dms"]) == ("Q", 6, "0;2", 2, 5, 5)
+    assert (c["features"], c["size"]) == ("5", 1)
+    for name, value in [("rho_0", 1.0), ("rho_a", 0.9), ("delta_rho", -0.1), ("rho_clean_ablated", 0.9),
+                        ("mean_abs_delta", 0.4), ("null_delta_rho_mean", -1.0), ("null_delta_rho_p05", -1.9),
+                        ("null_delta_rho_p95", -0.1), ("null_rho_clean_ablated_mean", 0.0),
+                        ("null_rho_clean_ablated_p05", -0.9), ("null_rho_clean_ablated_p95", 0.9),
+                        ("null_mean_abs_delta_mean", 1.2), ("null_mean_abs_delta_p05", 0.12),
+                        ("null_mean_abs_delta_p95", 2.28), ("p_delta_rho", 2 / 3), ("p_rho_clean_ablated", 2 / 3)]:
+        assert t[name] == pytest.approx(value, abs=1e-12), name
+    assert c["delta_rho"] == pytest.approx(-0.1) and c["p_delta_rho"] == 1.0 and c["p_rho_clean_ablated"] == 1.0
+    assert c["null_delta_rho_mean"] == pytest.approx(-0.25)
+    assert (t["k"], t["d_sae"], t["activations"], t["n_null"], t["positions"]) == (4, 16, "interprot", 2, "site")
+
+
+def test_tabulate_set_ablation_orders_by_protein_as_given_then_layer_and_keeps_each_files_sets(tmp_path):
+    """Files given as Q L4, P L2, Q L2, P L4: the table is Q's layers 2, 4 then P's 2, 4 (proteins in the
+    order given, layers ascending), each file's sets in its own order (top, circuit), told apart by their
+    features (the layer, and the layer + 1). clean = DMS = 1..5; top swaps the last two singles, circuit the
+    first two: Δρ = 0.9 − 1 = −0.1 for both. One null each: unchanged (Δρ 0) and reversed (Δρ −2), so
+    p = (1 + 0)/2 for top and (1 + 1)/2 for circuit."""
+    from esmsae.pipeline.columns import read_table
+    from esmsae.tables.ablation import tabulate_set_ablation
+
+    clean = np.array([1.0, 2, 3, 4, 5])
+    paths = {}
+    for protein, layer in [("Q", 4), ("P", 2), ("Q", 2), ("P", 4)]:
+        arrays = ablation_arrays([("top", [layer], [np.array([1.0, 2, 3, 5, 4]), clean.copy()]),
+                                  ("circuit", [layer + 1], [np.array([2.0, 1, 3, 4, 5]), clean[::-1].copy()])],
+                                 clean, clean.copy(), protein=protein, layer=layer)
+        path = tmp_path / f"{protein}_L{layer}.npz"
+        np.savez(path, **arrays)
+        paths[(protein, layer)] = path
+    out = tmp_path / "set_ablation.csv"
+    tabulate_set_ablation(paths, out)
+    table = read_table(out, "set_ablation")
+    assert list(table.columns) == TABLES["set_ablation"]
+    assert table[["protein", "layer", "set", "features"]].values.tolist() == [
+        ["Q", 2, "top", "2"], ["Q", 2, "circuit", "3"], ["Q", 4, "top", "4"], ["Q", 4, "circuit", "5"],
+        ["P", 2, "top", "2"], ["P", 2, "circuit", "3"], ["P", 4, "top", "4"], ["P", 4, "circuit", "5"]]
+    np.testing.assert_allclose(table["delta_rho"], -0.1)
+    np.testing.assert_allclose(table["p_delta_rho"], [1 / 2, 1.0] * 4)
+    tabulate_set_ablation({}, out)
+    empty = read_table(out, "set_ablation")
+    assert empty.empty and list(empty.columns) == TABLES["set_ablation"]

@@ -220,3 +220,117 @@ def test_quality_table_averages_proteins_per_layer_and_forward():
     assert out["spearman_clean_recon_mean"].tolist() == [1.0, 0.75]
     assert out["n_proteins"].tolist() == [2, 2]
     assert out["spearman_dms_clean_mean"].isna().all()  # no DMS: NaN, not 0
+
+
+# -- mutation-testing round (mutation/findings.md) ------------------------------------------------------------------
+def test_task_fidelity_per_protein_layer_and_forward_in_order_of_appearance():
+    """Rows by (protein, layer, forward) in the order they appear, the study forward fair-esm here. P on
+    interprot: clean 1..4, recon 1, 2, 4, 3, DMS 1..4: ρ(clean, DMS) 1, ρ(recon, DMS) = 1 − 6·2/60 = 0.8 = ρ(clean,
+    recon). P on fair-esm: recon = clean, DMS the same: 1, 1, 1. Q (layer 4, k 8, d_sae 32): DMS at two singles
+    only: no DMS ρ (n_dms 2); ρ(clean, recon) over all 4: recon reversed, −1."""
+    frame = pd.concat([scores_frame([1.0, 2, 3, 4], [1.0, 2, 4, 3], [1.0, 2, 3, 4]),
+                       scores_frame([1.0, 2, 3, 4], [1.0, 2, 3, 4], [1.0, 2, 3, 4], activations="fair-esm"),
+                       scores_frame([1.0, 2, 3, 4], [4.0, 3, 2, 1], [np.nan, 1.0, np.nan, 2.0], protein="Q",
+                                    layer=4).assign(k=8, d_sae=32)], ignore_index=True)
+    out = task_fidelity(frame, "fair-esm")
+    assert out[["protein", "layer", "activations", "study_forward", "n", "n_dms", "k", "d_sae"]].values.tolist() == [
+        ["P", 2, "interprot", False, 4, 4, 4, 16], ["P", 2, "fair-esm", True, 4, 4, 4, 16],
+        ["Q", 4, "interprot", False, 4, 2, 8, 32]]
+    np.testing.assert_allclose(out["spearman_dms_clean"], [1.0, 1.0, np.nan])
+    np.testing.assert_allclose(out["spearman_dms_recon"], [0.8, 1.0, np.nan])
+    np.testing.assert_allclose(out["spearman_clean_recon"], [0.8, 1.0, -1.0])
+
+
+def fidelity_rows(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{c: 0 for c in TABLES["sae_fidelity"]} | {"wrong_k": "", "sae_file": "s.pt"} | r
+                         for r in rows], columns=TABLES["sae_fidelity"])
+
+
+def task_rows(rows: list[tuple]) -> pd.DataFrame:
+    """Task-fidelity rows from (protein, layer, forward, ρ(clean, recon), ρ(DMS, clean), ρ(DMS, recon))."""
+    return pd.DataFrame([{"protein": p, "layer": layer, "activations": a, "study_forward": a == "interprot", "n": 5,
+                          "n_dms": 5, "spearman_dms_clean": dc, "spearman_dms_recon": dr, "spearman_clean_recon": cr,
+                          "k": 4, "d_sae": 16} for p, layer, a, cr, dc, dr in rows],
+                        columns=TABLES["sae_task_fidelity"])
+
+
+def test_quality_table_sorts_by_layer_study_forward_first_and_leaves_layers_without_scores_empty():
+    """Fidelity given as layer 4 (interprot, fair-esm) then layer 2 (fair-esm, interprot): the table is layer 2
+    then 4, the study's forward (interprot) first in each. Layer 2's proteins P and Q: interprot ρ(clean, recon)
+    (1 + 0.5)/2 = 0.75, ρ(DMS, clean) (−1 + 0.5)/2 = −0.25, ρ(DMS, recon) (0 + 0.5)/2 = 0.25; fair-esm from P
+    alone: 0.25, 1, 0.5 and 1 protein. Layer 4 has no task rows: n_proteins 0, means NaN."""
+    fidelity = fidelity_rows([{"layer": 4, "activations": "interprot", "study_forward": True, "fve": 0.4},
+                              {"layer": 4, "activations": "fair-esm", "study_forward": False, "fve": 0.3},
+                              {"layer": 2, "activations": "fair-esm", "study_forward": False, "fve": 0.2},
+                              {"layer": 2, "activations": "interprot", "study_forward": True, "fve": 0.1}])
+    task = task_rows([("P", 2, "interprot", 1.0, -1.0, 0.0), ("P", 2, "fair-esm", 0.25, 1.0, 0.5),
+                      ("Q", 2, "interprot", 0.5, 0.5, 0.5)])
+    out = quality_table(fidelity, task)
+    assert list(out.columns) == TABLES["sae_quality"] and out.index.tolist() == [0, 1, 2, 3]
+    assert out[["layer", "activations", "fve", "n_proteins"]].values.tolist() == [
+        [2, "interprot", 0.1, 2], [2, "fair-esm", 0.2, 1], [4, "interprot", 0.4, 0], [4, "fair-esm", 0.3, 0]]
+    assert out["n_proteins"].dtype == np.int64
+    np.testing.assert_allclose(out["spearman_clean_recon_mean"], [0.75, 0.25, np.nan, np.nan])
+    np.testing.assert_allclose(out["spearman_dms_clean_mean"], [-0.25, 1.0, np.nan, np.nan])
+    np.testing.assert_allclose(out["spearman_dms_recon_mean"], [0.25, 0.5, np.nan, np.nan])
+
+
+def test_tabulate_sae_quality_reads_the_study_forward_from_the_fidelity_files(tmp_path):
+    """Layer files given 4 then 2; the study forward is the one the fidelity rows mark (fair-esm): the task
+    table's study_forward follows it, its rows come in layer order (2, then 4), and the quality table has
+    each layer's study row first with its proteins' mean ρ(clean, recon): layer 2 fair-esm 1 (recon = clean),
+    interprot 0.8 (recon 1, 2, 4, 3)."""
+    from esmsae.tables.sae_quality import tabulate_sae_quality
+
+    quality, scores = {}, {}
+    for layer in (4, 2):
+        quality[layer] = tmp_path / f"L{layer}.csv"
+        write_csv(fidelity_rows([{"layer": layer, "activations": "interprot", "study_forward": False},
+                                 {"layer": layer, "activations": "fair-esm", "study_forward": True}]), quality[layer])
+        scores[layer] = tmp_path / f"L{layer}_scores.csv"
+        write_csv(pd.concat([scores_frame([1.0, 2, 3, 4], [1.0, 2, 4, 3], [1.0, 2, 3, 4], layer=layer),
+                             scores_frame([1.0, 2, 3, 4], [1.0, 2, 3, 4], [1.0, 2, 3, 4], activations="fair-esm",
+                                          layer=layer)]), scores[layer])
+    out = {"table": tmp_path / "sae_quality.csv", "task": tmp_path / "sae_task_fidelity.csv"}
+    tabulate_sae_quality(quality, scores, out)
+    task = read_table(out["task"], "sae_task_fidelity")
+    assert task[["layer", "activations", "study_forward"]].values.tolist() == [
+        [2, "interprot", False], [2, "fair-esm", True], [4, "interprot", False], [4, "fair-esm", True]]
+    table = read_table(out["table"], "sae_quality")
+    assert table[["layer", "activations", "n_proteins"]].values.tolist() == [
+        [2, "fair-esm", 1], [2, "interprot", 1], [4, "fair-esm", 1], [4, "interprot", 1]]
+    np.testing.assert_allclose(table["spearman_clean_recon_mean"], [1.0, 0.8, 1.0, 0.8])
+
+
+def test_task_fidelity_of_a_protein_with_one_single_and_of_no_scores():
+    """One scored single: n 1, no ρ at all (below 3 points), its k and d_sae read from its row. No scores: an
+    empty table that still has the columns."""
+    one = task_fidelity(scores_frame([1.0], [2.0], [0.5]).assign(k=8, d_sae=32), "interprot")
+    assert one[["protein", "layer", "n", "n_dms", "k", "d_sae"]].values.tolist() == [["P", 2, 1, 1, 8, 32]]
+    assert one[["spearman_dms_clean", "spearman_dms_recon", "spearman_clean_recon"]].isna().all(axis=None)
+    empty = task_fidelity(scores_frame([], [], []), "interprot")
+    assert empty.empty and list(empty.columns) == TABLES["sae_task_fidelity"]
+
+
+def test_tabulate_sae_quality_of_one_layer_warns_once_naming_the_file_of_a_wrong_k(tmp_path, caplog):
+    """One layer: the study forward (interprot) is its one marked row. Its fair-esm row is flagged double_k:
+    one warning naming the file, the layer, the forward, the flag and k; the unflagged row gives none."""
+    from esmsae.tables.sae_quality import tabulate_sae_quality
+
+    quality, scores = {2: tmp_path / "L2.csv"}, {2: tmp_path / "L2_scores.csv"}
+    write_csv(fidelity_rows([{"layer": 2, "activations": "interprot", "study_forward": True, "k": 4},
+                             {"layer": 2, "activations": "fair-esm", "study_forward": False, "k": 4,
+                              "wrong_k": "double_k", "sae_file": "l2.safetensors"}]), quality[2])
+    write_csv(pd.concat([scores_frame([1.0, 2, 3, 4], [1.0, 2, 4, 3], [1.0, 2, 3, 4]),
+                         scores_frame([1.0, 2, 3, 4], [1.0, 2, 3, 4], [1.0, 2, 3, 4], activations="fair-esm")]),
+              scores[2])
+    out = {"table": tmp_path / "sae_quality.csv", "task": tmp_path / "sae_task_fidelity.csv"}
+    with caplog.at_level(logging.WARNING, logger="esmsae.tables.sae_quality"):
+        tabulate_sae_quality(quality, scores, out)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["l2.safetensors (layer 2, fair-esm forward): FVE is far higher at double_k than at k = 4"]
+    task = read_table(out["task"], "sae_task_fidelity")
+    assert task[["activations", "study_forward"]].values.tolist() == [["interprot", True], ["fair-esm", False]]
+    table = read_table(out["table"], "sae_quality")
+    assert table["activations"].tolist() == ["interprot", "fair-esm"]
+    np.testing.assert_allclose(table["spearman_clean_recon_mean"], [0.8, 1.0])
