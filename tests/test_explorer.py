@@ -4,6 +4,7 @@ error and no network request; a click on a graph node opens that feature, and th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -94,6 +95,9 @@ def test_features_are_split_by_layer_and_block_and_a_rebuild_leaves_no_old_part(
     build_explorer(data | {"proteins": {"P": data["proteins"]["P"]}, "features": {}}, {}, tmp_path / "site")
     assert sorted(p.name for p in (tmp_path / "site" / "data").iterdir()) == ["p0.js"]
     assert not [p for p in (tmp_path / "site").iterdir() if p.name.startswith(".data-")]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "site" / "data").stat().st_mode & 0o777 == 0o777 & ~umask  # readable as the cards are
 
 
 @pytest.fixture

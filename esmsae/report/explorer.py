@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import shutil
-import tempfile
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -200,7 +200,8 @@ def build_explorer(data: dict, cards: Mapping[tuple[int, int], Path], out_dir: s
         with atomic_path(out_dir / "cards" / Path(path).name) as tmp:
             shutil.copyfile(path, tmp)
     index, parts = split(data)
-    fresh = Path(tempfile.mkdtemp(prefix=".data-", dir=out_dir))
+    fresh = out_dir / f".data-{uuid.uuid4().hex}"
+    fresh.mkdir()  # as the user's umask allows (mkdtemp's would be private: colleagues could not open the site)
     try:
         for file, part in parts.items():
             (fresh / Path(file).name).write_text(f"window.EXPLORER_PART({_json(part)});\n", encoding="utf-8")
