@@ -292,6 +292,10 @@ def test_report_contains_the_figures(demo):
     for verdict in set(findings["verdict"]):
         assert verdict in html
     assert "Every number in this report reads the SAEs on the" in html and "sae.activations" in html
+    # the pooled claims listed, the per-protein ones counted (a list of every protein's claims would not scale),
+    # and the first page kept at the top of its pane (Snakemake centres it: a tall page lost its title)
+    assert "Over all proteins (the study" in html and f"Per protein ({len(WT)} proteins," in html
+    assert ".h-screen.items-center { align-items: flex-start; }" in html
 
 
 # what the demo's SAEs read: its config leaves sae.activations at the default
