@@ -133,13 +133,9 @@ def test_universal_count_with_min_proteins():
 
 
 def findings_patches(layer: int, forward: str) -> pd.DataFrame:
-    """A patching table of two mutants, each with one real patch and one random control."""
-    rows = [("m0", "real", 0.5), ("m0", "random", 0.125), ("m1", "real", -0.25), ("m1", "random", 0.0625)]
-    return pd.DataFrame([{"mutant": m, "position": "1", "layer": layer, "feature": 0, "control": control,
-                          "wt_pre": 0.0, "mut_pre": 1.0, "wt_latent": 0.0, "mut_latent": 1.0, "patched_value": 1.0,
-                          "baseline_score": 0.0, "patched_score": effect, "effect": effect, "k": 8, "d_sae": 16,
-                          "space": "latent", "activations": forward} for m, control, effect in rows],
-                        columns=TABLES["patching"])
+    """A patching table of two mutants, each with one real patch and one random control (see patch_table)."""
+    return patch_table(layer, [("m0", "real", 0.5), ("m0", "random", 0.125), ("m1", "real", -0.25),
+                               ("m1", "random", 0.0625)], forward)
 
 
 def test_findings_record_the_one_forward_of_their_inputs():
