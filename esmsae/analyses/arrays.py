@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from esmsae.pipeline.columns import SAE_SETTINGS
 from esmsae.pipeline.errors import InputError
 from esmsae.pipeline.io import atomic_path, read_npz
 
@@ -55,6 +56,11 @@ class Attributions:
     @property
     def n(self) -> int:
         return self.attribution.shape[0]
+
+    @property
+    def sae_settings(self) -> dict:
+        """What every table made from it records of how it was made (``SAE_SETTINGS``)."""
+        return {name: getattr(self, name) for name in SAE_SETTINGS}
 
     @classmethod
     def of(cls, data: Mapping, where: str) -> Attributions:

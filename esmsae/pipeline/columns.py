@@ -206,6 +206,12 @@ def read_table(path: str | os.PathLike, kind: str) -> pd.DataFrame:
     return table
 
 
+def first_settings(table: pd.DataFrame) -> dict:
+    """The SAE settings (``SAE_SETTINGS``) a table built from one SAE's results records, from its first row; NA
+    for an empty table."""
+    return {name: table[name].iloc[0] if len(table) else pd.NA for name in SAE_SETTINGS}
+
+
 def one_forward(values: Iterable, where: str) -> str | None:
     """The one forward (``activations``) that the inputs of a combined table were measured on, None when they
     hold none; inputs on two forwards are two studies mixed, an InputError naming `where`."""

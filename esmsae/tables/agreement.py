@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from esmsae.analyses.arrays import Attributions
-from esmsae.pipeline.columns import SAE_SETTINGS, TABLES, one_forward
+from esmsae.pipeline.columns import TABLES, first_settings, one_forward
 from esmsae.pipeline.io import write_csv
 from esmsae.tables.patching import read_patching
 from esmsae.tables.statistics import mean_sem, spearman
@@ -70,7 +70,7 @@ def agreement_by_mutant(patching: Mapping[tuple[str, int], pd.DataFrame],
                                      atp[key].attribution[m], ig[key].attribution[ig_rows[name]])
             rows.append({"protein": protein, "layer": int(layer), "mutant": name, **stats,
                          "atp_linear_error": float(atp[key].completeness_error[m]),
-                         **{name: getattr(atp[key], name) for name in SAE_SETTINGS}})
+                         **atp[key].sae_settings})
     return pd.DataFrame(rows, columns=TABLES["agreement_mutants"])
 
 
@@ -83,7 +83,7 @@ def agreement_summary(by_mutant: pd.DataFrame) -> pd.DataFrame:
             row[f"{stat}_mean"], row[f"{stat}_sem"] = mean_sem(part[stat].to_numpy(dtype=np.float64))
         row["top10_chance_mean"] = mean_sem(part["top10_chance"].to_numpy(dtype=np.float64))[0]
         row["atp_linear_error_median"] = float(np.nanmedian(part["atp_linear_error"])) if len(part) else np.nan
-        rows.append(row | {c: part[c].iloc[0] for c in SAE_SETTINGS})
+        rows.append(row | first_settings(part))
     return pd.DataFrame(rows, columns=TABLES["attribution_agreement"])
 
 

@@ -15,7 +15,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 import pandas as pd
 
-from esmsae.pipeline.columns import PAIR_SETTINGS, TABLES, read_table
+from esmsae.pipeline.columns import PAIR_SETTINGS, TABLES, one_forward, read_table
 from esmsae.pipeline.io import atomic_path, write_csv
 from esmsae.tables.labels import label_lookup
 from esmsae.tables.statistics import mean_sem, spearman, wilcoxon_p
@@ -32,18 +32,14 @@ def mutant_graph(protein: str, mutant: str, nodes: pd.DataFrame, edges: pd.DataF
                   | {(int(r.layer_down), int(r.down)) for r in kept.itertuples()})
     effect = {(int(r.layer), int(r.feature)): float(r.effect) for r in nodes.itertuples()}
     return {
-        "protein": protein, "mutant": mutant, "activations": forward_of(nodes),
+        "protein": protein, "mutant": mutant,
+        "activations": one_forward(nodes["activations"] if len(nodes) else (), f"graph of {protein} {mutant}"),
         "nodes": [{"id": f"L{layer}_F{feature}", "layer": layer, "feature": feature,
                    "label": labels.get((layer, feature), ""), "effect": effect.get((layer, feature))}
                   for layer, feature in keys],
         "edges": [{"source": f"L{int(r.layer_up)}_F{int(r.up)}", "target": f"L{int(r.layer_down)}_F{int(r.down)}",
                    "w": float(r.w), "M": float(r.mediated), "linear": float(r.linear)} for r in kept.itertuples()],
     }
-
-
-def forward_of(table: pd.DataFrame) -> str | None:
-    """The forward (``activations``) a graph table's rows were measured on; None for an empty table."""
-    return str(table["activations"].iloc[0]) if len(table) else None
 
 
 def graphml(graph: dict) -> str:
@@ -212,7 +208,8 @@ def assemble_graphs(protein: str, nodes: Mapping[int, Path], edges: Mapping[int,
     write_csv(table, aggregate_csv)
     top = table.head(top_edges)
     keys = sorted({(r.layer_up, r.up) for r in top.itertuples()} | {(r.layer_down, r.down) for r in top.itertuples()})
-    aggregate = {"protein": protein, "mutant": "aggregate", "activations": forward_of(all_nodes),
+    aggregate = {"protein": protein, "mutant": "aggregate",
+                 "activations": one_forward(all_nodes["activations"], f"graphs of {protein}"),
                  "nodes": [{"id": f"L{la}_F{f}", "layer": la, "feature": f, "label": names.get((la, f), "")}
                            for la, f in keys],
                  "edges": [{"source": f"L{r.layer_up}_F{r.up}", "target": f"L{r.layer_down}_F{r.down}",

@@ -15,7 +15,7 @@ import pandas as pd
 
 from esmsae.analyses.arrays import Attributions
 from esmsae.inputs.mutations import AMINO_ACIDS
-from esmsae.pipeline.columns import SAE_SETTINGS, TABLES, read_table
+from esmsae.pipeline.columns import TABLES, first_settings, read_table
 from esmsae.pipeline.io import write_csv
 from esmsae.tables.statistics import mean_sem
 
@@ -74,7 +74,7 @@ def tabulate_identity_share(labels_table: str | Path, ig: Mapping[tuple[str, int
                                    np.any([masks[b] for b in mut], axis=0))
             rows.append({"protein": protein, "layer": layer, "mutant": name, "wt": ":".join(sorted(wt)),
                          "mut": ":".join(sorted(mut)), **share,
-                         **{name: getattr(result, name) for name in SAE_SETTINGS}})
+                         **result.sae_settings})
     mutants = pd.DataFrame(rows, columns=TABLES["identity_share_mutants"])
     summary = []
     for (protein, layer), part in mutants.groupby(["protein", "layer"], sort=False):
@@ -84,6 +84,6 @@ def tabulate_identity_share(labels_table: str | Path, ig: Mapping[tuple[str, int
             for null in ("", "_null"):
                 column = f"{side}_identity_share{null}"
                 row[f"{column}_mean"], row[f"{column}_sem"] = mean_sem(part[column].to_numpy(dtype=np.float64))
-        summary.append(row | {c: part[c].iloc[0] for c in SAE_SETTINGS})
+        summary.append(row | first_settings(part))
     write_csv(mutants, out["mutants"])
     write_csv(pd.DataFrame(summary, columns=TABLES["identity_share"]), out["table"])

@@ -99,7 +99,7 @@ def concentration_by_mutant(results: Results, n: int = TOP_N) -> pd.DataFrame:
             stats = mutant_concentration(result.attribution[m], result.error_attribution[m], result.abs_delta[m], n)
             rows.append({"protein": protein, "layer": layer, "mutant": str(result.mutant[m]), **stats,
                          "total_effect": float(result.total_effect[m]),
-                         "completeness_error": float(result.completeness_error[m]), **_settings(result)})
+                         "completeness_error": float(result.completeness_error[m]), **result.sae_settings})
     frame = pd.DataFrame(rows, columns=CONCENTRATION_MUTANT_COLUMNS)
     return frame.astype({"layer": "int64", "n_changed": "int64"})
 
@@ -125,13 +125,8 @@ def ig_concentration(results: Results, n: int = TOP_N) -> pd.DataFrame:
         row["gini_above_null"] = float((diff > 0).mean()) if diff.size else float("nan")
         row["gini_wilcoxon_p"] = wilcoxon_p(diff)
         row["median_completeness_error"] = _nanmedian(result.completeness_error)
-        rows.append({**row, **_settings(result)})
+        rows.append({**row, **result.sae_settings})
     return pd.DataFrame(rows, columns=CONCENTRATION_COLUMNS).astype({"layer": "int64", "n_mutants": "int64"})
-
-
-def _settings(result: Attributions) -> dict:
-    """The result's SAE settings (``SAE_SETTINGS``), as its file records them."""
-    return {name: getattr(result, name) for name in SAE_SETTINGS}
 
 
 def feature_consistency(results_at_layer: Mapping[str, Mapping[str, np.ndarray]], n: int = TOP_N,
@@ -160,7 +155,7 @@ def feature_consistency(results_at_layer: Mapping[str, Mapping[str, np.ndarray]]
             "n_mutants": np.full(features.size, n_mutants, dtype=np.int64),
             "fraction": counts[order] / n_mutants,
             "layer": result.layer,
-            **_settings(result),
+            **result.sae_settings,
         }, columns=CONSISTENCY_COLUMNS))
     if not parts:
         return typed_frame([], CONSISTENCY_COLUMNS, feature="int64", n_top="int64", n_mutants="int64")
@@ -187,7 +182,7 @@ def universal_features(results: Results, n: int = TOP_N, labels: Labels | None =
     rows = []
     for layer in sorted({layer for _, layer, _ in entries}):
         at_layer = {protein: result for protein, result_layer, result in entries if result_layer == layer}
-        settings = _settings(next(iter(at_layer.values())))
+        settings = next(iter(at_layer.values())).sae_settings
         one_forward((r.activations for r in at_layer.values()), f"universal features at layer {layer}")
         table = feature_consistency(at_layer, n)
         n_mutants = {protein: checked(protein, layer, result).n for protein, result in at_layer.items()}
@@ -281,5 +276,5 @@ def tabulate_top_features(npz: str | Path, labels_table: str | Path, out: str | 
         for rank, j in enumerate(top_n_features(result.attribution[m:m + 1])[0], start=1):
             rows.append({"mutant": mutant, "rank": rank, "feature": int(j), "label": names.get(int(j), ""),
                          "attribution": float(result.attribution[m, j]), "abs_delta": float(result.abs_delta[m, j]),
-                         "layer": result.layer, **_settings(result)})
+                         "layer": result.layer, **result.sae_settings})
     write_csv(pd.DataFrame(rows, columns=TABLES["ig_top"]), out)

@@ -24,8 +24,8 @@ from esmsae.pipeline.columns import (
     CONTROLS,
     PATCH_COLUMNS,
     PROGRESSION_COLUMNS,
-    SAE_SETTINGS,
     VALIDATION_COLUMNS,
+    first_settings,
     read_table,
     typed_frame,
 )
@@ -109,7 +109,7 @@ def control_validation(tables: Tables) -> pd.DataFrame:
             rows.append((protein, layer, control, len(values), len(effects), mean, sem,
                          float(values.median()) if len(values) else float("nan"),
                          float((effects != 0).mean()) if len(effects) else float("nan"),
-                         float(nonzero.mean()) if len(nonzero) else float("nan"), p, *_settings(table)))
+                         float(nonzero.mean()) if len(nonzero) else float("nan"), p, *first_settings(table).values()))
     return typed_frame(rows, VALIDATION_COLUMNS, n_mutants="int64", n_patches="int64")
 
 
@@ -135,13 +135,8 @@ def layer_progression(tables: Tables, selected: Mapping[str, int] | None = None)
         rho, rho_sem = mean_sem(rhos)
         n_mutants = selected[protein] if selected and protein in selected else table["mutant"].nunique()
         rows.append((protein, layer, int(n_mutants), len(real), mean, sem, median, rho, rho_sem, len(rhos),
-                     *_settings(table)))
+                     *first_settings(table).values()))
     return typed_frame(rows, PROGRESSION_COLUMNS, n_mutants="int64", n_patches="int64", n_rho_mutants="int64")
-
-
-def _settings(table: pd.DataFrame) -> tuple:
-    """The table's SAE settings (``SAE_SETTINGS``: one value each in a patching table), or NA when empty."""
-    return tuple(table[c].iloc[0] if len(table) else pd.NA for c in SAE_SETTINGS)
 
 
 def top_mutations(tables: Tables, scores: Mapping[str, pd.DataFrame], top_n: int,
@@ -165,7 +160,7 @@ def top_mutations(tables: Tables, scores: Mapping[str, pd.DataFrame], top_n: int
             "feature": real["feature"].to_numpy(dtype=np.int64),
             "effect": real["effect"].to_numpy(dtype=np.float64),
             "abs_effect": real["abs_effect"].to_numpy(dtype=np.float64),
-            **dict(zip(SAE_SETTINGS, _settings(table), strict=True)),
+            **first_settings(table),
         })
         by_protein.setdefault(protein, []).append(frame)
 
