@@ -23,7 +23,8 @@ needs_browser = pytest.mark.skipif(not (CHROMIUM and DRIVER),
 def graph() -> dict:
     """A hand-made graph: two layers, three nodes, edges of |M| 0.1, 0.5 and 1.0."""
     nodes = [{"id": "L2_F3", "layer": 2, "feature": 3, "label": "L-identity", "effect": -0.2},
-             {"id": "L2_F7", "layer": 2, "feature": 7, "label": "broad (top V, F1 0.12)", "effect": 0.1},
+             {"id": "L2_F7", "layer": 2, "feature": 7, "label": "broad (top V, F1 0.12); promotes K; a",
+              "effect": 0.1},  # "F7 " and the label: exactly 40 characters, one line
              {"id": "L4_F1", "layer": 4, "feature": 1, "effect": -0.3,
               "label": "K/R-enriched (F1 0.41); promotes K; Disordered region (F1 0.55); Coiled coil (F1 0.52)"}]
     edges = [{"source": "L2_F3", "target": "L4_F1", "w": 0.4, "M": -1.0, "linear": -0.9},
@@ -71,6 +72,16 @@ def test_the_site_is_self_contained(tmp_path):
                       .rstrip(");\n"))
     assert part["name"] == "P" and list(part["graphs"]) == ["A5C"]
     assert part["mutants"][0]["dms"] is None  # NaN travels as null, never as an invalid NaN
+
+
+def test_a_feature_block_ends_at_255_and_the_next_begins_at_256():
+    from esmsae.report.explorer import split
+
+    data = {"title": "t", "activations": "interprot", "layers": {}, "findings": [], "proteins": {}, "graphs": {},
+            "features": {k: feature(k, 2, n, "") for k, n in (("L2_F0", 0), ("L2_F255", 255), ("L2_F256", 256))}}
+    index, parts = split(data)
+    assert {block: sorted(parts[file]["features"]) for block, file in index["feature_files"].items()} == {
+        "L2_B0": ["L2_F0", "L2_F255"], "L2_B1": ["L2_F256"]}
 
 
 def test_features_are_split_by_layer_and_block_and_a_rebuild_leaves_no_old_part(tmp_path):
@@ -158,6 +169,7 @@ def test_explorer_from_a_mutant_graph_to_a_feature(tmp_path, browser):
     assert browser.execute_script(visible) == 1   # only |M| = 1.0 left
     spans = "return Array.from(document.querySelectorAll(\"svg .node[data-id='%s'] tspan\")).map(s => s.textContent)"
     assert browser.execute_script(spans % "L2_F3") == ["F3 L-identity"]  # a short label: one line
+    assert browser.execute_script(spans % "L2_F7") == ["F7 broad (top V, F1 0.12); promotes K; a"]  # at the bar
     # a long one: two lines of at most 40 characters, broken between words, the rest cut with an ellipsis
     assert browser.execute_script(spans % "L4_F1") == ["F1 K/R-enriched (F1 0.41); promotes K;",
                                                        "Disordered region (F1 0.55); Coiled coi…"]

@@ -222,6 +222,9 @@ def test_set_ablation_marks_each_kind_of_point_and_keeps_one_legend_off_the_pane
     assert points(p_ax, "open") == [(2.0, -0.01), (4.0, 0.02)]
     assert points(p_ax, "no_null") == [(4.0, -0.2)]
     assert points(q_ax, "open") == [(2.0, 0.95), (4.0, 0.9)] and points(q_ax, "significant") == []
+    at_bar = set_ablation(pd.DataFrame([ablation_row("P", 2, "top", 4, -0.3, (-0.1, 0.1), 0.05)]), task,
+                          tmp_path / "b.png", tmp_path / "b.pdf")
+    assert points(at_bar.axes[0], "open") == [(2.0, -0.3)]  # p exactly 0.05 is not below it: open
     crosses = [c for c in p_ax.collections if isinstance(c, PathCollection) and c.get_gid() == "no_null"]
     assert {len(c.get_paths()[0].vertices) for c in crosses if len(c.get_offsets())} == {4}  # an x, not a circle
     assert all(ax.get_legend() is None for ax in fig.axes)
